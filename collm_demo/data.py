@@ -1,0 +1,320 @@
+"""MovieLens (and CSV) → interactions + items → CoLLM's evaluation protocol.
+
+This module knows nothing of the LLM. Its output is a :class:`Dataset` whose ``rows``
+table holds, for every interaction that has a history, everything a prompt needs:
+user, item, label, split, the user's last <= 10 earlier interactions (items and labels)
+and the warm/cold flags.
+
+Protocol (CoLLM's): label = rating >= 4; all interactions sorted by time and split
+globally 80/10/10 into train/valid/test (ties in time never straddle a boundary);
+a row's history = the user's last <= 10 interactions *strictly* earlier in time;
+rows with an empty history are dropped (and counted); warm = user and item each have
+>= 3 train interactions.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import ProtocolConfig
+
+SPLITS = ("train", "valid", "test")
+ML100K_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+]
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message names the file, line and reason."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    interactions: pd.DataFrame  # user, item, rating, timestamp, label, split (time-sorted)
+    items: pd.DataFrame  # index item (str): title, year (Int64, may be NA), genres (str)
+    rows: pd.DataFrame  # one per interaction with a history; see build_protocol
+    counts: dict = field(default_factory=dict)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.rows[self.rows["split"] == name]
+
+    def title(self, item: str) -> str:
+        return str(self.items.at[item, "title"]) if item in self.items.index else f"item {item}"
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _year(value) -> object:
+    """Years as Int64 or NA; RecBole's ML-100K writes 'unkonwn' for a few items."""
+    try:
+        year = int(float(value))
+    except (TypeError, ValueError):
+        return pd.NA
+    return year if 1800 <= year <= 2100 else pd.NA
+
+
+_TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
+
+
+def _split_title_year(raw: str) -> tuple[str, object]:
+    """'Toy Story (1995)' -> ('Toy Story', 1995); titles without a year keep NA."""
+    match = _TITLE_YEAR.match(raw.strip())
+    if match:
+        return match.group(1), int(match.group(2))
+    return raw.strip(), pd.NA
+
+
+def _finish(inter: pd.DataFrame, items: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    inter = inter.astype({"user": str, "item": str})
+    items = items.astype({"item": str}).drop_duplicates("item").set_index("item")
+    items["year"] = items["year"].astype("Int64")
+    items["title"] = items["title"].fillna("").astype(str)
+    items["genres"] = items["genres"].fillna("").astype(str)
+    unknown = sorted(set(inter["item"]) - set(items.index))
+    if unknown:
+        raise DataError(f"{source}: {len(unknown)} interaction item id(s) have no entry in the "
+                        f"item file, e.g. {unknown[:5]}")
+    duplicated = inter.duplicated(["user", "item", "timestamp"])
+    if duplicated.any():
+        first = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise DataError(f"{source}: duplicate interaction (same user, item and timestamp) at "
+                        f"data row {first + 1}: user {inter.iloc[first]['user']}, "
+                        f"item {inter.iloc[first]['item']}")
+    return inter, items
+
+
+def _load_recbole(folder: Path, stem: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    inter = pd.read_csv(folder / f"{stem}.inter", sep="\t")
+    inter.columns = [c.split(":")[0] for c in inter.columns]
+    inter = inter.rename(columns={"user_id": "user", "item_id": "item"})
+    items = pd.read_csv(folder / f"{stem}.item", sep="\t", dtype=str, keep_default_na=False)
+    items.columns = [c.split(":")[0] for c in items.columns]
+    items = pd.DataFrame({
+        "item": items["item_id"],
+        "title": items["movie_title"],
+        "year": [_year(v) for v in items.get("release_year", [None] * len(items))],
+        "genres": items.get("class", "").str.replace(" ", "|").str.replace("Children's", "Children's"),
+    })
+    return inter[["user", "item", "rating", "timestamp"]], items
+
+
+def _load_ml100k(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    inter = pd.read_csv(folder / "u.data", sep="\t", header=None,
+                        names=["user", "item", "rating", "timestamp"])
+    records = []
+    with open(folder / "u.item", encoding="latin-1") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("|")
+            if len(parts) < 24:
+                raise DataError(f"{folder / 'u.item'} line {line_no}: expected 24 '|'-separated "
+                                f"fields, found {len(parts)}")
+            title, year = _split_title_year(parts[1])
+            flags = parts[5:24]
+            genres = "|".join(g for g, f in zip(ML100K_GENRES, flags) if f == "1")
+            records.append({"item": parts[0], "title": title, "year": year, "genres": genres})
+    return inter, pd.DataFrame(records)
+
+
+def _load_ml1m(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows = []
+    with open(folder / "ratings.dat", encoding="latin-1") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            parts = line.strip().split("::")
+            if len(parts) != 4:
+                raise DataError(f"{folder / 'ratings.dat'} line {line_no}: expected "
+                                f"user::item::rating::timestamp")
+            rows.append(parts)
+    inter = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    inter["rating"] = pd.to_numeric(inter["rating"])
+    inter["timestamp"] = pd.to_numeric(inter["timestamp"])
+    records = []
+    with open(folder / "movies.dat", encoding="latin-1") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("::")
+            if len(parts) != 3:
+                raise DataError(f"{folder / 'movies.dat'} line {line_no}: expected id::title::genres")
+            title, year = _split_title_year(parts[1])
+            records.append({"item": parts[0], "title": title, "year": year, "genres": parts[2]})
+    return inter, pd.DataFrame(records)
+
+
+def _load_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """interactions.csv (user,item,rating,timestamp) + items.csv (item,title[,genres][,year])."""
+    inter_path, items_path = folder / "interactions.csv", folder / "items.csv"
+    records = []
+    with open(inter_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"user", "item", "rating", "timestamp"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{inter_path} line 1: missing column(s) {sorted(missing)}")
+        for row in reader:
+            line = reader.line_num
+            try:
+                rating = float(row["rating"])
+            except (TypeError, ValueError):
+                raise DataError(f"{inter_path} line {line}: rating {row['rating']!r} is not a number") from None
+            try:
+                timestamp = float(row["timestamp"])
+            except (TypeError, ValueError):
+                try:
+                    timestamp = pd.Timestamp(row["timestamp"]).timestamp()
+                except (TypeError, ValueError):
+                    raise DataError(f"{inter_path} line {line}: bad timestamp {row['timestamp']!r} "
+                                    "(want seconds since 1970 or an ISO date)") from None
+            records.append((row["user"], row["item"], rating, timestamp))
+    inter = pd.DataFrame(records, columns=["user", "item", "rating", "timestamp"])
+    items = pd.read_csv(items_path, dtype=str, keep_default_na=False)
+    missing = {"item", "title"} - set(items.columns)
+    if missing:
+        raise DataError(f"{items_path} line 1: missing column(s) {sorted(missing)}")
+    items = pd.DataFrame({
+        "item": items["item"], "title": items["title"],
+        "year": [_year(v) for v in items.get("year", pd.Series([None] * len(items)))],
+        "genres": items.get("genres", pd.Series([""] * len(items))),
+    })
+    return inter, items
+
+
+def detect_format(folder: Path) -> str:
+    if any(folder.glob("*.inter")):
+        return "recbole"
+    if (folder / "u.data").exists() and (folder / "u.item").exists():
+        return "ml-100k"
+    if (folder / "ratings.dat").exists() and (folder / "movies.dat").exists():
+        return "ml-1m"
+    if (folder / "interactions.csv").exists() and (folder / "items.csv").exists():
+        return "csv"
+    raise DataError(
+        f"{folder}: no known data files. Expected one of: u.data + u.item (ml-100k), "
+        "ratings.dat + movies.dat (ml-1m), interactions.csv + items.csv, or RecBole *.inter/*.item"
+    )
+
+
+def load_interactions(path: str | os.PathLike | None = None) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """Load (name, interactions, items). ``None`` = the embedded ML-100K (fetched if needed)."""
+    if path is None:
+        path = os.environ.get("COLLM_DATA") or None
+    if path is None:
+        from .assets import require
+
+        folder = require("data")
+        inter, items = _load_recbole(folder, "ml-100k")
+        return "ml-100k", *_finish(inter, items, str(folder))
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"data path {folder} is not a folder")
+    fmt = detect_format(folder)
+    if fmt == "recbole":
+        stem = next(folder.glob("*.inter")).stem
+        inter, items = _load_recbole(folder, stem)
+    else:
+        inter, items = {"ml-100k": _load_ml100k, "ml-1m": _load_ml1m, "csv": _load_csv}[fmt](folder)
+    return f"{fmt}:{folder.name}", *_finish(inter, items, str(folder))
+
+
+# ---------------------------------------------------------------------------- protocol
+
+def split_by_time(inter: pd.DataFrame, fractions: tuple[float, float, float]) -> pd.DataFrame:
+    """Sort globally by time and cut 80/10/10; a boundary moves forward past equal timestamps
+    so that every train row is strictly earlier than every valid/test row."""
+    inter = inter.sort_values(["timestamp", "user", "item"], kind="stable").reset_index(drop=True)
+    stamps = inter["timestamp"].to_numpy()
+    n = len(inter)
+    cuts = []
+    for frac in (fractions[0], fractions[0] + fractions[1]):
+        cut = int(round(n * frac))
+        while 0 < cut < n and stamps[cut] == stamps[cut - 1]:
+            cut += 1
+        cuts.append(cut)
+    split = np.full(n, "test", dtype=object)
+    split[: cuts[0]] = "train"
+    split[cuts[0]: cuts[1]] = "valid"
+    inter["split"] = split
+    return inter
+
+
+def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
+                   protocol: ProtocolConfig | None = None) -> Dataset:
+    protocol = protocol or ProtocolConfig()
+    inter = inter.copy()
+    inter["label"] = (inter["rating"] >= protocol.positive_rating).astype(np.int64)
+    inter = split_by_time(inter, protocol.split)
+    train = inter[inter["split"] == "train"]
+    user_train = train["user"].value_counts()
+    item_train = train["item"].value_counts()
+
+    # Histories: walk each user's interactions in time order; rows sharing a timestamp
+    # share the history of everything strictly earlier (no peeking at same-time rows).
+    hist_items: list[tuple] = [()] * len(inter)
+    hist_labels: list[tuple] = [()] * len(inter)
+    order = inter.sort_values(["user", "timestamp"], kind="stable")
+    k = protocol.history_len
+    for _, group in order.groupby("user", sort=False):
+        idx = group.index.to_numpy()
+        stamps = group["timestamp"].to_numpy()
+        its = group["item"].tolist()
+        labs = group["label"].tolist()
+        start = 0  # first index of the current equal-timestamp block
+        for j in range(len(idx)):
+            if j > 0 and stamps[j] != stamps[j - 1]:
+                start = j
+            lo = max(0, start - k)
+            hist_items[idx[j]] = tuple(its[lo:start])
+            hist_labels[idx[j]] = tuple(labs[lo:start])
+    inter["history_items"] = hist_items
+    inter["history_labels"] = hist_labels
+    inter["user_train_count"] = inter["user"].map(user_train).fillna(0).astype(int)
+    inter["item_train_count"] = inter["item"].map(item_train).fillna(0).astype(int)
+    inter["cold_user"] = inter["user_train_count"] < protocol.warm_min
+    inter["cold_item"] = inter["item_train_count"] < protocol.warm_min
+    inter["warm"] = ~(inter["cold_user"] | inter["cold_item"])
+    has_history = inter["history_items"].map(len) > 0
+    rows = inter[has_history].reset_index(drop=True)
+
+    counts: dict = {"interactions": int(len(inter)), "users": int(inter["user"].nunique()),
+                    "items": int(len(items)), "dropped_no_history": {}, "splits": {}}
+    for split in SPLITS:
+        part = inter[inter["split"] == split]
+        kept = rows[rows["split"] == split]
+        counts["dropped_no_history"][split] = int(len(part) - len(kept))
+        counts["splits"][split] = {
+            "rows": int(len(kept)),
+            "positive_rate": round(float(kept["label"].mean()), 4) if len(kept) else None,
+            "warm": int(kept["warm"].sum()), "cold": int((~kept["warm"]).sum()),
+            "cold_user": int(kept["cold_user"].sum()), "cold_item": int(kept["cold_item"].sum()),
+            "time_range": [int(part["timestamp"].min()), int(part["timestamp"].max())] if len(part) else None,
+        }
+    return Dataset(name=name, interactions=inter.drop(columns=["history_items", "history_labels"]),
+                   items=items, rows=rows, counts=counts, protocol=protocol)
+
+
+def load_dataset(path: str | os.PathLike | None = None,
+                 protocol: ProtocolConfig | None = None) -> Dataset:
+    name, inter, items = load_interactions(path)
+    return build_protocol(name, inter, items, protocol)
+
+
+def format_counts(counts: dict) -> str:
+    lines = [f"{counts['interactions']} interactions, {counts['users']} users, {counts['items']} items"]
+    for split, c in counts["splits"].items():
+        lines.append(f"  {split:5s}: {c['rows']:6d} rows (dropped without history: "
+                     f"{counts['dropped_no_history'][split]}), positive rate {c['positive_rate']}, "
+                     f"warm {c['warm']}, cold {c['cold']} (cold user {c['cold_user']}, cold item {c['cold_item']})")
+    return "\n".join(lines)

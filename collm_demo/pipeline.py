@@ -1,0 +1,188 @@
+"""Checkpoints in, scores out: the object the CLI, the evaluation and the app share.
+
+``load_pipeline`` reads ``checkpoints/manifest.json`` *before* any weight and refuses
+checkpoints that do not fit the running LLM (hidden size), the CF model (dimension,
+id maps) or each other, naming the mismatch. Missing checkpoints are not an error:
+the pipeline then runs in the best mode it can (``text_only`` without a projector,
+``zero_shot`` without LoRA) and says so in ``notice``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .cf.base import CFModel, load_cf
+from .collm import CoLLM, Projector, build_prompts
+from .config import CHECKPOINT_DIR
+from .data import Dataset, load_dataset
+from .foldin import user_vectors_for_rows
+from .llm import LoadedLLM, load_llm
+
+METHODS = ("mf", "zero_shot", "text_only", "collm")
+TRAIN_HINT = "train them with `python -m collm_demo train --stage all`"
+
+
+class CheckpointMismatch(ValueError):
+    """Checkpoints that do not fit the running LLM, CF model or each other."""
+
+
+def read_manifest(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> dict:
+    path = Path(checkpoint_dir) / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointMismatch(f"{path} is not valid JSON: {err}") from err
+
+
+def write_manifest(manifest: dict, checkpoint_dir: str | Path = CHECKPOINT_DIR) -> None:
+    path = Path(checkpoint_dir) / "manifest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    tmp.replace(path)  # atomic: a crash never leaves half a manifest
+
+
+def save_projector(projector: Projector, path: str | Path, cf_kind: str) -> None:
+    save_file({k: v.detach().contiguous() for k, v in projector.state_dict().items()}, str(path),
+              metadata={"cf_dim": str(projector.cf_dim), "hidden_size": str(projector.hidden_size),
+                        "cf_kind": cf_kind})
+
+
+def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector:
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    got_hidden, got_dim = int(meta.get("hidden_size", -1)), int(meta.get("cf_dim", -1))
+    if got_hidden != hidden_size:
+        raise CheckpointMismatch(f"{path}: projector outputs hidden size {got_hidden}, but the "
+                                 f"running LLM has hidden size {hidden_size}")
+    if got_dim != cf_dim:
+        raise CheckpointMismatch(f"{path}: projector expects CF vectors of dim {got_dim}, but the "
+                                 f"CF model gives dim {cf_dim}")
+    projector = Projector(cf_dim, hidden_size)
+    projector.load_state_dict(load_file(str(path)))
+    projector.eval()
+    return projector
+
+
+def check_manifest(manifest: dict, llm: LoadedLLM, cf: CFModel | None, cf_name: str) -> None:
+    """Cheap consistency checks from the manifest alone, before any weight is loaded."""
+    if not manifest:
+        return
+    want = manifest.get("llm", {})
+    if want.get("hidden_size") not in (None, llm.hidden_size):
+        raise CheckpointMismatch(
+            f"checkpoints were trained for an LLM with hidden size {want['hidden_size']} "
+            f"({want.get('name')}), but the running LLM {llm.name} has hidden size {llm.hidden_size}")
+    cf_info = manifest.get("cf", {}).get(cf_name)
+    if cf is not None and cf_info:
+        if cf_info.get("vector_dim") not in (None, cf.dim):
+            raise CheckpointMismatch(f"manifest says the {cf_name} CF vectors have dim "
+                                     f"{cf_info['vector_dim']}, the CF file has dim {cf.dim}")
+        for side, ids in (("users", cf.user_ids), ("items", cf.item_ids)):
+            if cf_info.get(side) not in (None, len(ids)):
+                raise CheckpointMismatch(f"manifest says the {cf_name} CF model has {cf_info[side]} "
+                                         f"{side}, the CF file has {len(ids)}")
+
+
+@dataclass
+class Pipeline:
+    dataset: Dataset
+    llm: LoadedLLM
+    model: CoLLM
+    cf: CFModel | None
+    manifest: dict = field(default_factory=dict)
+    has_lora: bool = False
+    notice: str = ""  # what is missing and how to fix it; empty when all is loaded
+
+    @property
+    def has_projector(self) -> bool:
+        return self.model.projector is not None and self.cf is not None
+
+    def available_methods(self) -> list[str]:
+        methods = ["zero_shot"]
+        if self.cf is not None:
+            methods.insert(0, "mf")
+        if self.has_lora:
+            methods.append("text_only")
+        if self.has_projector:
+            methods.append("collm")
+        return methods
+
+    # ---- inputs for rows: prompts + CF vectors ------------------------------------
+    def cf_vectors(self, rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        users = user_vectors_for_rows(self.cf, rows["user"].tolist(), rows["history_items"].tolist(),
+                                      rows["history_labels"].tolist())
+        return users, self.cf.item_vectors(rows["item"].tolist())
+
+    def prompts(self, rows: pd.DataFrame, with_cf: bool):
+        return build_prompts(self.model.builder, self.dataset.title, rows["history_items"].tolist(),
+                             rows["history_labels"].tolist(), rows["item"].tolist(), with_cf)
+
+    def score_rows(self, rows: pd.DataFrame, method: str, batch_size: int = 16, progress=None) -> torch.Tensor:
+        """Scores in [0, 1] for protocol rows under one of ``METHODS``."""
+        if method not in self.available_methods():
+            raise ValueError(f"method {method!r} is not available here ({self.notice or 'unknown method'})")
+        if method == "mf":
+            users, items = self.cf_vectors(rows)
+            return self.cf.score_vectors(users, items)
+        if method == "collm":
+            users, items = self.cf_vectors(rows)
+            return self.model.score(self.prompts(rows, True), users, items, use_lora=True,
+                                    batch_size=batch_size, progress=progress)
+        return self.model.score(self.prompts(rows, False), use_lora=(method == "text_only"),
+                                batch_size=batch_size, progress=progress)
+
+
+def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | None = None,
+                  data_path: str | None = None, cf_name: str = "mf", bf16: bool = True,
+                  dataset: Dataset | None = None, llm: LoadedLLM | None = None) -> Pipeline:
+    checkpoint_dir = Path(checkpoint_dir)
+    manifest = read_manifest(checkpoint_dir)
+    if llm_name is None and manifest.get("llm", {}).get("name") and llm is None:
+        llm_name = manifest["llm"]["name"]
+    llm = llm or load_llm(llm_name)
+    check_manifest(manifest, llm, None, cf_name)  # LLM mismatch: refuse before reading weights
+    dataset = dataset or load_dataset(data_path)
+    notes = []
+    cf_path = checkpoint_dir / f"cf_{cf_name}.safetensors"
+    cf = load_cf(cf_path) if cf_path.exists() else None
+    if cf is None:
+        notes.append(f"no CF model ({cf_path.name})")
+    else:
+        check_manifest(manifest, llm, cf, cf_name)
+    model_llm = llm.model
+    lora_dir = checkpoint_dir / "lora"
+    has_lora = (lora_dir / "adapter_model.safetensors").exists()
+    if has_lora:
+        from peft import PeftModel
+
+        model_llm = PeftModel.from_pretrained(llm.model, str(lora_dir), is_trainable=False)
+        model_llm.eval()
+    else:
+        notes.append("no LoRA adapter (lora/)")
+    projector = None
+    projector_path = checkpoint_dir / f"projector_{cf_name}.safetensors"
+    if cf is not None and projector_path.exists():
+        projector = load_projector(projector_path, llm.hidden_size, cf.dim)
+    else:
+        notes.append(f"no projector ({projector_path.name})")
+    model = CoLLM(model_llm, llm.tokenizer, projector, bf16=bf16)
+    notice = ""
+    if notes:
+        mode = "CoLLM" if projector is not None else ("text-only" if has_lora else "zero-shot")
+        notice = (f"Running in {mode} mode: {', '.join(notes)} in {checkpoint_dir}; {TRAIN_HINT}.")
+    return Pipeline(dataset, llm, model, cf, manifest, has_lora, notice)
+
+
+def method_rows(scores: Sequence[float]) -> list[float]:
+    return [float(s) for s in scores]
