@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import CHECKPOINT_DIR, QuickConfig, RESULTS_PATH, TrainConfig
+from .config import CHECKPOINT_DIR, RESULTS_PATH, QuickConfig, TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--methods", default="mf,zero_shot,text_only,collm")
     p_eval.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
 
-    p_map = sub.add_parser("embedding-map", parents=[common], help="compute the UMAP layout into assets/")
+    sub.add_parser("embedding-map", parents=[common], help="compute the UMAP layout into assets/")
 
     args = parser.parse_args(argv)
     if args.command == "fetch":

@@ -15,8 +15,8 @@ CF off = the text-only prompt (TALLRec's, no slots) through the same LLM and LoR
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

@@ -75,22 +75,26 @@ def _split_title_year(raw: str) -> tuple[str, object]:
     return raw.strip(), pd.NA
 
 
-def _finish(inter: pd.DataFrame, items: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    inter = inter.astype({"user": str, "item": str})
+def _finish(inter: pd.DataFrame, items: pd.DataFrame, source: str,
+            first_line: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Normalise types and check cross-file consistency. ``source`` names the interaction
+    file and ``first_line`` the file line of its first data row, so errors point at a line."""
+    inter = inter.reset_index(drop=True).astype({"user": str, "item": str})
     items = items.astype({"item": str}).drop_duplicates("item").set_index("item")
     items["year"] = items["year"].astype("Int64")
     items["title"] = items["title"].fillna("").astype(str)
     items["genres"] = items["genres"].fillna("").astype(str)
-    unknown = sorted(set(inter["item"]) - set(items.index))
-    if unknown:
-        raise DataError(f"{source}: {len(unknown)} interaction item id(s) have no entry in the "
-                        f"item file, e.g. {unknown[:5]}")
+    unknown = ~inter["item"].isin(items.index)
+    if unknown.any():
+        first = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise DataError(f"{source} line {first + first_line}: item id {inter.at[first, 'item']!r} has no "
+                        f"entry in the item file ({int(unknown.sum())} such interaction(s))")
     duplicated = inter.duplicated(["user", "item", "timestamp"])
     if duplicated.any():
         first = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise DataError(f"{source}: duplicate interaction (same user, item and timestamp) at "
-                        f"data row {first + 1}: user {inter.iloc[first]['user']}, "
-                        f"item {inter.iloc[first]['item']}")
+        raise DataError(f"{source} line {first + first_line}: duplicate interaction (same user "
+                        f"{inter.at[first, 'user']!r}, item {inter.at[first, 'item']!r} and timestamp "
+                        "as an earlier line)")
     return inter, items
 
 
@@ -104,7 +108,7 @@ def _load_recbole(folder: Path, stem: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         "item": items["item_id"],
         "title": items["movie_title"],
         "year": [_year(v) for v in items.get("release_year", [None] * len(items))],
-        "genres": items.get("class", "").str.replace(" ", "|").str.replace("Children's", "Children's"),
+        "genres": items["class"].str.replace(" ", "|") if "class" in items else "",
     })
     return inter[["user", "item", "rating", "timestamp"]], items
 
@@ -216,7 +220,7 @@ def load_interactions(path: str | os.PathLike | None = None) -> tuple[str, pd.Da
 
         folder = require("data")
         inter, items = _load_recbole(folder, "ml-100k")
-        return "ml-100k", *_finish(inter, items, str(folder))
+        return "ml-100k", *_finish(inter, items, str(folder / "ml-100k.inter"), first_line=2)
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"data path {folder} is not a folder")
@@ -224,9 +228,12 @@ def load_interactions(path: str | os.PathLike | None = None) -> tuple[str, pd.Da
     if fmt == "recbole":
         stem = next(folder.glob("*.inter")).stem
         inter, items = _load_recbole(folder, stem)
+        source, first_line = folder / f"{stem}.inter", 2
     else:
         inter, items = {"ml-100k": _load_ml100k, "ml-1m": _load_ml1m, "csv": _load_csv}[fmt](folder)
-    return f"{fmt}:{folder.name}", *_finish(inter, items, str(folder))
+        source = folder / {"ml-100k": "u.data", "ml-1m": "ratings.dat", "csv": "interactions.csv"}[fmt]
+        first_line = 2 if fmt == "csv" else 1
+    return f"{fmt}:{folder.name}", *_finish(inter, items, str(source), first_line)
 
 
 # ---------------------------------------------------------------------------- protocol

@@ -83,7 +83,10 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
             print(f"[evaluate] skipping {method}: not available ({pipeline.notice})", file=sys.stderr)
             continue
         started = time.time()
-        progress = (lambda it, m=method: tqdm(it, desc=m, file=sys.stderr, mininterval=10))
+
+        def progress(batches, method=method):
+            return tqdm(batches, desc=method, file=sys.stderr, mininterval=10)
+
         frame[method] = pipeline.score_rows(rows, method, progress=progress).numpy()
         results["timing_s"][method] = round(time.time() - started, 1)
         results["methods"][method] = metrics_by_slice(frame, method)

@@ -10,9 +10,9 @@ the pipeline then runs in the best mode it can (``text_only`` without a projecto
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import torch

@@ -26,7 +26,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from .cf.mf import cf_auc, train_mf
+from .cf.mf import train_mf
 from .collm import CoLLM, Projector
 from .config import CHECKPOINT_DIR, TrainConfig
 from .data import Dataset, load_dataset
@@ -101,7 +101,8 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
             logits.float(), torch.tensor(batch["label"].to_numpy(), dtype=torch.float32))
         (loss / cfg.grad_accum).backward()
         seen += len(batch)
-        running = float(loss) if running is None else 0.9 * running + 0.1 * float(loss)
+        value = float(loss.detach())
+        running = value if running is None else 0.9 * running + 0.1 * value
         if n % cfg.grad_accum == 0 or n == len(batches):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimiser.step()

@@ -16,8 +16,8 @@ known history is *folded in* (see ``foldin.py``) starting from that default.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file

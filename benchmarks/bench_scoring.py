@@ -1,0 +1,101 @@
+"""Scoring latency: naive full-prompt batches vs shared-prefix (KV cache) for one user.
+
+    python benchmarks/bench_scoring.py [--repeats 3] [--checkpoints checkpoints]
+
+For K = 1, 10, 20, 50 candidates and both modes (CF off / on) prints the median latency
+of naive batched full-prompt scoring, of shared-prefix scoring, and their ratio; then
+the median time of the app's "compare on and off" (both modes, shared prefix) for
+20 candidates. Also checks that both paths give the same scores (max |diff|).
+All numbers come from this one run; ratios are printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collm_demo.config import CHECKPOINT_DIR  # noqa: E402
+from collm_demo.pipeline import load_pipeline  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    fn()  # warm-up (allocations, first-call overheads)
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpoints", default=str(CHECKPOINT_DIR))
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipeline = load_pipeline(args.checkpoints)
+    model, ds, cf = pipeline.model, pipeline.dataset, pipeline.cf
+    row = ds.split("test").iloc[0]
+    history = [ds.title(i) for i in row["history_items"]]
+    labels = list(row["history_labels"])
+    pool = ds.items.index.tolist()
+    user_vec = cf.user_vectors([row["user"]])[0] if cf.has_user(row["user"]) else \
+        pipeline.cf_vectors(ds.split("test").iloc[[0]])[0][0]
+    results = []
+    for k in (1, 10, 20, 50):
+        items = pool[:k]
+        item_vecs = cf.item_vectors(items)
+        for with_cf in (False, True):
+            prompts = [model.builder.build(history, labels, ds.title(i), with_cf) for i in items]
+            u = user_vec if with_cf else None
+            iv = item_vecs if with_cf else None
+            def naive_fn(prompts=prompts, u=u, iv=iv, k=k):
+                return model.score(prompts, None if u is None else u.expand(k, -1), iv, batch_size=16)
+
+            def shared_fn(prompts=prompts, u=u, iv=iv):
+                return model.score_candidates(prompts, u, iv)
+
+            naive_t, naive = median_time(naive_fn, args.repeats)
+            shared_t, shared = median_time(shared_fn, args.repeats)
+            diff = float((naive - shared).abs().max())
+            results.append((k, "on " if with_cf else "off", naive_t, shared_t, naive_t / shared_t, diff))
+            print(f"K={k:3d} CF {'on ' if with_cf else 'off'}: naive {naive_t:.3f} s, shared-prefix "
+                  f"{shared_t:.3f} s, max |diff| {diff:.2e}", flush=True)
+    items = pool[:20]
+    item_vecs = cf.item_vectors(items)
+    text_prompts = [model.builder.build(history, labels, ds.title(i), False) for i in items]
+    cf_prompts = [model.builder.build(history, labels, ds.title(i), True) for i in items]
+
+    def compare():
+        return (model.score_candidates(text_prompts), model.score_candidates(cf_prompts, user_vec, item_vecs))
+
+    compare_times = []
+    compare()
+    for _ in range(max(5, args.repeats)):
+        start = time.perf_counter()
+        compare()
+        compare_times.append(time.perf_counter() - start)
+    print(f"\nthreads: {torch.get_num_threads()}, bf16 autocast: {model.bf16}, prompt length ~{len(cf_prompts[0])} tokens")
+    print("\n| K | CF | naive (s) | shared prefix (s) | ratio | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for k, mode, naive_t, shared_t, ratio, diff in results:
+        print(f"| {k} | {mode.strip()} | {naive_t:.3f} | {shared_t:.3f} | {ratio:.2f}x | {diff:.1e} |")
+    print(f"\ncompare on+off, 20 candidates: median {statistics.median(compare_times):.3f} s "
+          f"(goal < 1.5 s) over {len(compare_times)} runs")
+    for k, mode, _, _, ratio, _ in results:
+        if k == 20:
+            print(f"RATIO K=20 CF {mode.strip()}: {ratio:.2f}x (goal >= 3)")
+
+
+if __name__ == "__main__":
+    main()

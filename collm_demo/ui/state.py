@@ -1,0 +1,299 @@
+"""Shared state of the app: configuration, the one pipeline, and dataset look-ups.
+
+Nothing here builds widgets. The pipeline (LLM + LoRA + CF model + projector) is loaded
+once per process, in a background thread started by :func:`get_state`, so that the page
+can be built from the dataset alone (about 1 s) while the LLM loads; every handler that
+needs the model waits for it through :meth:`AppState.pipeline`.
+
+Configuration comes from the environment:
+
+=====================  =====================================================  ==========================
+variable               meaning                                                default
+=====================  =====================================================  ==========================
+``COLLM_CHECKPOINTS``  checkpoint folder (CF model, lora/, projector)         ``checkpoints/``
+``COLLM_LLM``          causal-LM id or folder                                 the embedded SmolLM2-135M
+``COLLM_DATA``         MovieLens / CSV folder                                 the embedded ML-100K
+``COLLM_RESULTS``      evaluation results JSON (Warm vs cold tab)             ``assets/results.json``
+``COLLM_LAYOUT``       embedding-map layout JSON (Embedding space tab)        ``assets/embedding_map.json``
+=====================  =====================================================  ==========================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import CHECKPOINT_DIR, RESULTS_PATH
+
+LAYOUT_DEFAULT = Path(RESULTS_PATH).parent / "embedding_map.json"
+MAX_CANDIDATES = 50  # per scoring call, in the UI and the API
+
+
+@dataclass
+class AppConfig:
+    checkpoint_dir: Path = CHECKPOINT_DIR
+    llm: str | None = None
+    data: str | None = None
+    results_path: Path = RESULTS_PATH
+    layout_path: Path = LAYOUT_DEFAULT
+
+    @classmethod
+    def from_env(cls) -> "AppConfig":
+        env = os.environ
+        return cls(checkpoint_dir=Path(env.get("COLLM_CHECKPOINTS") or CHECKPOINT_DIR),
+                   llm=env.get("COLLM_LLM") or None,
+                   data=env.get("COLLM_DATA") or None,
+                   results_path=Path(env.get("COLLM_RESULTS") or RESULTS_PATH),
+                   layout_path=Path(env.get("COLLM_LAYOUT") or LAYOUT_DEFAULT))
+
+
+@dataclass
+class UserInfo:
+    user: str
+    n_train: int  # training interactions (what the CF model saw)
+    n_pretest: int  # interactions before the test period (train + valid)
+    n_test: int  # interactions in the test period (honest candidates)
+    n_test_pos: int
+    in_cf: bool  # has a trained CF vector
+
+    @property
+    def warm(self) -> bool:
+        return self.n_train >= 3
+
+    def label(self) -> str:
+        status = "warm" if self.warm else "cold"
+        return (f"user {self.user} · {status} · {self.n_train} train interactions · "
+                f"{self.n_test} test items")
+
+
+class AppState:
+    """Everything the handlers share. Create with :func:`get_state` (one per process)."""
+
+    def __init__(self, config: AppConfig | None = None, pipeline=None, dataset=None):
+        from ..data import load_dataset
+
+        self.config = config or AppConfig.from_env()
+        self.model_lock = threading.RLock()  # the LoRA switch is global state: one model call at a time
+        self._pipeline = pipeline
+        self._pipeline_error: BaseException | None = None
+        self._fallback_note = ""
+        self.dataset = pipeline.dataset if pipeline is not None else (dataset or load_dataset(self.config.data))
+        self._index_dataset()
+        self._loader: threading.Thread | None = None
+        self._caches: dict[str, OrderedDict] = {}
+        self._layout: dict | None = None
+        self._layout_loaded = False
+        self._word_unit: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ pipeline
+    def start_loading(self) -> None:
+        if self._pipeline is not None or self._loader is not None:
+            return
+        self._loader = threading.Thread(target=self._load, name="collm-pipeline-loader", daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        from ..pipeline import CheckpointMismatch, load_pipeline
+
+        cfg = self.config
+        started = time.time()
+        try:
+            try:
+                self._pipeline = load_pipeline(cfg.checkpoint_dir, cfg.llm, cfg.data, dataset=self.dataset)
+            except CheckpointMismatch as err:
+                # Refuse the checkpoints, not the app: run zero-shot and say why.
+                empty = Path("/nonexistent-collm-checkpoints")
+                self._pipeline = load_pipeline(empty, cfg.llm, cfg.data, dataset=self.dataset)
+                self._fallback_note = (f"The checkpoints in {cfg.checkpoint_dir} were refused: {err}. "
+                                       "Running the plain LLM (zero-shot) instead.")
+        except BaseException as err:  # noqa: BLE001 - reported to the user by pipeline()
+            self._pipeline_error = err
+        self.load_seconds = round(time.time() - started, 1)
+
+    def pipeline(self):
+        """The loaded pipeline; waits for the loader thread on first use."""
+        if self._pipeline is None:
+            self.start_loading()
+            self._loader.join()
+        if self._pipeline is None:
+            raise RuntimeError(f"the model could not be loaded: {self._pipeline_error}")
+        return self._pipeline
+
+    @property
+    def notice(self) -> str:
+        pipe = self.pipeline()
+        return " ".join(n for n in (self._fallback_note, pipe.notice) if n)
+
+    # --------------------------------------------------------------- dataset indexes
+    def _index_dataset(self) -> None:
+        ds = self.dataset
+        inter = ds.interactions
+        self.test_start = int(inter.loc[inter["split"] == "test", "timestamp"].min())
+        train = inter[inter["split"] == "train"]
+        self.item_train = train["item"].value_counts().to_dict()
+        self.user_train = train["user"].value_counts().to_dict()
+        self.warm_min = ds.protocol.warm_min
+        pre = inter[inter["timestamp"] < self.test_start]
+        test = inter[inter["split"] == "test"]
+        self._pretest = {u: g for u, g in pre.groupby("user", sort=False)}
+        self._test = {u: g for u, g in test.groupby("user", sort=False)}
+        self.users: dict[str, UserInfo] = {}
+        for user in sorted(inter["user"].unique(), key=lambda u: (len(u), u)):
+            t = self._test.get(user)
+            self.users[user] = UserInfo(
+                user=user, n_train=int(self.user_train.get(user, 0)),
+                n_pretest=0 if user not in self._pretest else len(self._pretest[user]),
+                n_test=0 if t is None else len(t), n_test_pos=0 if t is None else int(t["label"].sum()),
+                in_cf=False)  # filled in once the CF model is known (see refresh_cf_flags)
+        items = ds.items
+        self.item_ids = [str(i) for i in sorted(items.index, key=lambda i: (len(str(i)), str(i)))]
+        self.item_title = {i: ds.title(i) for i in self.item_ids}
+
+    def refresh_cf_flags(self) -> None:
+        cf = self.pipeline().cf
+        for info in self.users.values():
+            info.in_cf = bool(cf is not None and cf.has_user(info.user))
+
+    def item_warm(self, item: str) -> bool:
+        return self.item_train.get(item, 0) >= self.warm_min
+
+    def item_label(self, item: str) -> str:
+        """'Toy Story (1995) · #1' for dropdowns."""
+        year = self.dataset.items.at[item, "year"] if item in self.dataset.items.index else pd.NA
+        year = "" if pd.isna(year) else f" ({int(year)})"
+        return f"{self.item_title.get(item, item)}{year} · #{item}"
+
+    def item_choices(self) -> list[tuple[str, str]]:
+        out = []
+        for item in self.item_ids:
+            n = self.item_train.get(item, 0)
+            status = "warm" if n >= self.warm_min else "cold"
+            out.append((f"{self.item_label(item)} · {status}, {n} train", item))
+        return out
+
+    def user_choices(self) -> list[tuple[str, str]]:
+        """Users that have a history before the test period; those with test items first."""
+        usable = [u for u in self.users.values() if u.n_pretest > 0]
+        usable.sort(key=lambda u: (u.n_test == 0, -u.n_test, len(u.user), u.user))
+        return [(u.label(), u.user) for u in usable]
+
+    def default_user(self) -> str:
+        """A warm user with both liked and disliked test items: a good first example."""
+        candidates = [u for u in self.users.values()
+                      if u.warm and u.n_test >= 10 and 0 < u.n_test_pos < u.n_test and u.n_pretest >= 10]
+        if not candidates:
+            candidates = [u for u in self.users.values() if u.n_pretest > 0] or list(self.users.values())
+        # Moderate activity reads better than the 300-item outliers.
+        candidates.sort(key=lambda u: (abs(u.n_test - 20), u.user))
+        return candidates[0].user
+
+    def real_history(self, user: str, k: int | None = None) -> pd.DataFrame:
+        """The user's last <= k interactions before the test period (train + valid), oldest first."""
+        k = k or self.dataset.protocol.history_len
+        frame = self._pretest.get(user)
+        if frame is None:
+            return pd.DataFrame(columns=["item", "label", "timestamp", "rating"])
+        return frame.sort_values("timestamp", kind="stable").tail(k)[["item", "label", "timestamp", "rating"]]
+
+    def test_items(self, user: str) -> pd.DataFrame:
+        frame = self._test.get(user)
+        if frame is None:
+            return pd.DataFrame(columns=["item", "label", "timestamp", "rating"])
+        return frame[["item", "label", "timestamp", "rating"]]
+
+    def true_labels(self, user: str | None) -> dict[str, int]:
+        """Known labels of the user's test-period interactions (the honest ones)."""
+        if not user:
+            return {}
+        frame = self._test.get(user)
+        if frame is None:
+            return {}
+        return {str(i): int(y) for i, y in zip(frame["item"], frame["label"])}
+
+    # ------------------------------------------------------------------ caches
+    def cache(self, name: str, size: int = 64) -> "LRU":
+        if name not in self._caches:
+            self._caches[name] = LRU(size)
+        return self._caches[name]
+
+    # ------------------------------------------------------------------ assets
+    def layout(self) -> dict | None:
+        if not self._layout_loaded:
+            from ..embedding_map import load_layout
+
+            try:
+                self._layout = load_layout(self.config.layout_path)
+            except (OSError, json.JSONDecodeError):
+                self._layout = None
+            self._layout_loaded = True
+        return self._layout
+
+    def results(self) -> dict | None:
+        path = Path(self.config.results_path)
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def word_unit(self) -> np.ndarray:
+        """Unit-normalised input word embeddings (cached; 49k x hidden)."""
+        if self._word_unit is None:
+            words = self.pipeline().model.llm.get_input_embeddings().weight.detach().float().numpy()
+            self._word_unit = words / np.maximum(np.linalg.norm(words, axis=1, keepdims=True), 1e-12)
+            self.word_norm_mean = float(np.linalg.norm(words, axis=1).mean())
+        return self._word_unit
+
+    @torch.no_grad()
+    def project(self, vectors: torch.Tensor) -> np.ndarray:
+        """CF vectors -> mapped tokens (the vectors that overwrite the slots)."""
+        projector = self.pipeline().model.projector
+        return projector(torch.atleast_2d(vectors)).numpy()
+
+
+class LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        if len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+_STATE: AppState | None = None
+_STATE_LOCK = threading.Lock()
+
+
+def get_state() -> AppState:
+    """The process-wide state; starts loading the model in the background."""
+    global _STATE
+    with _STATE_LOCK:
+        if _STATE is None:
+            _STATE = AppState()
+            _STATE.start_loading()
+    return _STATE
+
+
+def set_state(state: AppState) -> AppState:
+    """Install a state (tests build one around an already loaded pipeline)."""
+    global _STATE
+    with _STATE_LOCK:
+        _STATE = state
+    return state

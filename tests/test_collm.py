@@ -1,0 +1,134 @@
+"""The forward pass on a tiny 2-layer Llama: parity, exact injection, padding, shared prefix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from collm_demo.collm import CoLLM, Projector, prompt_text
+from collm_demo.llm import load_llm
+from collm_demo.pipeline import CheckpointMismatch, load_projector, save_projector
+from conftest import TITLES
+
+HISTORIES = [(["Heat", "Jaws"], [1, 0]), (["Toy Story"], [1]),
+             (["Alien", "Casino", "Fargo", "Brazil", "Clerks"], [1, 1, 0, 1, 0])]
+TARGETS = ["Vertigo", "Babe", "Twister Speed Heat"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llm_dir):
+    llm = load_llm(str(tiny_llm_dir))
+    torch.manual_seed(0)
+    return llm, CoLLM(llm.model, llm.tokenizer, Projector(6, llm.hidden_size))
+
+
+def prompts(model, with_cf, histories=HISTORIES, targets=TARGETS):
+    return [model.builder.build(h, y, t, with_cf) for (h, y), t in zip(histories, targets)]
+
+
+def plain_llm_scores(llm, model, prompt_list):
+    """Reference: the plain LLM on input_ids, one prompt at a time (no padding, no embeds)."""
+    out = []
+    with torch.no_grad():
+        for p in prompt_list:
+            logits = llm.model(input_ids=torch.tensor([p.ids])).logits[0, -1]
+            out.append(torch.sigmoid(logits[model.yes_id] - logits[model.no_id]))
+    return torch.stack(out)
+
+
+def test_parity_cf_off_equals_plain_llm(tiny):
+    llm, model = tiny
+    text = prompts(model, False)
+    assert all(p.user_slot is None and p.item_slot is None for p in text)
+    torch.testing.assert_close(model.score(text, batch_size=3), plain_llm_scores(llm, model, text),
+                               atol=1e-5, rtol=0)
+
+
+def test_parity_with_disabled_lora_adapter(tiny_llm_dir):
+    llm = load_llm(str(tiny_llm_dir))
+    reference = CoLLM(llm.model, llm.tokenizer)
+    text = prompts(reference, False)
+    before = reference.score(text)
+    peft_model = get_peft_model(llm.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    wrapped = CoLLM(peft_model, llm.tokenizer)
+    assert not torch.allclose(wrapped.score(text, use_lora=True), before, atol=1e-4)  # the adapter does act
+    torch.testing.assert_close(wrapped.score(text, use_lora=False), before, atol=1e-5, rtol=0)
+
+
+def test_cf_vectors_land_exactly_on_the_slots_in_a_padded_batch(tiny):
+    llm, model = tiny
+    cf_prompts = prompts(model, True)
+    lengths = [len(p) for p in cf_prompts]
+    assert len(set(lengths)) == 3  # mixed lengths: padding is exercised
+    users, items = torch.randn(3, 6), torch.randn(3, 6)
+    captured = {}
+    hook = llm.model.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: captured.update(kwargs), with_kwargs=True)
+    try:
+        model(cf_prompts, users, items)
+    finally:
+        hook.remove()
+    embeds, width = captured["inputs_embeds"], max(lengths)
+    table = llm.model.get_input_embeddings().weight
+    with torch.no_grad():
+        user_tokens, item_tokens = model.projector(users), model.projector(items)
+    for row, p in enumerate(cf_prompts):
+        offset = width - len(p)
+        user_pos, item_pos = offset + p.user_slot, offset + len(p.prefix) + p.item_slot
+        torch.testing.assert_close(embeds[row, user_pos], user_tokens[row])
+        torch.testing.assert_close(embeds[row, item_pos], item_tokens[row])
+        for pos in range(offset, width):  # every other position holds its word embedding
+            if pos not in (user_pos, item_pos):
+                torch.testing.assert_close(embeds[row, pos], table[p.ids[pos - offset]])
+    assert captured["position_ids"][0, width - lengths[0]] == 0  # positions start at the first real token
+
+
+def test_batched_equals_one_at_a_time(tiny):
+    _, model = tiny
+    cf_prompts = prompts(model, True)
+    users, items = torch.randn(3, 6), torch.randn(3, 6)
+    batched = model.score(cf_prompts, users, items, batch_size=3)
+    single = torch.cat([model.score([p], users[n:n + 1], items[n:n + 1]) for n, p in enumerate(cf_prompts)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+
+
+def test_cf_injection_changes_scores(tiny):
+    _, model = tiny
+    cf_prompts = prompts(model, True)
+    a = model.score(cf_prompts, torch.zeros(3, 6), torch.zeros(3, 6))
+    b = model.score(cf_prompts, torch.randn(3, 6) * 5, torch.randn(3, 6) * 5)
+    assert (a - b).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("with_cf", [False, True])
+def test_shared_prefix_scoring_matches_full_prompts(tiny, with_cf):
+    _, model = tiny
+    history = (["Heat", "Jaws", "Alien"], [1, 0, 1])
+    targets = TITLES[:7] + ["Toy Story Heat Jaws Alien Casino"]  # mixed suffix lengths
+    cand = [model.builder.build(*history, t, with_cf) for t in targets]
+    assert len({len(p.suffix) for p in cand}) > 1
+    user, items = torch.randn(6), torch.randn(len(cand), 6)
+    full = model.score(cand, user.expand(len(cand), -1) if with_cf else None, items if with_cf else None)
+    shared = model.score_candidates(cand, user if with_cf else None, items if with_cf else None, batch_size=3)
+    torch.testing.assert_close(shared, full, atol=1e-4, rtol=0)
+
+
+def test_prompt_text_marks_slots_and_matches_the_paper_wording():
+    text = prompt_text(["Heat"], [1], "Jaws", True)
+    assert "encoded in the feature <UserID>." in text and 'titled "Jaws" with the feature <ItemID>?' in text
+    assert text.endswith('Answer with "Yes" or "No".\n#Answer:')
+    plain = prompt_text(["Heat"], [0], "Jaws", False)
+    assert "<UserID>" not in plain and '"Heat" (disliked)' in plain
+
+
+def test_projector_round_trip_and_mismatch(tmp_path):
+    projector = Projector(6, 32)
+    save_projector(projector, tmp_path / "p.safetensors", "mf")
+    back = load_projector(tmp_path / "p.safetensors", hidden_size=32, cf_dim=6)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(back(x), projector(x))
+    with pytest.raises(CheckpointMismatch, match="hidden size 32.*hidden size 576"):
+        load_projector(tmp_path / "p.safetensors", hidden_size=576, cf_dim=6)
+    with pytest.raises(CheckpointMismatch, match="dim 6.*dim 66"):
+        load_projector(tmp_path / "p.safetensors", hidden_size=32, cf_dim=66)

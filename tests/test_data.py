@@ -1,0 +1,104 @@
+"""Protocol: formats, time split without leakage, histories, warm/cold counts, bad files."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from collm_demo.data import DataError, build_protocol, load_dataset, load_interactions
+from conftest import synthetic_ratings, write_ml1m, write_ml100k
+
+
+def check_protocol(ds) -> None:
+    inter, rows = ds.interactions, ds.rows
+    # 1. every train interaction precedes every valid/test interaction, strictly
+    by_split = {s: inter[inter["split"] == s]["timestamp"] for s in ("train", "valid", "test")}
+    assert by_split["train"].max() < by_split["valid"].min()
+    assert by_split["valid"].max() < by_split["test"].min()
+    # 2. every history item was consumed by the same user strictly before the row
+    when = {(u, i): t for u, i, t in inter[["user", "item", "timestamp"]].itertuples(index=False)}
+    for row in rows.itertuples():
+        assert 0 < len(row.history_items) <= ds.protocol.history_len
+        assert len(row.history_items) == len(row.history_labels)
+        stamps = [when[(row.user, h)] for h in row.history_items]
+        assert max(stamps) < row.timestamp
+        assert stamps == sorted(stamps)  # oldest first, latest last
+    # 3. counts are consistent
+    for split, c in ds.counts["splits"].items():
+        kept = rows[rows["split"] == split]
+        assert c["rows"] == len(kept) == c["warm"] + c["cold"]
+        assert c["rows"] + ds.counts["dropped_no_history"][split] == int((inter["split"] == split).sum())
+    warm_expected = (rows["user_train_count"] >= 3) & (rows["item_train_count"] >= 3)
+    assert (rows["warm"] == warm_expected).all()
+    assert (rows["cold_user"] == (rows["user_train_count"] < 3)).all()
+
+
+def test_ml100k_format_and_protocol(tiny_data_dir):
+    ds = load_dataset(tiny_data_dir)
+    assert ds.name.startswith("ml-100k")
+    assert ds.items.at["1", "title"] == "Toy Story" and ds.items.at["1", "year"] == 1991
+    assert set(ds.rows["label"]) == {0, 1}
+    check_protocol(ds)
+
+
+def test_ml1m_format(tmp_path):
+    ds = load_dataset(write_ml1m(tmp_path / "ml1m"))
+    assert ds.name.startswith("ml-1m") and ds.items.at["2", "genres"] == "Comedy|Drama"
+    check_protocol(ds)
+
+
+def test_csv_format_and_iso_dates(tmp_path):
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    lines = ["user,item,rating,timestamp"] + [
+        f"{u},{i},{r},{pd.Timestamp(t, unit='s').isoformat() if n % 2 else t}"
+        for n, (u, i, r, t) in enumerate(synthetic_ratings())]
+    (folder / "interactions.csv").write_text("\n".join(lines) + "\n")
+    (folder / "items.csv").write_text("item,title,genres\n" + "".join(f"{n},Film {n},Drama\n" for n in range(1, 13)))
+    check_protocol(load_dataset(folder))
+
+
+def test_ties_never_straddle_a_split_boundary():
+    # 10 interactions, all at one timestamp except the last: the 80% cut must move past the tie.
+    inter = pd.DataFrame({"user": [str(u % 3) for u in range(10)], "item": [str(i) for i in range(10)],
+                          "rating": [5] * 10, "timestamp": [100] * 9 + [200]})
+    items = pd.DataFrame({"title": [f"m{i}" for i in range(10)], "year": [pd.NA] * 10, "genres": [""] * 10},
+                         index=[str(i) for i in range(10)])
+    items["year"] = items["year"].astype("Int64")
+    ds = build_protocol("toy", inter, items)
+    assert (ds.interactions["split"] == "train").sum() == 9
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("user,item,rating\n1,1,5\n", "missing column"),
+    ("user,item,rating,timestamp\n1,1,5,yesterday-ish\n", "line 2: bad timestamp"),
+    ("user,item,rating,timestamp\n1,99,5,1000\n", "no entry in the item file"),
+    ("user,item,rating,timestamp\n1,1,5,1000\n1,1,4,1000\n", "duplicate interaction"),
+    ("user,item,rating,timestamp\n1,1,five,1000\n", "line 2: rating"),
+])
+def test_csv_errors_name_file_line_and_reason(tmp_path, content, reason):
+    (tmp_path / "interactions.csv").write_text(content)
+    (tmp_path / "items.csv").write_text("item,title\n1,Heat\n")
+    with pytest.raises(DataError, match=reason) as err:
+        load_interactions(tmp_path)
+    assert "interactions.csv" in str(err.value) or "no entry" in str(err.value)
+
+
+def test_unknown_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no known data files"):
+        load_interactions(tmp_path)
+
+
+def test_ml100k_bad_item_line(tmp_path):
+    folder = write_ml100k(tmp_path / "bad")
+    (folder / "u.item").write_text("1|Heat (1995)|only three fields\n", encoding="latin-1")
+    with pytest.raises(DataError, match=r"u.item line 1"):
+        load_interactions(folder)
+
+
+@pytest.mark.integration
+def test_embedded_ml100k_protocol():
+    ds = load_dataset()
+    assert ds.counts["interactions"] == 100_000
+    assert ds.items["year"].isna().sum() >= 1  # RecBole's 'unkonwn' year becomes NA
+    check_protocol(ds)

@@ -1,0 +1,91 @@
+"""Training and evaluation commands end to end (tiny LLM + tiny data; and the real defaults)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from collm_demo.__main__ import main
+from collm_demo.pipeline import CheckpointMismatch, load_pipeline, read_manifest, write_manifest
+
+
+def test_quick_training_writes_every_checkpoint_and_a_manifest(tiny_checkpoints, tiny_llm_dir):
+    for name in ("cf_mf.safetensors", "projector_mf.safetensors", "lora/adapter_model.safetensors",
+                 "manifest.json"):
+        assert (tiny_checkpoints / name).exists(), name
+    manifest = read_manifest(tiny_checkpoints)
+    assert manifest["llm"]["name"] == str(tiny_llm_dir) and manifest["llm"]["hidden_size"] == 32
+    assert manifest["cf"]["mf"]["vector_dim"] == 66
+    assert manifest["seed"] == 0 and "train --quick" in manifest["command"]
+    assert manifest["data"]["counts"]["splits"]["test"]["rows"] > 0
+    for stage in ("cf", "lora", "projector"):
+        assert manifest["stages"][stage]["wall_s"] >= 0 and manifest["stages"][stage]["rows_per_s"] > 0
+
+
+def test_checkpoints_round_trip_into_the_pipeline(tiny_checkpoints, tiny_llm_dir, tiny_data_dir):
+    pipeline = load_pipeline(tiny_checkpoints, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
+    assert pipeline.notice == "" and pipeline.available_methods() == ["mf", "zero_shot", "text_only", "collm"]
+    saved = load_file(str(tiny_checkpoints / "projector_mf.safetensors"))
+    for key, value in pipeline.model.projector.state_dict().items():
+        assert torch.equal(value, saved[key])
+    saved_lora = load_file(str(tiny_checkpoints / "lora" / "adapter_model.safetensors"))
+    live = {k: v for k, v in pipeline.model.llm.state_dict().items() if "lora_" in k}
+    assert len(live) == len(saved_lora) > 0
+    # same rows, same scores, twice (deterministic), in every mode
+    rows = pipeline.dataset.split("test").head(5)
+    for method in pipeline.available_methods():
+        torch.testing.assert_close(pipeline.score_rows(rows, method), pipeline.score_rows(rows, method))
+
+
+def test_manifest_mismatch_is_refused_before_weights(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoints, copy)
+    manifest = read_manifest(copy)
+    manifest["llm"]["hidden_size"] = 576
+    write_manifest(manifest, copy)
+    with pytest.raises(CheckpointMismatch, match="hidden size 576.*hidden size 32"):
+        load_pipeline(copy, str(tiny_llm_dir), str(tiny_data_dir))
+    manifest["llm"]["hidden_size"] = 32
+    manifest["cf"]["mf"]["items"] = 999
+    write_manifest(manifest, copy)
+    with pytest.raises(CheckpointMismatch, match="999 items"):
+        load_pipeline(copy, str(tiny_llm_dir), str(tiny_data_dir))
+
+
+def test_missing_checkpoints_fall_back_to_text_or_zero_shot(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    empty = load_pipeline(tmp_path / "nothing", str(tiny_llm_dir), str(tiny_data_dir))
+    assert empty.available_methods() == ["zero_shot"] and "train" in empty.notice
+    with pytest.raises(ValueError, match="not available"):
+        empty.score_rows(empty.dataset.split("test").head(2), "collm")
+
+
+def test_quick_evaluation_writes_the_results_schema(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "results.json"
+    assert main(["evaluate", "--quick", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir),
+                 "--checkpoints", str(tiny_checkpoints), "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["methods"]) == {"mf", "zero_shot", "text_only", "collm"}
+    for slices in results["methods"].values():
+        assert set(slices) == {"all", "warm", "cold"}
+        assert slices["all"]["n"] == slices["warm"]["n"] + slices["cold"]["n"] > 0
+        assert {"auc", "uauc", "n"} <= set(slices["all"])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_quick_train_and_evaluate_on_the_embedded_defaults(tmp_path):
+    """`train --quick` / `evaluate --quick` on the real SmolLM2 + ML-100K (about a minute)."""
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "--quick", "--checkpoints", str(ckpt)]) == 0
+    manifest = read_manifest(ckpt)
+    assert manifest["llm"]["hidden_size"] == 576 and manifest["llm"]["layers"] == 30
+    assert manifest["data"]["counts"]["interactions"] == 100_000
+    out = tmp_path / "results.json"
+    assert main(["evaluate", "--quick", "--checkpoints", str(ckpt), "--out", str(out), "--max-rows", "24"]) == 0
+    results = json.loads(out.read_text())
+    assert results["protocol"]["rows"] == 24 and "collm" in results["methods"]
