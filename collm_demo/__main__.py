@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--checkpoints", default=str(CHECKPOINT_DIR), help="checkpoint folder")
     common.add_argument("--quick", action="store_true", help="tiny slice of the same code, for tests")
     common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--cf", default="mf", help="CF backend: mf, lightgcn, or a name given to import-embeddings")
 
     p_train = sub.add_parser("train", parents=[common], help="train CF / LoRA / projector")
     p_train.add_argument("--stage", choices=["cf", "lora", "projector", "all"], default="all")
@@ -36,10 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("evaluate", parents=[common], help="AUC/UAUC on the test split, all/warm/cold")
     p_eval.add_argument("--out", default=None, help=f"results file (default {RESULTS_PATH}; --quick: checkpoints/results_quick.json)")
     p_eval.add_argument("--max-rows", type=int, default=None, help="evaluate a seeded subset of test rows")
-    p_eval.add_argument("--methods", default="mf,zero_shot,text_only,collm")
+    p_eval.add_argument("--methods", default=None,
+                        help="comma-separated; default mf,zero_shot,text_only,collm (or <cf>,collm_<cf> with --cf)")
     p_eval.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
 
     sub.add_parser("embedding-map", parents=[common], help="compute the UMAP layout into assets/")
+
+    p_imp = sub.add_parser("import-embeddings", parents=[common],
+                           help="bring user/item vectors from any tool, validate them, train their projector")
+    p_imp.add_argument("--name", required=True, help="backend name (results rows: <name>, collm_<name>)")
+    p_imp.add_argument("--users", required=True, help="user vectors (.npy or .safetensors)")
+    p_imp.add_argument("--items", required=True, help="item vectors (.npy or .safetensors)")
+    p_imp.add_argument("--user-ids", default=None, help="ids of the user rows (.json list or .txt lines)")
+    p_imp.add_argument("--item-ids", default=None, help="ids of the item rows (.json list or .txt lines)")
+    p_imp.add_argument("--no-train", action="store_true", help="only validate and save the vectors")
 
     args = parser.parse_args(argv)
     if args.command == "fetch":
@@ -58,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))
         stages = list(train.STAGES) if args.stage == "all" else [args.stage]
-        manifest = train.run(stages, cfg, Path(args.checkpoints), args.llm, args.data, args.quick, argv)
-        print(json.dumps({k: manifest["stages"][k] for k in stages if k in manifest["stages"]},
+        manifest = train.run(stages, cfg, Path(args.checkpoints), args.llm, args.data, args.quick, argv,
+                             cf_name=args.cf)
+        print(json.dumps({k: v for k, v in manifest["stages"].items() if k.split("_")[0] in stages},
                          indent=1, default=str)[:4000])
         return 0
     if args.command == "evaluate":
@@ -67,8 +79,33 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(args.out) if args.out else (Path(args.checkpoints) / "results_quick.json" if args.quick else RESULTS_PATH)
         max_rows = args.max_rows if args.max_rows is not None else (48 if args.quick else None)
-        evaluate.run(Path(args.checkpoints), out, args.llm, args.data, args.methods.split(","), max_rows,
+        methods = args.methods.split(",") if args.methods else None
+        evaluate.run(Path(args.checkpoints), out, args.llm, args.data, methods, max_rows, cf_name=args.cf,
                      seed=args.seed, write_readme=not (args.no_readme or args.quick or args.max_rows), argv=argv)
+        return 0
+    if args.command == "import-embeddings":
+        from . import train
+        from .cf.imported import import_embeddings
+        from .data import load_dataset
+        from .pipeline import read_manifest, write_manifest
+
+        if args.name in train.CF_TRAINERS:
+            raise SystemExit(f"--name {args.name!r} is taken by a built-in CF model; choose another name")
+        dataset = load_dataset(args.data)
+        cf = import_embeddings(args.users, args.items, set(dataset.interactions["user"]), set(dataset.items.index),
+                               args.user_ids, args.item_ids, args.name)
+        out = Path(args.checkpoints)
+        out.mkdir(parents=True, exist_ok=True)
+        cf.save(out / f"cf_{args.name}.safetensors")
+        manifest = read_manifest(out)
+        manifest.setdefault("cf", {})[args.name] = {
+            "file": f"cf_{args.name}.safetensors", "kind": cf.kind, "vector_dim": cf.dim,
+            "users": len(cf.user_ids), "items": len(cf.item_ids), "source": [args.users, args.items]}
+        write_manifest(manifest, out)
+        print(f"imported {len(cf.user_ids)} users and {len(cf.item_ids)} items, dim {cf.dim} → {out}")
+        if not args.no_train:
+            cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
+            train.run(["projector"], cfg, out, args.llm, args.data, args.quick, argv, cf_name=args.name)
         return 0
     if args.command == "embedding-map":
         from . import embedding_map

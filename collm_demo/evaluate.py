@@ -64,20 +64,28 @@ def update_readme(results: dict, readme: Path = PROJECT_ROOT / "README.md") -> N
 
 def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path: str | None = None,
         methods: list[str] | None = None, max_rows: int | None = None, seed: int = 0,
-        write_readme: bool = True, argv: list[str] | None = None) -> dict:
-    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path)
+        write_readme: bool = True, argv: list[str] | None = None, cf_name: str = "mf") -> dict:
+    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name)
     if pipeline.notice:
         print(pipeline.notice, file=sys.stderr)
     rows = pipeline.dataset.split("test")
     if max_rows is not None and max_rows < len(rows):
         rows = rows.sample(n=max_rows, random_state=seed).sort_index()
     frame = rows[["user", "item", "label", "warm", "cold_user", "cold_item"]].copy()
-    methods = [m for m in (methods or ["mf", "zero_shot", "text_only", "collm"])]
+    if not methods:
+        methods = (["mf", "zero_shot", "text_only", "collm"] if cf_name == "mf"
+                   else [pipeline.cf_method, pipeline.collm_method])
+    previous = json.loads(out.read_text()) if out.exists() else {}
     results: dict = {"protocol": {"data": pipeline.dataset.name, "split": "test",
                                   "rows": int(len(rows)), "subset": max_rows is not None,
                                   "counts": pipeline.dataset.counts["splits"]["test"],
                                   "llm": pipeline.llm.name, "checkpoints": str(checkpoint_dir)},
                      "methods": {}, "timing_s": {}}
+    if previous.get("protocol", {}).get("rows") == len(rows) and previous.get("protocol", {}).get("data") == pipeline.dataset.name:
+        # same test rows: keep the other backends' rows (each backend is evaluated by its own command)
+        results["methods"] = {k: v for k, v in previous.get("methods", {}).items() if k not in methods}
+        results["timing_s"] = {k: v for k, v in previous.get("timing_s", {}).items() if k not in methods}
+        results["commands"] = previous.get("commands", {})
     for method in methods:
         if method not in pipeline.available_methods():
             print(f"[evaluate] skipping {method}: not available ({pipeline.notice})", file=sys.stderr)
@@ -94,7 +102,8 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
               f"({results['timing_s'][method]} s)", file=sys.stderr, flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")  # after every method: partial results survive
-    results["command"] = "python -m collm_demo " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m collm_demo " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    results.setdefault("commands", {}).update({m: command for m in methods if m in results["methods"]})
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(results_table(results))
     if write_readme and max_rows is None:

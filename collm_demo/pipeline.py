@@ -23,10 +23,9 @@ from .cf.base import CFModel, load_cf
 from .collm import CoLLM, Projector, build_prompts
 from .config import CHECKPOINT_DIR
 from .data import Dataset, load_dataset
-from .foldin import user_vectors_for_rows
 from .llm import LoadedLLM, load_llm
 
-METHODS = ("mf", "zero_shot", "text_only", "collm")
+METHODS = ("mf", "zero_shot", "text_only", "collm")  # plus "<cf>" and "collm_<cf>" for other CF backends
 TRAIN_HINT = "train them with `python -m collm_demo train --stage all`"
 
 
@@ -103,6 +102,17 @@ class Pipeline:
     manifest: dict = field(default_factory=dict)
     has_lora: bool = False
     notice: str = ""  # what is missing and how to fix it; empty when all is loaded
+    cf_name: str = "mf"  # which CF backend feeds the CF tokens (mf, lightgcn, or an imported name)
+
+    @property
+    def cf_method(self) -> str:
+        """Results key of the CF model alone: 'mf', 'lightgcn', ..."""
+        return self.cf_name
+
+    @property
+    def collm_method(self) -> str:
+        """Results key of CoLLM with this backend: 'collm' for MF (the paper's main row), else 'collm_<name>'."""
+        return "collm" if self.cf_name == "mf" else f"collm_{self.cf_name}"
 
     @property
     def has_projector(self) -> bool:
@@ -111,17 +121,17 @@ class Pipeline:
     def available_methods(self) -> list[str]:
         methods = ["zero_shot"]
         if self.cf is not None:
-            methods.insert(0, "mf")
+            methods.insert(0, self.cf_method)
         if self.has_lora:
             methods.append("text_only")
         if self.has_projector:
-            methods.append("collm")
+            methods.append(self.collm_method)
         return methods
 
     # ---- inputs for rows: prompts + CF vectors ------------------------------------
     def cf_vectors(self, rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-        users = user_vectors_for_rows(self.cf, rows["user"].tolist(), rows["history_items"].tolist(),
-                                      rows["history_labels"].tolist())
+        users = self.cf.row_user_vectors(rows["user"].tolist(), rows["history_items"].tolist(),
+                                         rows["history_labels"].tolist())
         return users, self.cf.item_vectors(rows["item"].tolist())
 
     def prompts(self, rows: pd.DataFrame, with_cf: bool):
@@ -132,10 +142,10 @@ class Pipeline:
         """Scores in [0, 1] for protocol rows under one of ``METHODS``."""
         if method not in self.available_methods():
             raise ValueError(f"method {method!r} is not available here ({self.notice or 'unknown method'})")
-        if method == "mf":
+        if method == self.cf_method:
             users, items = self.cf_vectors(rows)
             return self.cf.score_vectors(users, items)
-        if method == "collm":
+        if method == self.collm_method:
             users, items = self.cf_vectors(rows)
             return self.model.score(self.prompts(rows, True), users, items, use_lora=True,
                                     batch_size=batch_size, progress=progress)
@@ -181,7 +191,7 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
     if notes:
         mode = "CoLLM" if projector is not None else ("text-only" if has_lora else "zero-shot")
         notice = (f"Running in {mode} mode: {', '.join(notes)} in {checkpoint_dir}; {TRAIN_HINT}.")
-    return Pipeline(dataset, llm, model, cf, manifest, has_lora, notice)
+    return Pipeline(dataset, llm, model, cf, manifest, has_lora, notice, cf_name)
 
 
 def method_rows(scores: Sequence[float]) -> list[float]:

@@ -68,7 +68,7 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
     """One pass over ``rows`` (batch × grad-accum), early stopping on ``eval_rows`` AUC.
     The best parameters (by early-stopping AUC) are restored at the end."""
     model: CoLLM = pipeline.model
-    method = "collm" if stage == "projector" else "text_only"
+    method = pipeline.collm_method if stage == "projector" else "text_only"
     with_cf = stage == "projector"
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps = max(1, math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum)))
@@ -134,8 +134,26 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
             "wall_s": round(wall, 1), "rows_per_s": round(seen / wall, 2), "history": history}
 
 
+CF_TRAINERS = ("mf", "lightgcn")  # trained by the `cf` stage; other names come from import-embeddings
+
+
+def train_cf_model(name: str, dataset: Dataset, cfg: TrainConfig):
+    train = dataset.interactions[dataset.interactions["split"] == "train"]
+    common = dict(dim=cfg.cf_dim, epochs=cfg.cf_epochs, lr=cfg.cf_lr, weight_decay=cfg.cf_weight_decay,
+                  patience=cfg.cf_patience, seed=cfg.seed, log=log)
+    if name == "mf":
+        return train, *train_mf(train, dataset.split("valid"), **common)
+    if name == "lightgcn":
+        from .cf.lightgcn import train_lightgcn
+
+        return train, *train_lightgcn(train, dataset.split("valid"), **common)
+    raise ValueError(f"unknown CF model {name!r}: the cf stage trains one of {CF_TRAINERS}; "
+                     "bring other vectors with `python -m collm_demo import-embeddings`")
+
+
 def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm_name: str | None = None,
-        data_path: str | None = None, quick: bool = False, argv: list[str] | None = None) -> dict:
+        data_path: str | None = None, quick: bool = False, argv: list[str] | None = None,
+        cf_name: str = "mf") -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out_dir = Path(out_dir)
@@ -155,16 +173,17 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
     eval_rows = early_stop_rows(dataset, cfg)
     manifest["early_stop_rows"] = {"split": "valid", "n": int(len(eval_rows)), "seed": cfg.seed + 1}
 
+    stage_key = {"cf": "cf" if cf_name == "mf" else f"cf_{cf_name}",
+                 "projector": "projector" if cf_name == "mf" else f"projector_{cf_name}", "lora": "lora"}
     if "cf" in stages:
-        train = dataset.interactions[dataset.interactions["split"] == "train"]
-        cf, info = train_mf(train, dataset.split("valid"), dim=cfg.cf_dim, epochs=cfg.cf_epochs,
-                            lr=cfg.cf_lr, weight_decay=cfg.cf_weight_decay, patience=cfg.cf_patience,
-                            seed=cfg.seed, log=log)
-        cf.save(out_dir / "cf_mf.safetensors")
-        manifest.setdefault("cf", {})["mf"] = {
-            "file": "cf_mf.safetensors", "latent_dim": cfg.cf_dim, "vector_dim": cf.dim,
-            "users": len(cf.user_ids), "items": len(cf.item_ids), "train_rows": int(len(train))}
-        manifest["stages"]["cf"] = info | {"rows_per_s": round(len(train) * len(info["history"]) / max(info["wall_s"], 1e-9), 1)}
+        train, cf, info = train_cf_model(cf_name, dataset, cfg)
+        cf.save(out_dir / f"cf_{cf_name}.safetensors")
+        manifest.setdefault("cf", {})[cf_name] = {
+            "file": f"cf_{cf_name}.safetensors", "kind": cf_name, "latent_dim": cfg.cf_dim,
+            "vector_dim": cf.dim, "users": len(cf.user_ids), "items": len(cf.item_ids),
+            "train_rows": int(len(train)), "weight_decay": cfg.cf_weight_decay}
+        manifest["stages"][stage_key["cf"]] = info | {
+            "rows_per_s": round(len(train) * len(info["history"]) / max(info["wall_s"], 1e-9), 1)}
         write_manifest(manifest, out_dir)
 
     if "lora" in stages or "projector" in stages:
@@ -197,7 +216,7 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
             param.requires_grad_(False)
 
     if "projector" in stages:
-        pipeline = load_pipeline(out_dir, llm=llm, dataset=dataset, bf16=cfg.bf16)
+        pipeline = load_pipeline(out_dir, llm=llm, dataset=dataset, bf16=cfg.bf16, cf_name=cf_name)
         if pipeline.cf is None:
             raise ValueError(f"stage 'projector' needs a CF model in {out_dir}: run the 'cf' stage first")
         if not pipeline.has_lora:
@@ -210,10 +229,10 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
         rows = sample_rows(pool, cfg.projector_rows, cfg.seed)
         info = train_llm_stage(pipeline, "projector", params, rows, eval_rows, cfg,
                                cfg.projector_lr, cfg.projector_weight_decay)
-        save_projector(projector, out_dir / "projector_mf.safetensors", "mf")
-        manifest["stages"]["projector"] = info | {
+        save_projector(projector, out_dir / f"projector_{cf_name}.safetensors", cf_name)
+        manifest["stages"][stage_key["projector"]] = info | {
             "rows_from": "valid minus the early-stop rows (seeded random sample)",
-            "projector": {"cf_dim": pipeline.cf.dim, "hidden": 10 * pipeline.cf.dim,
-                          "out": llm.hidden_size, "file": "projector_mf.safetensors"}}
+            "projector": {"cf": cf_name, "cf_dim": pipeline.cf.dim, "hidden": 10 * pipeline.cf.dim,
+                          "out": llm.hidden_size, "file": f"projector_{cf_name}.safetensors"}}
         write_manifest(manifest, out_dir)
     return manifest

@@ -78,6 +78,15 @@ class CFModel:
         """(n, dim); items unseen in training get ``default_item``."""
         return self._lookup(items, self.item_index, self.item_table, self.default_item)
 
+    def row_user_vectors(self, users: Sequence[str], histories: Sequence[Sequence[str]],
+                         history_labels: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The user vector CoLLM uses for a prompt row: the trained vector for users seen in
+        training, else folded in from the row's own history. Sequential models override this
+        (their user vector *is* an encoding of the history)."""
+        from ..foldin import user_vectors_for_rows
+
+        return user_vectors_for_rows(self, users, histories, history_labels)
+
     def score_vectors(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         """The CF model's own like-probability for paired vectors."""
         return torch.sigmoid((user_vecs * item_vecs).sum(-1) + self.global_bias)
