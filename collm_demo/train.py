@@ -134,7 +134,7 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
             "wall_s": round(wall, 1), "rows_per_s": round(seen / wall, 2), "history": history}
 
 
-CF_TRAINERS = ("mf", "lightgcn")  # trained by the `cf` stage; other names come from import-embeddings
+CF_TRAINERS = ("mf", "lightgcn", "sasrec")  # trained by the `cf` stage; other names come from import-embeddings
 
 
 def train_cf_model(name: str, dataset: Dataset, cfg: TrainConfig):
@@ -147,6 +147,11 @@ def train_cf_model(name: str, dataset: Dataset, cfg: TrainConfig):
         from .cf.lightgcn import train_lightgcn
 
         return train, *train_lightgcn(train, dataset.split("valid"), **common)
+    if name == "sasrec":
+        from .cf.sasrec import train_sasrec
+
+        common |= {"lr": 1e-3}  # Adam on a transformer: the MF learning rate is too high
+        return train, *train_sasrec(dataset.split("train"), dataset.split("valid"), **common)
     raise ValueError(f"unknown CF model {name!r}: the cf stage trains one of {CF_TRAINERS}; "
                      "bring other vectors with `python -m collm_demo import-embeddings`")
 

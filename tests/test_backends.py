@@ -103,3 +103,22 @@ def test_import_command_trains_only_the_projector(vectors, tiny_checkpoints, tin
     assert main(["evaluate", "--quick", "--cf", "toy", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir),
                  "--checkpoints", str(ckpt), "--out", str(out)]) == 0
     assert set(json.loads(out.read_text())["methods"]) == {"toy", "collm_toy"}
+
+
+def test_sasrec_learns_from_histories_and_round_trips(tmp_path):
+    from collm_demo.cf import load_cf
+    from collm_demo.cf.sasrec import train_sasrec
+
+    ds = load_dataset(write_ml100k(tmp_path / "d", synthetic_ratings(n_users=150, per_user=10, seed=4)))
+    cf, info = train_sasrec(ds.split("train"), ds.split("valid"), dim=16, epochs=60, lr=5e-3, patience=8,
+                            batch_size=64, log=lambda _: None)
+    test = ds.split("test")
+    test = test[test["history_items"].map(len) >= 3]
+    users = cf.row_user_vectors(test["user"].tolist(), test["history_items"].tolist(), test["history_labels"].tolist())
+    scores = cf.score_vectors(users, cf.item_vectors(test["item"].tolist()))
+    assert roc_auc_score(test["label"], scores.numpy()) > 0.85  # new users need no fold-in
+    cf.save(tmp_path / "s.safetensors")
+    back = load_cf(tmp_path / "s.safetensors")
+    again = back.row_user_vectors(test["user"].tolist(), test["history_items"].tolist(), test["history_labels"].tolist())
+    torch.testing.assert_close(again, users)
+    assert torch.equal(back.row_user_vectors(["x"], [[]], [[]])[0], torch.cat([torch.zeros(16), torch.ones(1)]))

@@ -132,3 +132,23 @@ def test_projector_round_trip_and_mismatch(tmp_path):
         load_projector(tmp_path / "p.safetensors", hidden_size=576, cf_dim=6)
     with pytest.raises(CheckpointMismatch, match="dim 6.*dim 66"):
         load_projector(tmp_path / "p.safetensors", hidden_size=32, cf_dim=66)
+
+
+@pytest.mark.parametrize("with_cf", [False, True])
+def test_grouped_shared_prefix_scoring_matches_full_prompts(tiny, with_cf):
+    """Many users at once (the evaluation's case): prefixes of different lengths, groups of
+    different sizes, small batches so that groups are split across suffix chunks."""
+    _, model = tiny
+    histories = [(["Heat"], [1]), (["Jaws", "Alien", "Casino"], [0, 1, 1]), (["Fargo", "Brazil"], [1, 0])]
+    cand, users = [], []
+    user_table = torch.randn(3, 6)
+    for u, (hist, labels) in enumerate(histories):
+        for target in TITLES[: 2 + 2 * u]:
+            cand.append(model.builder.build(hist, labels, target, with_cf))
+            users.append(user_table[u])
+    users = torch.stack(users)
+    items = torch.randn(len(cand), 6)
+    kwargs = dict(user_vecs=users if with_cf else None, item_vecs=items if with_cf else None)
+    full = model.score(cand, **kwargs)
+    shared = model.score_shared(cand, prefix_batch=2, suffix_batch=3, **kwargs)
+    torch.testing.assert_close(shared, full, atol=1e-4, rtol=0)

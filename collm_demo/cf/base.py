@@ -117,6 +117,10 @@ def load_cf(path: str | Path) -> CFModel:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     tensors = load_file(str(path))
+    if metadata.get("kind") == "sasrec":
+        from .sasrec import load_sequential
+
+        return load_sequential(tensors, metadata)
     try:
         user_ids = json.loads(metadata["user_ids"])
         item_ids = json.loads(metadata["item_ids"])

@@ -5,27 +5,31 @@ once per process, in a background thread started by :func:`get_state`, so that t
 can be built from the dataset alone (about 1 s) while the LLM loads; every handler that
 needs the model waits for it through :meth:`AppState.pipeline`.
 
-Configuration comes from the environment:
+Configuration comes from the environment (defaults in brackets):
 
-=====================  =====================================================  ==========================
-variable               meaning                                                default
-=====================  =====================================================  ==========================
-``COLLM_CHECKPOINTS``  checkpoint folder (CF model, lora/, projector)         ``checkpoints/``
-``COLLM_LLM``          causal-LM id or folder                                 the embedded SmolLM2-135M
-``COLLM_DATA``         MovieLens / CSV folder                                 the embedded ML-100K
-``COLLM_RESULTS``      evaluation results JSON (Warm vs cold tab)             ``assets/results.json``
-``COLLM_LAYOUT``       embedding-map layout JSON (Embedding space tab)        ``assets/embedding_map.json``
-=====================  =====================================================  ==========================
+- ``COLLM_CHECKPOINTS``: checkpoint folder: CF model, lora/, projector [``checkpoints/``]
+- ``COLLM_LLM``: causal-LM id or folder [the embedded SmolLM2-135M-Instruct]
+- ``COLLM_DATA``: MovieLens / CSV folder [the embedded ML-100K]
+- ``COLLM_CF``: which CF model's checkpoints to use, ``mf`` or ``lightgcn`` [``mf``]
+- ``COLLM_RESULTS``: evaluation results for the Warm vs cold tab [``assets/results.json``]
+- ``COLLM_LAYOUT``: embedding-map layout for the Embedding space tab [``assets/embedding_map.json``]
+- ``COLLM_BF16``: ``1`` = bf16 autocast as in the evaluation (faster, coarser) [float32]
+- ``COLLM_THREADS``: torch CPU threads [torch's default]
+
+The app scores in float32 by default: with bf16 autocast the final logits are rounded to
+bf16, so P(Yes) moves in visible steps (about 0.015 near 0.5) and many candidates tie,
+which hides exactly the small with/without-CF differences the app is about.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +37,8 @@ import pandas as pd
 import torch
 
 from ..config import CHECKPOINT_DIR, RESULTS_PATH
+from ..embedding_map import LAYOUT_PATH as LAYOUT_DEFAULT
 
-LAYOUT_DEFAULT = Path(RESULTS_PATH).parent / "embedding_map.json"
 MAX_CANDIDATES = 50  # per scoring call, in the UI and the API
 
 
@@ -45,6 +49,9 @@ class AppConfig:
     data: str | None = None
     results_path: Path = RESULTS_PATH
     layout_path: Path = LAYOUT_DEFAULT
+    cf_name: str = "mf"
+    bf16: bool = False
+    threads: int | None = None
 
     @classmethod
     def from_env(cls) -> "AppConfig":
@@ -53,7 +60,10 @@ class AppConfig:
                    llm=env.get("COLLM_LLM") or None,
                    data=env.get("COLLM_DATA") or None,
                    results_path=Path(env.get("COLLM_RESULTS") or RESULTS_PATH),
-                   layout_path=Path(env.get("COLLM_LAYOUT") or LAYOUT_DEFAULT))
+                   layout_path=Path(env.get("COLLM_LAYOUT") or LAYOUT_DEFAULT),
+                   cf_name=env.get("COLLM_CF") or "mf",
+                   bf16=env.get("COLLM_BF16", "0").strip().lower() in ("1", "true", "yes"),
+                   threads=int(env["COLLM_THREADS"]) if env.get("COLLM_THREADS", "").strip() else None)
 
 
 @dataclass
@@ -63,7 +73,6 @@ class UserInfo:
     n_pretest: int  # interactions before the test period (train + valid)
     n_test: int  # interactions in the test period (honest candidates)
     n_test_pos: int
-    in_cf: bool  # has a trained CF vector
 
     @property
     def warm(self) -> bool:
@@ -82,6 +91,8 @@ class AppState:
         from ..data import load_dataset
 
         self.config = config or AppConfig.from_env()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
         self.model_lock = threading.RLock()  # the LoRA switch is global state: one model call at a time
         self._pipeline = pipeline
         self._pipeline_error: BaseException | None = None
@@ -100,6 +111,8 @@ class AppState:
             return
         self._loader = threading.Thread(target=self._load, name="collm-pipeline-loader", daemon=True)
         self._loader.start()
+        # Never let the interpreter finalise while the loader is inside torch (that aborts the process).
+        atexit.register(self._loader.join, 120)
 
     def _load(self) -> None:
         from ..pipeline import CheckpointMismatch, load_pipeline
@@ -108,11 +121,13 @@ class AppState:
         started = time.time()
         try:
             try:
-                self._pipeline = load_pipeline(cfg.checkpoint_dir, cfg.llm, cfg.data, dataset=self.dataset)
+                self._pipeline = load_pipeline(cfg.checkpoint_dir, cfg.llm, cfg.data, cf_name=cfg.cf_name,
+                                               bf16=cfg.bf16, dataset=self.dataset)
             except CheckpointMismatch as err:
                 # Refuse the checkpoints, not the app: run zero-shot and say why.
                 empty = Path("/nonexistent-collm-checkpoints")
-                self._pipeline = load_pipeline(empty, cfg.llm, cfg.data, dataset=self.dataset)
+                self._pipeline = load_pipeline(empty, cfg.llm, cfg.data, cf_name=cfg.cf_name, bf16=cfg.bf16,
+                                               dataset=self.dataset)
                 self._fallback_note = (f"The checkpoints in {cfg.checkpoint_dir} were refused: {err}. "
                                        "Running the plain LLM (zero-shot) instead.")
         except BaseException as err:  # noqa: BLE001 - reported to the user by pipeline()
@@ -152,16 +167,10 @@ class AppState:
             self.users[user] = UserInfo(
                 user=user, n_train=int(self.user_train.get(user, 0)),
                 n_pretest=0 if user not in self._pretest else len(self._pretest[user]),
-                n_test=0 if t is None else len(t), n_test_pos=0 if t is None else int(t["label"].sum()),
-                in_cf=False)  # filled in once the CF model is known (see refresh_cf_flags)
+                n_test=0 if t is None else len(t), n_test_pos=0 if t is None else int(t["label"].sum()))
         items = ds.items
         self.item_ids = [str(i) for i in sorted(items.index, key=lambda i: (len(str(i)), str(i)))]
         self.item_title = {i: ds.title(i) for i in self.item_ids}
-
-    def refresh_cf_flags(self) -> None:
-        cf = self.pipeline().cf
-        for info in self.users.values():
-            info.in_cf = bool(cf is not None and cf.has_user(info.user))
 
     def item_warm(self, item: str) -> bool:
         return self.item_train.get(item, 0) >= self.warm_min
@@ -187,14 +196,19 @@ class AppState:
         return [(u.label(), u.user) for u in usable]
 
     def default_user(self) -> str:
-        """A warm user with both liked and disliked test items: a good first example."""
+        """A good first example: a warm user whose test items (the honest candidates) include
+        liked and disliked, warm and cold movies, and not too many of them."""
+        def score(u: UserInfo) -> tuple:
+            items = self.test_items(u.user)["item"]
+            cold = sum(not self.item_warm(i) for i in items)
+            return (min(cold, len(items) - cold), min(u.n_test_pos, u.n_test - u.n_test_pos), u.user)
+
         candidates = [u for u in self.users.values()
-                      if u.warm and u.n_test >= 10 and 0 < u.n_test_pos < u.n_test and u.n_pretest >= 10]
-        if not candidates:
-            candidates = [u for u in self.users.values() if u.n_pretest > 0] or list(self.users.values())
-        # Moderate activity reads better than the 300-item outliers.
-        candidates.sort(key=lambda u: (abs(u.n_test - 20), u.user))
-        return candidates[0].user
+                      if u.warm and 10 <= u.n_test <= 20 and 0 < u.n_test_pos < u.n_test and u.n_pretest >= 10]
+        if candidates:
+            return max(candidates, key=score).user
+        usable = [u for u in self.users.values() if u.n_pretest > 0] or list(self.users.values())
+        return max(usable, key=lambda u: (u.warm, u.n_test > 0, -abs(u.n_test - 20), u.user)).user
 
     def real_history(self, user: str, k: int | None = None) -> pd.DataFrame:
         """The user's last <= k interactions before the test period (train + valid), oldest first."""
@@ -221,9 +235,8 @@ class AppState:
 
     # ------------------------------------------------------------------ caches
     def cache(self, name: str, size: int = 64) -> "LRU":
-        if name not in self._caches:
-            self._caches[name] = LRU(size)
-        return self._caches[name]
+        cache = self._caches.get(name)
+        return cache if cache is not None else self._caches.setdefault(name, LRU(size))
 
     # ------------------------------------------------------------------ assets
     def layout(self) -> dict | None:
@@ -258,22 +271,29 @@ class AppState:
     def project(self, vectors: torch.Tensor) -> np.ndarray:
         """CF vectors -> mapped tokens (the vectors that overwrite the slots)."""
         projector = self.pipeline().model.projector
+        vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
         return projector(torch.atleast_2d(vectors)).numpy()
 
 
 class LRU(OrderedDict):
+    """A small least-recently-used cache; safe to share between Gradio's worker threads
+    (the computation itself runs outside the lock, so two threads may compute one key)."""
+
     def __init__(self, size: int):
         super().__init__()
         self.size = size
+        self._lock = threading.Lock()
 
     def get_or(self, key, make):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
+        with self._lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
         value = make()
-        self[key] = value
-        if len(self) > self.size:
-            self.popitem(last=False)
+        with self._lock:
+            self[key] = value
+            while len(self) > self.size:
+                self.popitem(last=False)
         return value
 
 

@@ -1,0 +1,184 @@
+"""The Gradio app: one module per tab, shared state in ``state``, shared logic in ``core``.
+
+``build_demo()`` returns the ``gr.Blocks``; ``launch_kwargs()`` the theme and CSS that
+Gradio 6 takes in ``launch()``. Handlers are plain functions (see each tab module) so
+tests can call them without a server. The engine (``collm_demo`` outside ``ui``) never
+imports gradio.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from . import core, embedding, explain, recommend, warm_cold
+from .core import InputError
+from .state import AppState, get_state, set_state
+
+__all__ = ["build_demo", "launch_kwargs", "compare_api", "get_state", "set_state", "AppState", "InputError"]
+
+CSS = """
+.gradio-container {width: 100% !important; max-width: 1320px !important; margin: 0 auto !important;}
+.lead p {font-size: 1.02em; margin-bottom: 4px;}
+.note p, .note li {font-size: 0.92em; color: var(--body-text-color-subdued);}
+.banner {border-radius: 8px; padding: 2px 14px; border: 1px solid #fab005; background: #fff9db;}
+.banner p {color: #5c3c00 !important;}
+.status-line p {font-size: 0.88em; color: var(--body-text-color-subdued); margin: 0;}
+pre.prompt {white-space: pre-wrap; word-break: break-word; font-size: 0.86em; line-height: 1.55;
+            padding: 10px 12px; border-radius: 8px; border: 1px solid var(--border-color-primary);
+            background: var(--background-fill-secondary); margin: 4px 0 6px 0;}
+.slot {font-weight: 700; border-radius: 4px; padding: 0 4px; color: #1a1a1a;}
+.slot-user {background: #fcc2d7; border: 1px solid #e64980;}
+.slot-item {background: #a5d8ff; border: 1px solid #1c7ed6;}
+.target {text-decoration: underline; text-decoration-thickness: 2px;}
+.badge {font-size: 0.72em; font-weight: 600; background: #4c6ef5; color: #fff; border-radius: 10px;
+        padding: 1px 8px; margin-left: 6px; vertical-align: middle;}
+.muted {color: var(--body-text-color-subdued); font-size: 0.88em;}
+.tokens {display: flex; flex-wrap: wrap; gap: 3px; font-family: var(--font-mono); font-size: 12px;}
+.tok {border: 1px solid #ced4da; border-radius: 4px; padding: 1px 4px; background: #f1f3f5; color: #212529;}
+.tok sub {color: #868e96; font-size: 9px; margin-right: 2px;}
+.tok-suffix {background: #ffffff;}
+.tok-user {background: #fcc2d7; border-color: #e64980; font-weight: 700;}
+.tok-item {background: #a5d8ff; border-color: #1c7ed6; font-weight: 700;}
+"""
+
+HEADER = """
+# CoLLM demo: collaborative-filtering tokens inside an LLM
+
+A recommender asks a small LLM (*“would this user enjoy this movie? Yes or No”*) and reads P(Yes).
+**CoLLM** (Zhang et al., [arXiv 2310.19488](https://arxiv.org/abs/2310.19488)) adds two special token
+positions to that prompt and fills them with the user's and the movie's *collaborative-filtering* vectors
+(learned from who-liked-what, mapped into the LLM's embedding space by a small projector). This app runs
+the real thing on MovieLens-100K and shows every score **with and without** those tokens.
+"""
+
+
+def gr_error(fn):
+    """Turn the handlers' InputError into gr.Error (shown as a toast, the event stops)."""
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as err:
+            raise gr.Error(str(err), print_exception=False) from err
+    return wrapper
+
+
+def compare_api(state: AppState, user_id: str, item_ids: str) -> list[dict]:
+    """The logic behind the /compare endpoint (raises gr.Error on bad input)."""
+    import gradio as gr
+
+    try:
+        return core.compare(state, user_id, item_ids)
+    except InputError as err:
+        raise gr.Error(str(err), print_exception=False) from err
+
+
+def status_line(state: AppState) -> str:
+    pipe = state.pipeline()
+    cf = pipe.cf
+    parts = [f"LLM `{pipe.llm.name}`", f"data `{state.dataset.name}`",
+             f"CF model {core.cf_name(pipe) + ', ' + str(cf.dim) + '-dim vectors' if cf is not None else '—'}",
+             f"LoRA {'✓' if pipe.has_lora else '✗'}", f"projector {'✓' if pipe.has_projector else '✗'}",
+             f"checkpoints `{state.config.checkpoint_dir}`",
+             "scores in " + ("bf16" if state.config.bf16 else "float32")]
+    return " · ".join(parts)
+
+
+def banner(state: AppState) -> str:
+    notice = state.notice
+    if not notice:
+        return ""
+    return (f"⚠️ **Not everything is trained.** {notice} Scores still work in the mode the loaded checkpoints "
+            "allow; columns that need missing parts show “—”.")
+
+
+def build_demo(state: AppState | None = None):
+    import gradio as gr
+
+    state = state or get_state()
+    with gr.Blocks(title="CoLLM demo: CF tokens inside an LLM", analytics_enabled=False) as demo:
+        gr.Markdown(HEADER)
+        notice = gr.Markdown(visible=False, elem_classes=["banner"], elem_id="notice")
+        status = gr.Markdown(elem_classes=["status-line"], elem_id="status-line")
+        result_state = gr.State(None)
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Recommend", id="recommend", elem_id="tab-recommend"):
+                rec = recommend.build(state)
+            with gr.Tab("Embedding space", id="embedding", elem_id="tab-embedding"):
+                emb = embedding.build(state)
+            with gr.Tab("Warm vs cold", id="warmcold", elem_id="tab-warmcold"):
+                wc = warm_cold.build(state)
+            with gr.Tab("How it works", id="how", elem_id="tab-how"):
+                exp = explain.build(state)
+
+        scored, render, render_out = recommend.wire(state, rec, result_state, gr_error)
+        map_fn, map_in, map_out = embedding.wire(state, emb, result_state)
+        exp_fn, exp_in, exp_out = explain.wire(state, exp, result_state, gr_error)
+        sim_fn, sim_in, sim_out = warm_cold.wire(state, wc, result_state, gr_error)
+
+        def after_render(chain):
+            """After each scoring, bring the other tabs up to date with the new selection."""
+            chain = chain.then(map_fn, map_in, map_out)
+            chain = chain.then(exp_fn, exp_in, exp_out)
+            return chain.then(sim_fn, sim_in, sim_out)
+
+        after_render(scored)
+
+        # Page load: wait for the model, show the banner, pick a good first example and score it.
+        def on_load(progress=gr.Progress()):
+            progress(0.05, desc="loading the model (first visit after start-up only)")
+            state.pipeline()
+            user = state.default_user()
+            table, note = recommend.load_history(state, "user", user)
+            cands = recommend.candidate_set(state, "test", 20, "user", user, table, seed=0)
+            text = banner(state)
+            return (gr.update(value=text, visible=bool(text)), status_line(state), user, table, note,
+                    gr.update(choices=recommend.history_choices(state, table), value=[]), cands)
+
+        @gr_error
+        def initial_score(source, user, table, candidates, progress=gr.Progress()):
+            return recommend.score(state, source, user, table, candidates, progress=progress)
+
+        loaded = demo.load(on_load, None, [notice, status, rec["user"], rec["history"], rec["user_md"],
+                                           rec["remove_items"], rec["candidates"]])
+        first = loaded.then(initial_score, [rec["source"], rec["user"], rec["history"], rec["candidates"]],
+                            result_state)
+        after_render(first.success(render, [result_state, rec["sort_by"], rec["inject"]], render_out))
+
+        def compare(user_id: str, item_ids: str) -> list[dict]:
+            """Score candidates for a real user with and without CF tokens.
+
+            user_id: a user id such as "1". item_ids: comma-separated item ids such as "1, 50, 100"
+            (1 to 50, no duplicates). Returns one object per item, in the order given: id, title,
+            warm (the item has >= 3 training interactions), score_text (P(Yes) from the text-only
+            prompt), score_cf (P(Yes) with the CF tokens injected; null without a projector) and
+            delta = score_cf - score_text. The user's history is their last <= 10 interactions before
+            the test period.
+            """
+            return compare_api(state, user_id, item_ids)
+
+        gr.api(compare, api_name="compare")
+    # Only /compare is a designed API; the UI's own events stay callable but undocumented.
+    for fn in demo.fns.values():
+        if fn.api_name != "compare":
+            fn.api_visibility = "undocumented"
+    demo.state_ref = state  # for tests and app.py
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """Theme and CSS (Gradio 6 takes them in launch())."""
+    import gradio as gr
+
+    # System fonts only: the app must not need the internet (no Google Fonts).
+    theme = gr.themes.Soft(primary_hue="indigo", secondary_hue="orange", neutral_hue="slate",
+                           font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
+                           font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
+    return {"theme": theme, "css": CSS}
+
+
+def dumps(value) -> str:
+    return json.dumps(value, indent=1, default=str)

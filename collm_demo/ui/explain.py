@@ -1,0 +1,227 @@
+"""How it works tab: one candidate of the current selection, followed through the model.
+
+Step 1 CF vectors → step 2 projector → step 3 where the tokens enter the sequence →
+step 4 the LLM's Yes/No logits → step 5 the score and the ranking. Every number is live.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..embedding_map import nearest_words
+from . import core
+from .embedding import profile_of, word_norm
+from .state import AppState
+
+SHOW_DIMS = 5
+
+
+def _vec_row(name: str, source: str, vec) -> list:
+    values = vec.tolist()
+    return ([name, source, len(values), round(float(np.linalg.norm(values)), 3)]
+            + [round(v, 3) for v in values[:SHOW_DIMS]] + ["…"])
+
+
+def explain(state: AppState, result: dict | None, item: str | None) -> dict:
+    """All numbers for the walkthrough, as plain values (tables, figures, markdown)."""
+    pipe = state.pipeline()
+    profile = profile_of(state, result)
+    if not profile.items:
+        raise core.InputError("The current history is empty; add movies in the Recommend tab first.")
+    rows = result["rows"] if result else []
+    item = item or (rows[0]["item"] if rows else state.item_ids[0])
+    title = state.dataset.title(item)
+    out: dict = {"item": item, "title": title}
+    has_cf = pipe.has_projector
+
+    # Step 1: CF vectors
+    if pipe.cf is not None:
+        uvec, source = core.user_vector(state, profile)
+        ivec = pipe.cf.item_vectors([item])[0]
+        kind = core.cf_name(pipe)
+        isource = (f"trained {kind} vector" if pipe.cf.has_item(item) else
+                   "no training interactions: the default “no information” vector")
+        cols = ["vector", "where it comes from", "dims", "norm"] + [f"d{n}" for n in range(SHOW_DIMS)] + ["…"]
+        out["step1_table"] = pd.DataFrame([_vec_row(profile.describe(), source.split(" — ")[0], uvec),
+                                           _vec_row(f"{title} (#{item})", isource, ivec)], columns=cols)
+        mf = float(pipe.cf.score_vectors(uvec.view(1, -1), ivec.view(1, -1))[0])
+        out["step1_md"] = (
+            f"**Step 1 · The CF vectors.** The collaborative-filtering model ({kind}) learned one "
+            f"vector per user and per movie from who liked what; here {len(uvec)} numbers each (the first "
+            f"{SHOW_DIMS} are shown; the exported vectors also carry the user and item biases). Their dot "
+            f"product is the CF model's own prediction: sigmoid(user · item + global bias) = **{mf:.3f}** that "
+            "the user likes the movie. CoLLM does not use that "
+            "number; it hands the vectors themselves to the LLM.")
+    else:
+        out["step1_table"] = pd.DataFrame()
+        out["step1_md"] = "**Step 1 · The CF vectors.** No CF model is loaded, so there are none."
+
+    # Step 2: projector
+    if has_cf:
+        tokens = state.project(np.stack([uvec.numpy(), ivec.numpy()]))
+        near = state.cache("nearest", 256).get_or(("near",) + profile.key() + (item,),
+                                                  lambda: nearest_words(pipe, tokens, 8))
+        wn = word_norm(state)
+        norms = np.linalg.norm(tokens, axis=1)
+        out["step2_table"] = pd.DataFrame(
+            [["user token", round(float(norms[0]), 2), round(wn, 2), round(float(norms[0] / wn), 1),
+              ", ".join(f"“{w.strip() or w}” {c:.2f}" for w, c in near[0][:5])],
+             ["item token", round(float(norms[1]), 2), round(wn, 2), round(float(norms[1] / wn), 1),
+              ", ".join(f"“{w.strip() or w}” {c:.2f}" for w, c in near[1][:5])]],
+            columns=["mapped token", "norm", "typical word norm", "ratio", "nearest words (cosine)"])
+        proj = pipe.model.projector
+        out["step2_md"] = (
+            f"**Step 2 · The projector.** A small network (Linear {proj.cf_dim}→{10 * proj.cf_dim}, ReLU, "
+            f"Linear {10 * proj.cf_dim}→{proj.hidden_size}) turns each CF vector into one {proj.hidden_size}-number "
+            "vector of the same kind as a word embedding: a *soft token*. It is the only part trained in stage 2. "
+            + ("Its outputs are not close to any real word (cosines below), so they act as new words the LLM "
+               "learned to read." if max(near[0][0][1], near[1][0][1]) < 0.5 else
+               "Its outputs lie fairly close to some real words (cosines below)."))
+    else:
+        out["step2_table"] = pd.DataFrame()
+        out["step2_md"] = "**Step 2 · The projector.** No projector is loaded (text-only mode)."
+
+    # Step 3: the token sequence
+    model, t = pipe.model, state.dataset.title
+    with_cf = has_cf
+    prompt = model.builder.build([t(i) for i in profile.items], profile.labels, title, with_cf)
+    decode = model.tokenizer.decode
+    slots = {}
+    if with_cf:
+        slots[prompt.user_slot] = "user"
+        slots[len(prompt.prefix) + prompt.item_slot] = "item"
+    chips = []
+    for pos, tid in enumerate(prompt.ids):
+        kind = slots.get(pos)
+        if kind:
+            label = "&lt;UserID&gt;" if kind == "user" else "&lt;ItemID&gt;"
+            chips.append(f'<span class="tok tok-{kind}" title="position {pos}: overwritten by the projected '
+                         f'{kind} CF vector"><sub>{pos}</sub>{label}</span>')
+        else:
+            text = html.escape(decode([tid])).replace(" ", "·").replace("\n", "↵")
+            cls = "tok tok-prefix" if pos < len(prompt.prefix) else "tok tok-suffix"
+            chips.append(f'<span class="{cls}" title="position {pos}, token id {tid}"><sub>{pos}</sub>{text}</span>')
+    out["step3_html"] = f'<div class="tokens">{"".join(chips)}</div>'
+    if with_cf:
+        out["step3_md"] = (
+            f"**Step 3 · Into the token sequence.** The CoLLM prompt is {len(prompt)} tokens. The user slot is "
+            f"position **{prompt.user_slot}** and the item slot position **{len(prompt.prefix) + prompt.item_slot}**. "
+            "The LLM never sees the placeholder's own embedding: it is replaced by the soft token before the "
+            f"first layer. Grey tokens (0–{len(prompt.prefix) - 1}) are the *prefix* shared by every candidate of "
+            "this user; the app runs it once and reuses its cache for all candidates, then runs only the white "
+            "*suffix* tokens per candidate.")
+    else:
+        out["step3_md"] = (f"**Step 3 · The token sequence.** The text-only prompt is {len(prompt)} tokens; "
+                           "there are no CF slots.")
+
+    # Step 4: Yes / No
+    answers = {"text": core.answer_logits(state, profile, item, False)}
+    if has_cf:
+        answers["cf"] = core.answer_logits(state, profile, item, True)
+    text_name, cf_name = core.mode_names(pipe)
+    table = []
+    for key, name in (("text", f"without CF — {text_name}"), ("cf", f"with CF — {cf_name}")):
+        if key in answers:
+            a = answers[key]
+            table.append([name, round(a["yes"], 3), round(a["no"], 3), round(a["diff"], 3), round(a["score"], 4),
+                          ", ".join(f"“{w}” {p:.2f}" for w, p in a["top"][:4])])
+    out["step4_table"] = pd.DataFrame(table, columns=["mode", "logit “Yes”", "logit “No”", "Yes − No",
+                                                      "score = sigmoid(Yes − No)", "most likely next tokens"])
+    fig = make_subplots(1, 2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
+                        subplot_titles=("logits of the two answer tokens", "Yes − No → score = sigmoid"))
+    for key, name, color in (("text", "without CF", "#F08C00"), ("cf", "with CF", "#4C6EF5")):
+        if key in answers:
+            a = answers[key]
+            fig.add_trace(go.Bar(x=["logit “Yes”", "logit “No”"], y=[a["yes"], a["no"]], name=name,
+                                 marker_color=color, text=[f"{v:.2f}" for v in (a["yes"], a["no"])],
+                                 textposition="outside", legendgroup=key), 1, 1)
+            fig.add_trace(go.Bar(x=[name], y=[a["diff"]], marker_color=color, showlegend=False, legendgroup=key,
+                                 text=[f"{a['diff']:+.2f} → {a['score']:.3f}"], textposition="outside"), 1, 2)
+    fig.add_hline(y=0, line_color="#555", line_width=1, row=1, col=2)
+    diffs = [a["diff"] for a in answers.values()]
+    pad = max(0.3, 0.35 * max(abs(d) for d in diffs))
+    fig.update_yaxes(range=[min(0, min(diffs)) - pad, max(0, max(diffs)) + pad], row=1, col=2)
+    fig.update_layout(barmode="group", height=360, template="plotly_white", margin=dict(l=10, r=10, t=60, b=10),
+                      title=dict(text=f"The LLM's answer for “{core_short(title)}”", font_size=14),
+                      legend=dict(orientation="h", y=-0.12, x=0))
+    out["step4_fig"] = fig
+    out["step4_md"] = (
+        "**Step 4 · The answer.** The LLM reads the sequence and predicts the next token after “#Answer:”. "
+        "Only two entries of that prediction matter: the logits (unnormalised scores) of “Yes” and “No”. "
+        "The score is P(Yes) when the choice is restricted to those two: sigmoid(logit Yes − logit No). "
+        "Whether “Yes” or “No” is the single most likely next token does not matter (the last column shows "
+        "what the model would actually write next); only their difference does.")
+
+    # Step 5: ranking
+    if rows:
+        r_text = core.ranks([r["score_text"] for r in rows])
+        r_cf = core.ranks([r["score_cf"] for r in rows])
+        n = [r["item"] for r in rows].index(item) if item in [r["item"] for r in rows] else None
+        if n is not None:
+            row = rows[n]
+            cf_part = (f"with CF {row['score_cf']:.3f} (rank {r_cf[n]} of {len(rows)})" if row["score_cf"] is not None
+                       else "no CF score")
+            label = {1: " The user actually liked it.", 0: " The user actually disliked it."}.get(row["label"], "")
+            out["step5_md"] = (f"**Step 5 · The ranking.** Among the {len(rows)} candidates scored: without CF "
+                               f"{row['score_text']:.3f} (rank {r_text[n]}), {cf_part}.{label} "
+                               "Ranking all candidates by the score is the recommendation.")
+    out.setdefault("step5_md", "**Step 5 · The ranking.** Score candidates in the Recommend tab to rank them.")
+    return out
+
+
+def core_short(text: str, n: int = 36) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+OUTPUT_KEYS = ["step1_md", "step1_table", "step2_md", "step2_table", "step3_md", "step3_html",
+               "step4_md", "step4_table", "step4_fig", "step5_md"]
+
+
+def build(state: AppState):
+    import gradio as gr
+
+    w: dict = {}
+    gr.Markdown("One candidate of your current selection, followed from the CF vectors to the final score. "
+                "All numbers are computed live for the user and candidates from the Recommend tab.",
+                elem_classes=["lead"])
+    w["focus"] = gr.Dropdown([], label="Candidate to follow", elem_id="explain-candidate")
+    w["step1_md"] = gr.Markdown()
+    w["step1_table"] = gr.Dataframe(interactive=False, show_label=False, wrap=True,
+                                    column_widths=[200, 300, 60, 70] + [70] * SHOW_DIMS + [40])
+    w["step2_md"] = gr.Markdown()
+    w["step2_table"] = gr.Dataframe(interactive=False, show_label=False, wrap=True)
+    w["step3_md"] = gr.Markdown()
+    w["step3_html"] = gr.HTML()
+    w["step4_md"] = gr.Markdown()
+    w["step4_table"] = gr.Dataframe(interactive=False, show_label=False, wrap=True)
+    w["step4_fig"] = gr.Plot(show_label=False)
+    w["step5_md"] = gr.Markdown()
+    return w
+
+
+def wire(state: AppState, w: dict, result_state, gr_error):
+    import gradio as gr
+
+    outs = [w[k] for k in OUTPUT_KEYS]
+
+    @gr_error
+    def on_focus(result, item, progress=gr.Progress()):
+        progress(0.1, desc="running the prompt through the LLM, with and without CF tokens")
+        data = explain(state, result, item)
+        return [data[k] for k in OUTPUT_KEYS]
+
+    @gr_error
+    def after_score(result):
+        from .recommend import focus_choices
+
+        choices, value = focus_choices(result)
+        data = explain(state, result, value)
+        return [gr.update(choices=choices, value=value)] + [data[k] for k in OUTPUT_KEYS]
+
+    w["focus"].input(on_focus, [result_state, w["focus"]], outs)
+    return after_score, [result_state], [w["focus"]] + outs

@@ -1,0 +1,426 @@
+"""Recommend tab: a history (real or composed), candidates, and both scores side by side.
+
+Handlers are plain functions of plain values (tests call them without a server); only
+``build`` creates widgets and wires events.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from . import core
+from .core import InputError, Profile
+from .state import MAX_CANDIDATES, AppState
+
+WARM_COLOR, COLD_COLOR = "#4C6EF5", "#F08C00"
+SORT_CHOICES = ["score with CF tokens", "score without CF tokens", "difference (with − without)"]
+RESULT_COLUMNS = ["rank", "movie", "item (train)", "without CF", "with CF", "Δ", "rank w/o CF", "rank w/ CF",
+                  "truth"]
+COL_TEXT, COL_CF, COL_DELTA = "without CF", "with CF", "Δ"
+
+
+# ------------------------------------------------------------------------ history
+
+def user_summary(state: AppState, user: str | None) -> str:
+    if not user or user not in state.users:
+        return "Pick a user."
+    info = state.users[user]
+    pipe = state.pipeline()
+    in_cf = pipe.cf is not None and pipe.cf.has_user(user)
+    status = ("**warm**" if info.warm else "**cold**") + f" (warm = at least {state.warm_min} training interactions)"
+    if pipe.cf is None:
+        vec = "no CF model is loaded, so there are no CF vectors"
+    else:
+        vec = ("has a trained CF vector" if in_cf else
+               "has no trained CF vector: CoLLM folds one in from the history below")
+    test = (f"{info.n_test} movies rated in the test period ({info.n_test_pos} liked): use them as candidates "
+            "and the true answers are known." if info.n_test else
+            "No ratings in the test period, so no true answers for candidates.")
+    return (f"User **{user}**: {info.n_train} training interactions, {status}; {vec}. {test} "
+            f"The history shows their last {len(state.real_history(user))} ratings before the test period "
+            f"(liked = rating ≥ {state.dataset.protocol.positive_rating:g}).")
+
+
+def composed_example(state: AppState) -> list[tuple[str, int, str]]:
+    """A small starting history: popular Sci-Fi liked, a popular Romance disliked."""
+    items = state.dataset.items
+    pop = sorted(state.item_train.items(), key=lambda kv: -kv[1])
+    scifi = [i for i, _ in pop if "Sci-Fi" in str(items.at[i, "genres"])][:3]
+    romance = [i for i, _ in pop if "Romance" in str(items.at[i, "genres"]) and i not in scifi][:1]
+    return [(i, 1, "") for i in scifi] + [(i, 0, "") for i in romance]
+
+
+def load_history(state: AppState, source: str, user: str | None) -> tuple[pd.DataFrame, str]:
+    """History table + explanation for the chosen source."""
+    if source == "composed":
+        table = core.history_frame(state, composed_example(state))
+        note = ("**Composed user.** Edit the list freely: add movies below, tick or untick *liked*. "
+                "This user is not in the training data, so their CF vector is *folded in* from this list "
+                "(a small logistic regression against the frozen item vectors). At most "
+                f"{state.dataset.protocol.history_len} movies, as in the paper's prompt.")
+        return table, note
+    if not user:
+        return core.history_frame(state, []), "Pick a user."
+    return core.history_frame(state, core.real_profile(state, user)), user_summary(state, user)
+
+
+def add_to_history(state: AppState, table, items: list[str] | None, liked: str) -> pd.DataFrame:
+    rows = core.parse_history(table)
+    have = {i for i, _, _ in rows}
+    limit = state.dataset.protocol.history_len
+    for item in items or []:
+        item = str(item)
+        if item in have:
+            rows = [(i, int(liked == "liked") if i == item else y, d) for i, y, d in rows]
+            continue
+        if len(rows) >= limit:
+            raise InputError(f"The prompt holds at most {limit} movies; remove one first.")
+        rows.append((item, int(liked == "liked"), ""))
+        have.add(item)
+    return core.history_frame(state, rows)
+
+
+def remove_from_history(state: AppState, table, items: list[str] | None) -> pd.DataFrame:
+    drop = {str(i) for i in (items or [])}
+    return core.history_frame(state, [r for r in core.parse_history(table) if r[0] not in drop])
+
+
+def history_choices(state: AppState, table) -> list[tuple[str, str]]:
+    return [(state.item_label(i), i) for i, _, _ in core.parse_history(table)]
+
+
+def history_status(state: AppState, source: str, user: str | None, table) -> str:
+    """One line under the table saying how the history will be used."""
+    try:
+        profile = core.profile_from_inputs(state, source, user, table)
+    except InputError as err:
+        return f"⚠️ {err}"
+    liked = sum(profile.labels)
+    base = f"{len(profile.items)} movies ({liked} liked, {len(profile.items) - liked} disliked)."
+    if profile.kind == "edited":
+        return (base + f" **Edited** — differs from user {user}'s real history, so their CF vector will be "
+                "folded in from this table instead of the trained one, and true answers are hidden.")
+    if profile.kind == "user":
+        return base + " Unedited real history."
+    return base + " Composed history."
+
+
+# --------------------------------------------------------------------- candidates
+
+def candidate_set(state: AppState, kind: str, n: int, source: str, user: str | None, table,
+                  seed: int | None = None) -> list[str]:
+    """One-click candidate sets: 'test', 'popular', 'cold' or 'random'."""
+    n = int(max(1, min(MAX_CANDIDATES, n or 10)))
+    in_history = {i for i, _, _ in core.parse_history(table)}
+    rng = np.random.default_rng(seed if seed is not None else time.time_ns() % (2 ** 32))
+    if kind == "test":
+        if source == "composed" or not user:
+            raise InputError("A composed user has no test-period ratings; pick a real user for this set.")
+        test = state.test_items(user).drop_duplicates("item")
+        if test.empty:
+            raise InputError(f"User {user} rated nothing in the test period; try another set.")
+        if len(test) > n:  # seeded sample, keeping both answers when possible
+            test = test.sample(n=n, random_state=int(rng.integers(2 ** 31)))
+        return [str(i) for i in test.sort_values("timestamp")["item"]]
+    pool = [i for i in state.item_ids if i not in in_history]
+    if kind == "popular":
+        pool = sorted(pool, key=lambda i: -state.item_train.get(i, 0))
+        return [i for i in pool if state.item_warm(i)][:n]
+    if kind == "cold":
+        pool = [i for i in pool if not state.item_warm(i)]
+    if not pool:
+        raise InputError("No items left for this set.")
+    return [str(i) for i in rng.choice(pool, size=min(n, len(pool)), replace=False)]
+
+
+# ------------------------------------------------------------------------ scoring
+
+def score(state: AppState, source: str, user: str | None, table, candidates: list[str] | None,
+          progress=None) -> dict:
+    """Score the candidates for the described profile in both modes (cached)."""
+    profile = core.profile_from_inputs(state, source, user, table)
+    items = core.parse_item_ids(state, list(candidates or []), "candidates")
+    return core.score_both(state, profile, items, progress=progress)
+
+
+def sort_key_for(inject: bool) -> str:
+    return SORT_CHOICES[0] if inject else SORT_CHOICES[1]
+
+
+def results_table(result: dict | None, sort_by: str = SORT_CHOICES[0], inject: bool = True) -> pd.DataFrame:
+    if not result:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    rows = result["rows"]
+    r_text = core.ranks([r["score_text"] for r in rows])
+    r_cf = core.ranks([r["score_cf"] for r in rows])
+    has_cf = result.get("cf_mode") is not None
+    active = r_cf if (inject and has_cf) else r_text
+    out = []
+    for n, r in enumerate(rows):
+        label = {1: "liked", 0: "disliked"}.get(r["label"], "—")
+        status = f"{'warm' if r['warm'] else 'cold'} · {r['n_train']}"
+        movie = (r["title"] + (f" ({r['year']})" if r["year"] else "") + f" · #{r['item']}"
+                 + (" · in history" if r["in_history"] else ""))
+        out.append([active[n], movie, status, round(r["score_text"], 4),
+                    None if r["score_cf"] is None else round(r["score_cf"], 4),
+                    None if r["delta"] is None else round(r["delta"], 4),
+                    r_text[n], r_cf[n], label])
+    frame = pd.DataFrame(out, columns=RESULT_COLUMNS)
+    column = {SORT_CHOICES[0]: COL_CF, SORT_CHOICES[1]: COL_TEXT, SORT_CHOICES[2]: COL_DELTA}.get(sort_by, COL_CF)
+    if frame[column].isna().all():
+        column = COL_TEXT
+    return frame.sort_values(column, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
+
+
+def summary(state: AppState, result: dict | None, inject: bool = True) -> str:
+    if not result:
+        return "Press **Score candidates** to run the model."
+    profile = Profile.from_dict(result["profile"])
+    rows = result["rows"]
+    has_cf = result.get("cf_mode") is not None
+    use_cf = inject and has_cf
+    key = "score_cf" if use_cf else "score_text"
+    top = sorted(rows, key=lambda r: -r[key])[:3]
+    who = profile.describe()
+    if profile.kind == "user":
+        who += f" ({'warm' if result['user_warm'] else 'cold'}, {result['user_n_train']} training interactions)"
+    lines = [f"**{who}** · {len(rows)} candidates scored in {result['seconds']} s "
+             f"(both modes; repeated requests come from a cache)."]
+    if has_cf:
+        lines.append(f"CF user vector: {result['vector_source']}.")
+    mode = result["cf_mode"] if use_cf else result["text_mode"]
+    lines.append(f"**Top picks — {mode}:** " + "; ".join(f"{n}. {r['title']}" for n, r in enumerate(top, 1)))
+    if inject and not has_cf:
+        lines.append("⚠️ No projector is loaded, so CF tokens cannot be injected: ranking by the text-only score.")
+    auc_t, auc_c = core.candidate_auc(rows, "score_text"), core.candidate_auc(rows, "score_cf")
+    known = sum(r["label"] is not None for r in rows)
+    if auc_t is not None:
+        cf_part = f", with CF **{auc_c:.2f}**" if auc_c is not None else ""
+        lines.append(f"On the {known} candidates whose true answer is known, AUC without CF **{auc_t:.2f}**"
+                     f"{cf_part} (one user, few items: a noisy number; the Warm vs cold tab has the full test set).")
+    if has_cf:
+        deltas = [r["delta"] for r in rows]
+        warm = [r["delta"] for r in rows if r["warm"]]
+        cold = [r["delta"] for r in rows if not r["warm"]]
+        parts = [f"mean Δ {np.mean(deltas):+.3f}"]
+        if warm:
+            parts.append(f"warm items {np.mean(warm):+.3f}")
+        if cold:
+            parts.append(f"cold items {np.mean(cold):+.3f}")
+        lines.append("Effect of the CF tokens: " + ", ".join(parts) + ".")
+    return "\n\n".join(lines)
+
+
+def delta_figure(result: dict | None, inject: bool = True) -> go.Figure:
+    fig = go.Figure()
+    if not result or result.get("cf_mode") is None:
+        msg = "Score some candidates first." if not result else "No projector loaded: no CF scores to compare."
+        fig.add_annotation(text=msg, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_layout(height=260, xaxis_visible=False, yaxis_visible=False, margin=dict(l=10, r=10, t=30, b=10))
+        return fig
+    rows = sorted(result["rows"], key=lambda r: r["delta"])
+    for warm, color, name in ((True, WARM_COLOR, "warm item (≥3 training interactions)"),
+                              (False, COLD_COLOR, "cold item (<3 training interactions)")):
+        part = [r for r in rows if r["warm"] == warm]
+        if not part:
+            continue
+        fig.add_trace(go.Bar(
+            x=[r["delta"] for r in part], y=[_short(r["title"]) + f" · #{r['item']}" for r in part],
+            orientation="h", marker_color=color, name=name,
+            customdata=[[r["score_text"], r["score_cf"], r["n_train"]] for r in part], showlegend=True,
+            hovertemplate="%{y}<br>without CF %{customdata[0]:.3f} → with CF %{customdata[1]:.3f}"
+                          "<br>Δ %{x:+.3f}<br>training interactions: %{customdata[2]}<extra></extra>"))
+    fig.update_layout(
+        height=max(280, 26 * len(rows) + 130), barmode="relative",
+        title=dict(text="What the CF tokens change: score with CF − score without CF", font_size=14),
+        xaxis_title="Δ score (positive = CF tokens make “Yes” more likely)",
+        yaxis=dict(categoryorder="array", categoryarray=[_short(r["title"]) + f" · #{r['item']}" for r in rows],
+                   automargin=True),
+        legend=dict(orientation="h", y=-0.25, x=0), margin=dict(l=10, r=10, t=50, b=10),
+        template="plotly_white")
+    fig.add_vline(x=0, line_color="#555", line_width=1)
+    return fig
+
+
+def _short(text: str, n: int = 34) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def focus_choices(result: dict | None, inject: bool = True) -> tuple[list[tuple[str, str]], str | None]:
+    """Dropdown choices (candidates, best first in the active mode) and the default pick."""
+    if not result:
+        return [], None
+    key = "score_cf" if (inject and result.get("cf_mode")) else "score_text"
+    rows = sorted(result["rows"], key=lambda r: -r[key])
+    return [(f"{r['title']} · #{r['item']}", r["item"]) for r in rows], rows[0]["item"]
+
+
+def prompts_html(state: AppState, result: dict | None, item: str | None, inject: bool = True) -> tuple[str, str]:
+    """The two prompts for one candidate, slots highlighted; the one used for ranking marked."""
+    if not result or not item:
+        return "<p class='muted'>Score candidates to see the prompts.</p>", ""
+    profile = Profile.from_dict(result["profile"])
+    has_cf = result.get("cf_mode") is not None
+    used = "<span class='badge'>used for the ranking</span>"
+    text = (f"<h4>Without CF tokens — {result['text_mode']} {used if not (inject and has_cf) else ''}</h4>"
+            + core.prompt_html(state, profile, item, False))
+    if has_cf:
+        cf = (f"<h4>With CF tokens — CoLLM {used if inject else ''}</h4>"
+              + core.prompt_html(state, profile, item, True)
+              + "<p class='muted'>The two highlighted placeholders are single token positions. Before the LLM "
+                "runs, their input embeddings are overwritten by the projector's output for this user's and "
+                "this movie's CF vectors; no words are ever written there.</p>")
+    else:
+        cf = "<p class='muted'>No projector loaded: there is no CF prompt.</p>"
+    return text, cf
+
+
+# ------------------------------------------------------------------------- widgets
+
+def build(state: AppState):
+    """Create the tab's widgets (inside an open gr.Tab) and return them by name."""
+    import gradio as gr
+
+    pipe_ready_note = ("Both scores are always computed so you can compare them; this switch chooses "
+                       "which one ranks the recommendations (and which prompt is the one 'sent').")
+    w: dict = {}
+    gr.Markdown("Pick **whose history** the LLM reads, pick **candidate movies**, and score them twice: "
+                "once from the text alone and once with the two **CF tokens** injected. "
+                "Scores are P(“Yes”) when the LLM is asked whether the user would enjoy the movie.",
+                elem_classes=["lead"])
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=340):
+            gr.Markdown("### 1 · Whose history?")
+            w["source"] = gr.Radio([("A real MovieLens user", "user"), ("Compose your own", "composed")],
+                                   value="user", label="History from", elem_id="source")
+            w["user"] = gr.Dropdown(state.user_choices(), value=None, label="User (type to search, e.g. “warm” or an id)",
+                                    filterable=True, elem_id="user-dropdown")
+            w["user_md"] = gr.Markdown(elem_classes=["note"])
+            w["history"] = gr.Dataframe(
+                value=core.history_frame(state, []), headers=core.HISTORY_COLUMNS,
+                datatype=["str", "str", "str", "str", "bool", "str"], interactive=True,
+                static_columns=[0, 1, 2, 3, 5],
+                label="History in the prompt (oldest first) — tick/untick “liked” to edit",
+                column_widths=[52, 150, 54, 116, 92, 108], max_height=440, wrap=True,
+                elem_id="history-table")
+            w["history_md"] = gr.Markdown(elem_classes=["note"])
+            w["edit_box"] = gr.Accordion("Add or remove movies", open=False, elem_id="history-edit")
+            with w["edit_box"]:
+                w["add_items"] = gr.Dropdown(state.item_choices(), multiselect=True, label="Add movies",
+                                             filterable=True)
+                with gr.Row():
+                    w["add_liked"] = gr.Radio(["liked", "disliked"], value="liked", label="as", min_width=160)
+                    w["add_btn"] = gr.Button("Add to history", size="sm", min_width=120)
+                w["remove_items"] = gr.Dropdown([], multiselect=True, label="Remove movies", filterable=True)
+                with gr.Row():
+                    w["remove_btn"] = gr.Button("Remove", size="sm", min_width=100)
+                    w["reset_btn"] = gr.Button("Reset to the real history / example", size="sm", min_width=160)
+        with gr.Column(scale=5, min_width=340):
+            gr.Markdown("### 2 · Which candidates?")
+            w["candidates"] = gr.Dropdown(state.item_choices(), multiselect=True, max_choices=MAX_CANDIDATES,
+                                          label=f"Candidate movies (type to search; up to {MAX_CANDIDATES})",
+                                          filterable=True, elem_id="candidates")
+            w["n_set"] = gr.Slider(3, MAX_CANDIDATES, value=10, step=1, label="Size of a one-click set")
+            with gr.Row():
+                w["set_test"] = gr.Button("This user's test items", size="sm", min_width=140, elem_id="set-test")
+                w["set_popular"] = gr.Button("Popular warm items", size="sm", min_width=140, elem_id="set-popular")
+            with gr.Row():
+                w["set_cold"] = gr.Button("Cold items", size="sm", min_width=140, elem_id="set-cold")
+                w["set_random"] = gr.Button("Random", size="sm", min_width=140, elem_id="set-random")
+            gr.Markdown("*Test items* are movies this user rated in the test period, after everything the "
+                        "models were trained on, so their true answers are shown. *Cold* items have fewer "
+                        f"than {state.warm_min} training interactions.", elem_classes=["note"])
+            gr.Markdown("### 3 · Score")
+            w["inject"] = gr.Checkbox(True, label="Inject CF tokens (CoLLM)", info=pipe_ready_note,
+                                      elem_id="inject")
+            w["score_btn"] = gr.Button("Score candidates", variant="primary", elem_id="score-btn")
+    gr.Markdown("### Results")
+    w["summary"] = gr.Markdown(elem_id="summary")
+    w["sort_by"] = gr.Radio(SORT_CHOICES, value=SORT_CHOICES[0], label="Sort the table by", elem_id="sort-by")
+    w["table"] = gr.Dataframe(value=results_table(None), interactive=False, wrap=True, max_height=820,
+                              label="Both modes side by side: scores are P(Yes); Δ = with CF − without CF; "
+                                    "rank 1 = best; item (train) = warm/cold and its training interactions; "
+                                    "truth = what the user actually did (test items only)",
+                              column_widths=[58, 400, 104, 92, 92, 80, 92, 92, 96],
+                              elem_id="results-table")
+    w["chart"] = gr.Plot(delta_figure(None), label="Difference per candidate", elem_id="delta-chart")
+    gr.Markdown("### The exact prompts")
+    w["focus"] = gr.Dropdown([], label="Show the prompts for", elem_id="prompt-candidate")
+    with gr.Row(equal_height=False):
+        w["prompt_text"] = gr.HTML(elem_id="prompt-text", min_height=60)
+        w["prompt_cf"] = gr.HTML(elem_id="prompt-cf", min_height=60)
+    return w
+
+
+def wire(state: AppState, w: dict, result_state, gr_error):
+    """Events of this tab. ``gr_error`` turns InputError into gr.Error."""
+    import gradio as gr
+
+    def on_source(source, user):
+        table, note = load_history(state, source, user)
+        return (gr.update(visible=source == "user"), table, note,
+                gr.update(choices=history_choices(state, table), value=[]),
+                gr.update(interactive=source == "user"), gr.update(open=source == "composed"))
+
+    def on_user(source, user):
+        table, note = load_history(state, source, user)
+        return table, note, gr.update(choices=history_choices(state, table), value=[])
+
+    def on_table(source, user, table):
+        return history_status(state, source, user, table), gr.update(choices=history_choices(state, table))
+
+    @gr_error
+    def on_add(table, items, liked):
+        return add_to_history(state, table, items, liked), []
+
+    @gr_error
+    def on_remove(table, items):
+        return remove_from_history(state, table, items), []
+
+    def make_set(kind):
+        @gr_error
+        def handler(n, source, user, table):
+            return candidate_set(state, kind, n, source, user, table)
+        return handler
+
+    @gr_error
+    def on_score(source, user, table, candidates, progress=gr.Progress()):
+        return score(state, source, user, table, candidates, progress=progress)
+
+    def render(result, sort_by, inject):
+        choices, value = focus_choices(result, inject)
+        text, cf = prompts_html(state, result, value, inject)
+        return (summary(state, result, inject), results_table(result, sort_by, inject),
+                delta_figure(result, inject), gr.update(choices=choices, value=value), text, cf)
+
+    def on_inject(result, inject):
+        sort_by = sort_key_for(inject)
+        return (sort_by,) + render(result, sort_by, inject)
+
+    def on_sort(result, sort_by, inject):
+        return results_table(result, sort_by, inject)
+
+    def on_focus(result, item, inject):
+        return prompts_html(state, result, item, inject)
+
+    w["source"].change(on_source, [w["source"], w["user"]],
+                       [w["user"], w["history"], w["user_md"], w["remove_items"], w["set_test"], w["edit_box"]])
+    w["user"].input(on_user, [w["source"], w["user"]], [w["history"], w["user_md"], w["remove_items"]])
+    w["history"].change(on_table, [w["source"], w["user"], w["history"]], [w["history_md"], w["remove_items"]])
+    w["add_btn"].click(on_add, [w["history"], w["add_items"], w["add_liked"]], [w["history"], w["add_items"]])
+    w["remove_btn"].click(on_remove, [w["history"], w["remove_items"]], [w["history"], w["remove_items"]])
+    w["reset_btn"].click(on_user, [w["source"], w["user"]], [w["history"], w["user_md"], w["remove_items"]])
+    for kind in ("test", "popular", "cold", "random"):
+        w[f"set_{kind}"].click(make_set(kind), [w["n_set"], w["source"], w["user"], w["history"]], w["candidates"])
+    render_out = [w["summary"], w["table"], w["chart"], w["focus"], w["prompt_text"], w["prompt_cf"]]
+    scored = w["score_btn"].click(on_score, [w["source"], w["user"], w["history"], w["candidates"]],
+                                  result_state)
+    scored = scored.success(render, [result_state, w["sort_by"], w["inject"]], render_out)
+    w["inject"].input(on_inject, [result_state, w["inject"]], [w["sort_by"]] + render_out)
+    w["sort_by"].input(on_sort, [result_state, w["sort_by"], w["inject"]], w["table"])
+    w["focus"].input(on_focus, [result_state, w["focus"], w["inject"]], [w["prompt_text"], w["prompt_cf"]])
+    return scored, render, render_out

@@ -1,0 +1,342 @@
+"""Warm vs cold tab: the evaluation table and chart, and a cold-start simulator.
+
+The simulator takes one item, keeps k of its training interactions (seeded choice, nested:
+the 1 kept interaction is among the 3, the 3 among the 10), refits the item's CF vector
+from them with ``foldin.fold_in_item`` (user vectors frozen), and shows how the item's
+CoLLM score for the current user and its map position move. The text-only score cannot
+move: the text prompt never sees the CF vector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..evaluate import METHOD_LABELS, SLICES
+from ..foldin import fold_in_item
+from . import core
+from .embedding import base_traces, layout_index, placed, profile_of, unavailable
+from .state import AppState
+
+METHOD_COLORS = {"mf": "#868E96", "zero_shot": "#BE4BDB", "text_only": "#F08C00", "collm": "#4C6EF5"}
+K_CHOICES = ["0", "1", "3", "10", "all"]
+SLICE_WORDS = {"all": "all test rows", "warm": "warm rows (user and item each ≥3 training interactions)",
+               "cold": "cold rows (the rest)"}
+
+
+# ------------------------------------------------------------------ evaluation
+
+def results_frame(results: dict | None) -> pd.DataFrame:
+    columns = ["method"] + [f"{s} {m}" for s in SLICES for m in ("AUC", "UAUC")]
+    if not results or not results.get("methods"):
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for method, slices in results["methods"].items():
+        row = [METHOD_LABELS.get(method, method)]
+        for s in SLICES:
+            part = slices.get(s, {})
+            row += [_num(part.get("auc")), _num(part.get("uauc"))]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _num(value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(value) else round(value, 4)
+
+
+def results_figure(results: dict | None) -> go.Figure:
+    if not results or not results.get("methods"):
+        fig = go.Figure()
+        fig.add_annotation(text="No evaluation results yet (see the note above).", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_layout(height=300, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
+        return fig
+    methods = results["methods"]
+    first = next(iter(methods.values()))
+    labels = [f"{s}<br>(n={first.get(s, {}).get('n', '?')})" for s in SLICES]
+    fig = make_subplots(1, 2, subplot_titles=("AUC (all rows pooled)", "UAUC (mean per-user AUC)"),
+                        horizontal_spacing=0.08)
+    values = []
+    for col, metric in enumerate(("auc", "uauc"), 1):
+        for method, slices in methods.items():
+            ys = [_num(slices.get(s, {}).get(metric)) for s in SLICES]
+            values += [y for y in ys if y is not None]
+            fig.add_trace(go.Bar(x=labels, y=ys, name=METHOD_LABELS.get(method, method),
+                                 marker_color=METHOD_COLORS.get(method), showlegend=col == 1,
+                                 legendgroup=method, text=[f"{y:.3f}" if y is not None else "n/a" for y in ys],
+                                 textposition="outside", textfont_size=10,
+                                 hovertemplate="%{x}<br>%{fullData.name}: %{y:.4f}<extra></extra>"), 1, col)
+        fig.add_hline(y=0.5, line_dash="dot", line_color="#888", row=1, col=col)
+    low = min(values + [0.5]) - 0.05
+    high = max(values + [0.5]) + 0.06
+    fig.update_yaxes(range=[max(0.0, low), min(1.05, high)])
+    fig.update_layout(barmode="group", height=430, template="plotly_white",
+                      legend=dict(orientation="h", y=-0.22, x=0), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def results_note(state: AppState, results: dict | None) -> str:
+    path = state.config.results_path
+    if not results:
+        return (f"No evaluation results at `{path}`. Produce them with `python -m collm_demo evaluate` "
+                "(AUC/UAUC of MF, zero-shot, text-only and CoLLM on the test split, all/warm/cold), then reload.")
+    proto = results.get("protocol", {})
+    counts = proto.get("counts", {})
+    parts = [f"From `{path}`: {proto.get('data', '?')} test split, {proto.get('rows', '?')} rows scored"]
+    if proto.get("subset"):
+        parts.append(" — **a subset**, so numbers are noisy")
+    if counts:
+        parts.append(f" (whole test split: {counts.get('rows', '?')} rows, {counts.get('warm', '?')} warm, "
+                     f"{counts.get('cold', '?')} cold)")
+    parts.append(f"; LLM {proto.get('llm', '?')}. ")
+    parts.append("Warm = the user and the item each have at least 3 training interactions. "
+                 "UAUC averages per-user AUCs over users with both liked and disliked test items, so it asks "
+                 "“does the model rank *this user's* movies well?”. The dotted line is chance (0.5).")
+    return "".join(parts)
+
+
+# -------------------------------------------------------------- cold-start simulator
+
+def item_train_interactions(state: AppState, item: str) -> pd.DataFrame:
+    """The item's training interactions by users the CF model knows (their vectors stay frozen)."""
+    inter = state.dataset.interactions
+    rows = inter[(inter["split"] == "train") & (inter["item"] == item)][["user", "label", "timestamp"]]
+    cf = state.pipeline().cf
+    return rows[[cf.has_user(u) for u in rows["user"]]] if len(rows) else rows
+
+
+def simulator_items(state: AppState) -> list[tuple[str, str]]:
+    return [(f"{state.item_label(i)} · {state.item_train.get(i, 0)} train", i)
+            for i in sorted(state.item_ids, key=lambda i: -state.item_train.get(i, 0))
+            if state.item_train.get(i, 0) > 0]
+
+
+def default_sim_item(state: AppState, result: dict | None) -> str:
+    if result:
+        warm = [r for r in result["rows"] if r["n_train"] > 0]
+        if warm:
+            return max(warm, key=lambda r: r["n_train"])["item"]
+    return simulator_items(state)[0][1]
+
+
+def simulate(state: AppState, result: dict | None, item: str, seed: int = 0) -> dict:
+    """Refit ``item`` from k = 0, 1, 3, 10, all of its training interactions; score each version."""
+    pipe = state.pipeline()
+    if not pipe.has_projector:
+        raise core.InputError("The cold-start simulator needs a CF model and a projector (none loaded).")
+    if item not in state.item_title:
+        raise core.InputError(f"Unknown item {item!r}.")
+    profile = profile_of(state, result)
+    if not profile.items:
+        raise core.InputError("The current history is empty; add movies in the Recommend tab first.")
+    key = ("sim", item, int(seed)) + profile.key()
+    return state.cache("simulate", 64).get_or(key, lambda: _simulate(state, pipe, profile, item, int(seed)))
+
+
+def _simulate(state, pipe, profile, item, seed) -> dict:
+    import torch
+
+    cf, model, title = pipe.cf, pipe.model, state.dataset.title
+    inter = item_train_interactions(state, item)
+    order = np.random.default_rng(seed).permutation(len(inter))
+    users = inter["user"].to_numpy()[order].tolist()
+    labels = inter["label"].to_numpy()[order].tolist()
+    versions = []  # (name, k, vector)
+    for choice in K_CHOICES:
+        k = len(users) if choice == "all" else min(int(choice), len(users))
+        versions.append((f"k = {choice}" + (f" (only {k} exist)" if choice != "all" and k < int(choice) else ""),
+                         k, fold_in_item(cf, users[:k], labels[:k])))
+    in_cf = cf.has_item(item)
+    versions.append(("trained vector (reference)" if in_cf else "no trained vector (default)", len(users),
+                     cf.item_vectors([item])[0]))
+    vecs = torch.stack([v for _, _, v in versions])
+    uvec, _ = core.user_vector(state, profile)
+    hist = [title(i) for i in profile.items]
+    cf_prompt = model.builder.build(hist, profile.labels, title(item), True)
+    text_prompt = model.builder.build(hist, profile.labels, title(item), False)
+    with state.model_lock:
+        s_cf = model.score_candidates([cf_prompt] * len(versions), uvec, vecs, use_lora=True).tolist()
+        s_text = float(model.score_candidates([text_prompt], use_lora=pipe.has_lora)[0])
+    s_mf = cf.score_vectors(uvec.expand(len(versions), -1), vecs).tolist()
+    positions = None
+    if unavailable(state) is None:
+        xy = placed(state, state.project(vecs), ("sim-pos", item, seed))
+        positions = [(float(x), float(y)) for x, y in xy]
+    rows = []
+    for n, (name, k, vec) in enumerate(versions):
+        rows.append({"version": name, "k": k, "liked": int(sum(labels[:k])) if n < len(K_CHOICES) else None,
+                     "norm": float(vec.norm()), "mf": float(s_mf[n]), "collm": float(s_cf[n]), "text": s_text,
+                     "xy": None if positions is None else positions[n]})
+    fitted = layout_index(state).get(("item", item)) if positions is not None else None
+    return {"item": item, "title": title(item), "n_interactions": len(users), "rows": rows,
+            "fitted_xy": fitted, "profile": profile.describe(), "seed": seed}
+
+
+def simulation_table(sim: dict | None) -> pd.DataFrame:
+    cols = ["item vector", "interactions kept (liked)", "vector norm", "MF score", "CoLLM score",
+            "text-only score", "CoLLM − text-only"]
+    if not sim:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for r in sim["rows"]:
+        kept = f"{r['k']} ({r['liked']})" if r["liked"] is not None else f"all {r['k']} (jointly trained)"
+        out.append([r["version"], kept, round(r["norm"], 3), round(r["mf"], 4), round(r["collm"], 4),
+                    round(r["text"], 4), round(r["collm"] - r["text"], 4)])
+    return pd.DataFrame(out, columns=cols)
+
+
+def simulation_figure(sim: dict | None, selected: str = "all") -> go.Figure:
+    if not sim:
+        fig = go.Figure()
+        fig.add_annotation(text="Run the simulator.", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_layout(height=360, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
+        return fig
+    rows = sim["rows"][: len(K_CHOICES)]
+    ref = sim["rows"][len(K_CHOICES)]
+    labels = [f"k={c}" for c in K_CHOICES]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=labels, y=[r["collm"] for r in rows], mode="lines+markers", name="CoLLM score",
+                             line=dict(color="#4C6EF5", width=3), marker_size=9))
+    fig.add_trace(go.Scatter(x=labels, y=[r["text"] for r in rows], mode="lines", name="text-only score (no CF)",
+                             line=dict(color="#F08C00", dash="dash", width=2)))
+    fig.add_trace(go.Scatter(x=labels, y=[r["mf"] for r in rows], mode="lines+markers", name="MF alone",
+                             line=dict(color="#868E96", width=1.5), marker_size=6))
+    fig.add_hline(y=ref["collm"], line_dash="dot", line_color="#4C6EF5",
+                  annotation_text="CoLLM with the trained vector", annotation_position="top left")
+    if selected in K_CHOICES:
+        n = K_CHOICES.index(selected)
+        fig.add_trace(go.Scatter(x=[labels[n]], y=[rows[n]["collm"]], mode="markers", name=f"selected k={selected}",
+                                 marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=3, color="#C92A2A"))))
+    fig.update_layout(height=360, template="plotly_white", yaxis_title="P(Yes) for this user",
+                      xaxis_title="training interactions kept for the item",
+                      title=dict(text=f"{sim['title']}: scores for {sim['profile']}", font_size=14),
+                      legend=dict(orientation="h", y=-0.3, x=0), margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def simulation_map(state: AppState, sim: dict | None, selected: str = "all") -> go.Figure:
+    if not sim or sim["rows"][0]["xy"] is None:
+        fig = go.Figure()
+        fig.add_annotation(text=unavailable(state) or "Run the simulator.", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+        fig.update_layout(height=360, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
+        return fig
+    fig = go.Figure(base_traces(state, "warm", show_words=False, faint=True))
+    rows = sim["rows"][: len(K_CHOICES)]
+    fig.add_trace(go.Scatter(x=[r["xy"][0] for r in rows], y=[r["xy"][1] for r in rows], mode="lines+markers+text",
+                             text=[f"k={c}" for c in K_CHOICES], textposition="top center", name="refit item (placed)",
+                             line=dict(color="#C92A2A", width=2), marker=dict(size=10, color="#C92A2A")))
+    if sim["fitted_xy"]:
+        fig.add_trace(go.Scatter(x=[sim["fitted_xy"][0]], y=[sim["fitted_xy"][1]], mode="markers+text",
+                                 text=["trained"], textposition="bottom center", name="trained vector (fitted layout)",
+                                 marker=dict(size=16, symbol="star", color="#1C7ED6", line=dict(width=1, color="#000"))))
+    if selected in K_CHOICES:
+        r = rows[K_CHOICES.index(selected)]
+        fig.add_trace(go.Scatter(x=[r["xy"][0]], y=[r["xy"][1]], mode="markers", name=f"selected k={selected}",
+                                 marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(width=3, color="#000"))))
+    xs = [r["xy"][0] for r in rows] + ([sim["fitted_xy"][0]] if sim["fitted_xy"] else [])
+    ys = [r["xy"][1] for r in rows] + ([sim["fitted_xy"][1]] if sim["fitted_xy"] else [])
+    pad = max(1.5, 0.3 * max(np.ptp(xs), np.ptp(ys)))
+    fig.update_layout(height=400, template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text="Where the refit item token lands (zoomed; positions placed by nearest neighbours)",
+                                 font_size=13),
+                      xaxis=dict(range=[min(xs) - pad, max(xs) + pad], showticklabels=False),
+                      yaxis=dict(range=[min(ys) - pad, max(ys) + pad], showticklabels=False),
+                      legend=dict(orientation="h", y=-0.08, x=0, font_size=11))
+    return fig
+
+
+def simulation_text(sim: dict | None, selected: str = "all") -> str:
+    if not sim:
+        return ""
+    rows = sim["rows"]
+    n = K_CHOICES.index(selected) if selected in K_CHOICES else len(K_CHOICES) - 1
+    r, ref, zero = rows[n], rows[len(K_CHOICES)], rows[0]
+    move = ""
+    if r["xy"] is not None and zero["xy"] is not None:
+        dist = float(np.hypot(r["xy"][0] - zero["xy"][0], r["xy"][1] - zero["xy"][1]))
+        move = f" On the map it sits {dist:.1f} units from the k=0 position."
+    return (f"**{sim['title']}** has {sim['n_interactions']} training interactions by known users (seed "
+            f"{sim['seed']} picks which to keep). With **k = {selected}** the refit item vector gives a CoLLM "
+            f"score of **{r['collm']:.3f}** for {sim['profile']} (k=0, i.e. no CF information: {zero['collm']:.3f}; "
+            f"trained vector: {ref['collm']:.3f}). The text-only score stays at **{r['text']:.3f}** whatever k is: "
+            f"the text prompt has no slot for the CF vector.{move} The refit uses only the kept interactions with "
+            "all user vectors frozen, so even k = all differs from the jointly trained vector.")
+
+
+# ------------------------------------------------------------------------- widgets
+
+def build(state: AppState):
+    import gradio as gr
+
+    w: dict = {}
+    gr.Markdown("Does the CF information help where it exists (warm) and not where it does not (cold)? "
+                "First the measured answer on the test split, then a simulator you can play with.",
+                elem_classes=["lead"])
+    gr.Markdown("### Evaluation on the test split")
+    results = state.results()
+    w["results_note"] = gr.Markdown(results_note(state, results), elem_classes=["note"])
+    w["results_table"] = gr.Dataframe(results_frame(results), interactive=False, label="AUC / UAUC by method and slice",
+                                      elem_id="results-eval")
+    w["results_chart"] = gr.Plot(results_figure(results), label="AUC and UAUC", elem_id="results-chart")
+    gr.Markdown("### Cold-start simulator")
+    gr.Markdown("Pretend an item is new: keep only **k** of its training interactions, refit its CF vector from "
+                "them (the users' vectors stay frozen), and watch its CoLLM score for the current user move — "
+                "while the text-only score cannot. The current user is the one scored last in the Recommend tab; "
+                "after each scoring the simulator reruns on that selection's most-rated candidate.",
+                elem_classes=["note"])
+    with gr.Row():
+        w["sim_item"] = gr.Dropdown(simulator_items(state), value=None, label="Item (most-rated first)",
+                                    filterable=True, min_width=280, elem_id="sim-item")
+        w["sim_k"] = gr.Radio(K_CHOICES, value="3", label="Training interactions kept (k)", min_width=240)
+        w["sim_seed"] = gr.Number(0, precision=0, label="Seed (which interactions)", min_width=120)
+    w["sim_btn"] = gr.Button("Run the simulator", variant="primary", elem_id="sim-btn")
+    w["sim_state"] = gr.State(None)
+    w["sim_text"] = gr.Markdown()
+    with gr.Row(equal_height=False):
+        w["sim_chart"] = gr.Plot(simulation_figure(None), label="Scores as k grows", min_width=320)
+        w["sim_map"] = gr.Plot(simulation_map(state, None), label="Map position as k grows", min_width=320)
+    w["sim_table"] = gr.Dataframe(simulation_table(None), interactive=False, label="Every version of the item vector")
+    return w
+
+
+def run_outputs(state: AppState, result: dict | None, item: str | None, seed, k: str) -> tuple:
+    """Everything the simulator panel shows, for one item (default: picked from the result)."""
+    item = item or default_sim_item(state, result)
+    sim = simulate(state, result, item, int(seed or 0))
+    return (sim, item, simulation_text(sim, k), simulation_figure(sim, k), simulation_map(state, sim, k),
+            simulation_table(sim))
+
+
+def wire(state: AppState, w: dict, result_state, gr_error):
+    """Events of this tab; returns (fn, inputs, outputs) to rerun the simulator after scoring."""
+    import gradio as gr
+
+    outs = [w["sim_state"], w["sim_item"], w["sim_text"], w["sim_chart"], w["sim_map"], w["sim_table"]]
+
+    @gr_error
+    def run(result, item, seed, k, progress=gr.Progress()):
+        progress(0.1, desc="refitting the item and scoring")
+        return run_outputs(state, result, item, seed, k)
+
+    def reselect(sim, k):
+        return simulation_text(sim, k), simulation_figure(sim, k), simulation_map(state, sim, k)
+
+    def after_score(result, seed, k):
+        if not state.pipeline().has_projector:
+            return (None, gr.update(), simulation_text(None), simulation_figure(None), simulation_map(state, None),
+                    simulation_table(None))
+        try:
+            return run_outputs(state, result, None, seed, k)
+        except core.InputError:
+            return (None, gr.update(), "", simulation_figure(None), simulation_map(state, None), simulation_table(None))
+
+    w["sim_btn"].click(run, [result_state, w["sim_item"], w["sim_seed"], w["sim_k"]], outs)
+    w["sim_k"].input(reselect, [w["sim_state"], w["sim_k"]], [w["sim_text"], w["sim_chart"], w["sim_map"]])
+    return after_score, [result_state, w["sim_seed"], w["sim_k"]], outs

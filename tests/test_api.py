@@ -1,0 +1,49 @@
+"""The /compare endpoint over HTTP: the app on loopback, driven with gradio_client."""
+
+from __future__ import annotations
+
+import pytest
+import ui_support
+
+pytestmark = [pytest.mark.integration, pytest.mark.api]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from gradio_client import Client
+
+    return Client(ui_support.launch_server(), verbose=False)
+
+
+def test_compare_is_the_documented_endpoint(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/compare"]
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/compare"]["parameters"]]
+    assert params == ["user_id", "item_ids"]
+
+
+def test_compare_scores(client):
+    out = client.predict(user_id="1", item_ids="1, 50, 100", api_name="/compare")
+    assert isinstance(out, list) and [o["id"] for o in out] == ["1", "50", "100"]
+    for o in out:
+        assert set(o) == {"id", "title", "warm", "score_text", "score_cf", "delta"}
+        assert isinstance(o["warm"], bool) and isinstance(o["title"], str)
+        assert 0 <= o["score_text"] <= 1 and 0 <= o["score_cf"] <= 1
+        assert o["delta"] == pytest.approx(o["score_cf"] - o["score_text"], abs=2e-6)
+    assert out[0]["title"] == "Toy Story"
+
+
+@pytest.mark.parametrize("user_id, item_ids, message", [
+    ("1", "1, 1", "duplicate"),
+    ("1", "", "empty"),
+    ("1", "12x", "not a numeric"),
+    ("1", "99999", "unknown item"),
+    ("1", ",".join(str(i) for i in range(1, 52)), "at most 50"),
+    ("nobody", "1", "not a numeric user"),
+    ("123456", "1", "unknown user"),
+])
+def test_compare_bad_input_raises(client, user_id, item_ids, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(user_id=user_id, item_ids=item_ids, api_name="/compare")

@@ -1,0 +1,186 @@
+"""The page in headless Chromium: pick a user and candidates, score, toggle injection, visit tabs.
+
+Screenshots go to tests/screenshots/ (git-ignored). Needs /usr/bin/chromium
+(``apt-get install chromium``) and the playwright Python package; skipped without them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import ui_support
+from ui_support import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+LOAD_TIMEOUT = 180_000  # ms: the first page load waits for the model and scores an example
+STEP_TIMEOUT = 120_000
+
+
+@pytest.fixture(scope="module")
+def app_state():
+    return ui_support.state()
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    return ui_support.launch_server()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+IDLE_JS = "() => document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0"
+
+
+def wait_idle(page) -> None:
+    """Wait until no event is running (the scoring chain updates the other tabs after the table).
+    Leaving while the server still computes would also make the interpreter abort at exit."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(IDLE_JS, timeout=STEP_TIMEOUT)
+
+
+@pytest.fixture()
+def page(browser, server_url):
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda err: page.errors.append(str(err)))
+    page.goto(server_url, wait_until="domcontentloaded")
+    page.wait_for_function("() => (document.querySelector('#summary')?.innerText || '').includes('Top picks')",
+                           timeout=LOAD_TIMEOUT)
+    yield page
+    wait_idle(page)
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def summary(page) -> str:
+    return page.locator("#summary").inner_text()
+
+
+def wait_summary(page, text: str) -> None:
+    page.wait_for_function(f"() => (document.querySelector('#summary')?.innerText || '').includes({text!r})",
+                           timeout=STEP_TIMEOUT)
+
+
+def table_rows(page, elem_id: str) -> int:
+    """Data rows of a gr.Dataframe (Gradio 6 draws them as div.virtual-row)."""
+    return page.locator(f"#{elem_id} .virtual-row").count()
+
+
+def test_recommend_flow(page, app_state):
+    assert "user" in summary(page)
+    shot(page, "01_first_load")
+
+    # pick another warm user with test items through the searchable dropdown
+    default = app_state.default_user()
+    user = next(u for _, u in app_state.user_choices()
+                if u != default and app_state.users[u].warm and app_state.users[u].n_test >= 5)
+    box = page.locator("#user-dropdown input")
+    box.click()
+    box.fill("")
+    box.press_sequentially(f"user {user} ")
+    option = page.locator(f'[role=option][aria-label^="user {user} ·"]')
+    option.first.click()
+    page.wait_for_function(f"() => document.body.innerText.includes('User {user}:')", timeout=STEP_TIMEOUT)
+
+    # one-click candidate set, then score
+    page.locator("#set-popular").click()
+    page.wait_for_function("() => document.querySelectorAll('#candidates .token').length == 10",
+                           timeout=STEP_TIMEOUT)
+    page.locator("#score-btn").click()
+    wait_summary(page, f"user {user}")
+    wait_summary(page, "Top picks — CoLLM")
+    page.wait_for_function("() => document.querySelectorAll('#results-table .virtual-row').length == 10",
+                           timeout=STEP_TIMEOUT)
+    headers = page.locator("#results-table thead").inner_text()
+    for column in ("without CF", "with CF", "rank w/ CF", "truth"):
+        assert column in headers
+    # the bar chart of differences is drawn, one bar per candidate
+    page.wait_for_selector("#delta-chart .js-plotly-plot", timeout=STEP_TIMEOUT)
+    assert page.locator("#delta-chart .barlayer .point").count() == 10
+    # prompts with the two CF slots highlighted
+    assert page.locator("#prompt-cf .slot-user").count() == 1
+    assert page.locator("#prompt-cf .slot-item").count() == 1
+    assert page.locator("#prompt-text .slot").count() == 0
+
+    # toggle injection: the ranking switches to the text-only score, and back
+    page.locator("#inject input[type=checkbox]").click()
+    wait_summary(page, "Top picks — text-only")
+    assert page.locator("#sort-by input[value='score without CF tokens']").is_checked()
+    assert "used for the ranking" in page.locator("#prompt-text").inner_text()
+    shot(page, "02_injection_off")
+    page.locator("#inject input[type=checkbox]").click()
+    wait_summary(page, "Top picks — CoLLM")
+    assert "used for the ranking" in page.locator("#prompt-cf").inner_text()
+    shot(page, "03_recommend")
+    assert not page.errors, page.errors
+
+
+def test_other_tabs(page):
+    page.get_by_role("tab", name="Embedding space").click()
+    page.wait_for_selector("#embedding-map .js-plotly-plot", timeout=STEP_TIMEOUT)
+    page.wait_for_function("() => document.querySelector('#embedding-map').innerText.includes('candidates')",
+                           timeout=STEP_TIMEOUT)
+    assert table_rows(page, "nearest-words") == 8
+    shot(page, "04_embedding_space")
+
+    page.get_by_role("tab", name="Warm vs cold").click()
+    page.wait_for_selector("#results-chart .js-plotly-plot", timeout=STEP_TIMEOUT)
+    assert table_rows(page, "results-eval") >= 1
+    page.locator("#sim-btn").click()
+    page.wait_for_function("() => document.body.innerText.includes('text-only score stays')", timeout=STEP_TIMEOUT)
+    shot(page, "05_warm_vs_cold")
+
+    page.get_by_role("tab", name="How it works").click()
+    page.wait_for_function("() => document.body.innerText.includes('Step 5')", timeout=STEP_TIMEOUT)
+    text = page.locator("#tab-how").inner_text()
+    assert re.search(r"user slot is position \d+", text)
+    assert page.locator("#tab-how .tok-user").count() == 1
+    shot(page, "06_how_it_works")
+    assert not page.errors, page.errors
+
+
+def test_composed_user(page):
+    page.get_by_label("Compose your own").check()
+    page.wait_for_function("() => document.body.innerText.includes('Composed user.')", timeout=STEP_TIMEOUT)
+    assert not page.locator("#user-dropdown").is_visible()
+    page.locator("#score-btn").click()
+    wait_summary(page, "your composed user")
+    assert "folded in" in summary(page)
+    assert page.locator("#results-table .virtual-row").count() >= 1
+    page.get_by_role("tab", name="Embedding space").click()
+    page.wait_for_function("() => document.querySelector('#embedding-map')?.innerText.includes('your composed user')",
+                           timeout=STEP_TIMEOUT)
+    assert "placed (approximate)" in page.locator("#tab-embedding").inner_text()
+    shot(page, "08_composed_user_map")
+    assert not page.errors, page.errors
+
+
+def test_narrow_window(browser, server_url):
+    context = browser.new_context(viewport={"width": 420, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    page.goto(server_url, wait_until="domcontentloaded")
+    page.wait_for_function("() => (document.querySelector('#summary')?.innerText || '').includes('Top picks')",
+                           timeout=LOAD_TIMEOUT)
+    page.wait_for_selector("#delta-chart .js-plotly-plot", timeout=STEP_TIMEOUT)
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 440, f"page scrolls sideways at 420 px ({width} px wide)"
+    wait_idle(page)
+    shot(page, "07_narrow")
+    context.close()

@@ -1,0 +1,295 @@
+"""The app's handlers, called directly (no server), on the real embedded LLM and ML-100K.
+
+Kept fast: a handful of candidates per call; scoring results are cached by the app, so
+repeated calls are free.
+"""
+
+from __future__ import annotations
+
+import json
+
+import plotly.graph_objects as go
+import pytest
+import torch
+import ui_support
+
+from collm_demo.ui import core, embedding, explain, recommend, warm_cold
+from collm_demo.ui.core import InputError, Profile
+from collm_demo.ui.state import MAX_CANDIDATES, AppConfig, AppState
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def app_state():
+    return ui_support.state()
+
+
+@pytest.fixture(scope="module")
+def user(app_state):
+    return app_state.default_user()
+
+
+@pytest.fixture(scope="module")
+def scored(app_state, user):
+    table, _ = recommend.load_history(app_state, "user", user)
+    cands = recommend.candidate_set(app_state, "test", 4, "user", user, table, seed=0)
+    rated = set(app_state.test_items(user)["item"])
+    cold = [i for i in app_state.item_ids if not app_state.item_warm(i) and i not in rated][:1]
+    return recommend.score(app_state, "user", user, table, cands + cold)
+
+
+# ------------------------------------------------------------------- state / history
+
+def test_users_and_histories(app_state, user):
+    choices = app_state.user_choices()
+    assert choices and all(label.startswith("user ") for label, _ in choices)
+    info = app_state.users[user]
+    assert info.warm and info.n_test >= 10
+    hist = app_state.real_history(user)
+    assert 0 < len(hist) <= 10
+    assert (hist["timestamp"] < app_state.test_start).all()  # honest: nothing from the test period
+    assert hist["timestamp"].is_monotonic_increasing
+
+
+def test_load_history_real_and_composed(app_state, user):
+    table, note = recommend.load_history(app_state, "user", user)
+    assert list(table.columns) == core.HISTORY_COLUMNS
+    assert f"User **{user}**" in note and "training interactions" in note
+    assert all(table["date"].str.match(r"\d{4}-\d\d-\d\d"))
+    composed, note = recommend.load_history(app_state, "composed", None)
+    assert len(composed) >= 1 and (composed["date"] == "").all()
+    assert "folded in" in note
+
+
+def test_edit_history_makes_profile_edited(app_state, user):
+    table, _ = recommend.load_history(app_state, "user", user)
+    assert core.profile_from_inputs(app_state, "user", user, table).kind == "user"
+    flipped = table.copy()
+    flipped.loc[0, "liked"] = not bool(flipped.loc[0, "liked"])
+    profile = core.profile_from_inputs(app_state, "user", user, flipped)
+    assert profile.kind == "edited" and profile.labels[0] != int(table.loc[0, "liked"])
+    assert "Edited" in recommend.history_status(app_state, "user", user, flipped)
+    # strings from the browser ("true"/"false") parse too
+    as_text = table.astype(str)
+    assert core.profile_from_inputs(app_state, "user", user, as_text).kind == "user"
+
+
+def test_add_remove_and_limit(app_state):
+    table = core.history_frame(app_state, [])
+    table = recommend.add_to_history(app_state, table, ["1", "50"], "liked")
+    table = recommend.add_to_history(app_state, table, ["100"], "disliked")
+    assert list(table["id"]) == ["1", "50", "100"] and list(table["liked"]) == [True, True, False]
+    table = recommend.add_to_history(app_state, table, ["1"], "disliked")  # re-adding flips the label
+    assert list(table["liked"]) == [False, True, False]
+    table = recommend.remove_from_history(app_state, table, ["50"])
+    assert list(table["id"]) == ["1", "100"]
+    full = recommend.add_to_history(app_state, table, [str(i) for i in range(200, 208)], "liked")
+    assert len(full) == 10
+    with pytest.raises(InputError, match="at most 10"):
+        recommend.add_to_history(app_state, full, ["300"], "liked")
+
+
+def test_candidate_sets(app_state, user):
+    table, _ = recommend.load_history(app_state, "user", user)
+    test = recommend.candidate_set(app_state, "test", 5, "user", user, table, seed=1)
+    assert len(test) == 5 and set(test) <= set(app_state.test_items(user)["item"])
+    popular = recommend.candidate_set(app_state, "popular", 5, "user", user, table)
+    assert all(app_state.item_warm(i) for i in popular)
+    assert not set(popular) & set(table["id"])
+    cold = recommend.candidate_set(app_state, "cold", 5, "user", user, table, seed=1)
+    assert len(cold) == 5 and not any(app_state.item_warm(i) for i in cold)
+    assert len(recommend.candidate_set(app_state, "random", 7, "user", user, table, seed=1)) == 7
+    with pytest.raises(InputError, match="composed"):
+        recommend.candidate_set(app_state, "test", 5, "composed", None, table)
+
+
+# ----------------------------------------------------------------------- scoring
+
+def test_score_both_modes(app_state, scored):
+    rows = scored["rows"]
+    assert len(rows) == 5 and scored["cf_mode"] is not None
+    for r in rows:
+        assert 0 <= r["score_text"] <= 1 and 0 <= r["score_cf"] <= 1
+        assert r["delta"] == pytest.approx(r["score_cf"] - r["score_text"])
+    assert sum(r["label"] is not None for r in rows) >= 4  # the user's test items carry true labels
+    assert rows[-1]["warm"] is False and rows[-1]["label"] is None
+    json.dumps(scored)  # the gr.State value is plain data
+
+
+def test_scores_match_the_plain_forward(app_state, scored):
+    """Shared-prefix scores (the table) agree with one full forward per prompt (How it works)."""
+    profile = Profile.from_dict(scored["profile"])
+    row = scored["rows"][0]
+    text = core.answer_logits(app_state, profile, row["item"], False)
+    cf = core.answer_logits(app_state, profile, row["item"], True)
+    assert text["score"] == pytest.approx(row["score_text"], abs=2e-3)
+    assert cf["score"] == pytest.approx(row["score_cf"], abs=2e-3)
+
+
+def test_results_table_sorting_and_toggle(app_state, scored):
+    with_cf = recommend.results_table(scored, recommend.SORT_CHOICES[0], True)
+    assert list(with_cf.columns) == recommend.RESULT_COLUMNS
+    assert with_cf[recommend.COL_CF].is_monotonic_decreasing
+    assert list(with_cf["rank"]) == list(with_cf["rank w/ CF"])
+    without = recommend.results_table(scored, recommend.SORT_CHOICES[1], False)
+    assert without[recommend.COL_TEXT].is_monotonic_decreasing
+    assert list(without["rank"]) == list(without["rank w/o CF"])
+    by_delta = recommend.results_table(scored, recommend.SORT_CHOICES[2], True)
+    assert by_delta[recommend.COL_DELTA].is_monotonic_decreasing
+    assert "CoLLM" in recommend.summary(app_state, scored, True)
+    assert "text-only" in recommend.summary(app_state, scored, False)
+
+
+def test_delta_chart_and_prompts(app_state, scored):
+    fig = recommend.delta_figure(scored)
+    assert isinstance(fig, go.Figure) and fig.layout.height >= 280
+    names = {t.name for t in fig.data}
+    assert any("warm" in n for n in names) and any("cold" in n for n in names)
+    choices, first = recommend.focus_choices(scored, True)
+    assert len(choices) == 5
+    text, cf = recommend.prompts_html(app_state, scored, first, True)
+    assert "slot" not in text and "used for the ranking" not in text
+    assert 'class="slot slot-user"' in cf and 'class="slot slot-item"' in cf and "used for the ranking" in cf
+    assert "&lt;UserID&gt;" in cf and "&lt;ItemID&gt;" in cf
+
+
+def test_composed_user_is_folded_in(app_state):
+    table = core.history_frame(app_state, [("50", 1, ""), ("181", 1, ""), ("313", 0, "")])
+    result = recommend.score(app_state, "composed", None, table, ["172", "1"])
+    assert result["profile"]["kind"] == "composed"
+    assert "folded in" in result["vector_source"]
+    assert all(r["label"] is None for r in result["rows"])
+    vec, _ = core.user_vector(app_state, Profile.from_dict(result["profile"]))
+    default = app_state.pipeline().cf.default_user
+    assert not torch.allclose(vec, default)  # the history moved it away from the no-information vector
+
+
+def test_score_input_errors(app_state, user):
+    table, _ = recommend.load_history(app_state, "user", user)
+    with pytest.raises(InputError, match="empty"):
+        recommend.score(app_state, "user", user, table, [])
+    with pytest.raises(InputError, match="history is empty"):
+        recommend.score(app_state, "composed", None, core.history_frame(app_state, []), ["1"])
+
+
+def test_compare(app_state):
+    out = core.compare(app_state, " 1 ", "1, 50,100")
+    assert [o["id"] for o in out] == ["1", "50", "100"]
+    assert set(out[0]) == {"id", "title", "warm", "score_text", "score_cf", "delta"}
+    assert out[1]["title"] == "Star Wars" and isinstance(out[1]["warm"], bool)
+    assert out[2]["delta"] == pytest.approx(out[2]["score_cf"] - out[2]["score_text"], abs=2e-6)
+
+
+@pytest.mark.parametrize("user_id, items, message", [
+    ("1", "", "empty"),
+    ("1", " , ", "empty"),
+    ("1", "1, x", "not a numeric"),
+    ("1", "1, 99999", "unknown item"),
+    ("1", "1, 2, 1", "duplicate"),
+    ("1", ", ".join(str(i) for i in range(1, MAX_CANDIDATES + 2)), "at most 50"),
+    ("abc", "1", "not a numeric user"),
+    ("999999", "1", "unknown user"),
+    ("", "1", "user_id is empty"),
+])
+def test_compare_bad_input(app_state, user_id, items, message):
+    with pytest.raises(InputError, match=message):
+        core.compare(app_state, user_id, items)
+
+
+# ------------------------------------------------------------------- other tabs
+
+def test_embedding_map(app_state, scored):
+    fig, caption = embedding.map_figure(app_state, scored, "warm", True, scored["rows"][0]["item"])
+    assert fig.layout.height == embedding.MAP_HEIGHT
+    names = [t.name for t in fig.data]
+    assert "candidates" in names and "vocabulary words" in names and "warm items" in names
+    assert "UMAP" in caption
+    fig, _ = embedding.map_figure(app_state, scored, "genre", False, None)
+    assert "vocabulary words" not in [t.name for t in fig.data]
+    frame, text = embedding.token_report(app_state, scored, scored["rows"][0]["item"])
+    assert len(frame) == 8 and frame.iloc[:, 2].between(-1, 1).all()
+    assert "typical word embedding" in text
+
+
+def test_composed_user_is_placed(app_state):
+    profile = Profile("composed", None, ["50", "172"], [1, 1])
+    (x, y), how = embedding.user_position(app_state, profile)
+    assert "placed" in how
+    xs = [p["x"] for p in app_state.layout()["points"]]
+    assert min(xs) - 1 <= x <= max(xs) + 1
+
+
+def test_results_and_missing_results(app_state):
+    results = app_state.results()
+    frame = warm_cold.results_frame(results)
+    assert list(frame.columns)[:3] == ["method", "all AUC", "all UAUC"] and len(frame) >= 1
+    fig = warm_cold.results_figure(results)
+    assert fig.layout.height == 430 and len(fig.data) == 2 * len(results["methods"])
+    assert warm_cold.results_frame(None).empty
+    assert "python -m collm_demo evaluate" in warm_cold.results_note(app_state, None)
+
+
+def test_cold_start_simulator(app_state, scored):
+    item = warm_cold.default_sim_item(app_state, scored)
+    sim = warm_cold.simulate(app_state, scored, item, seed=0)
+    rows = sim["rows"]
+    assert [r["k"] for r in rows[:3]] == [0, 1, 3]
+    assert len({round(r["text"], 6) for r in rows}) == 1  # the text-only score cannot move
+    # k = 0 is the no-information item vector
+    zero = app_state.pipeline().cf.default_item
+    assert rows[0]["norm"] == pytest.approx(float(zero.norm()), abs=1e-5)
+    assert all(r["xy"] is not None for r in rows)
+    table = warm_cold.simulation_table(sim)
+    assert len(table) == len(warm_cold.K_CHOICES) + 1
+    assert warm_cold.simulation_figure(sim, "3").layout.height == 360
+    assert "text-only score stays" in warm_cold.simulation_text(sim, "3")
+
+
+def test_explain_walkthrough(app_state, scored):
+    item = scored["rows"][0]["item"]
+    data = explain.explain(app_state, scored, item)
+    assert set(explain.OUTPUT_KEYS) <= set(data)
+    assert list(data["step1_table"]["vector"])[0].startswith("user")
+    assert data["step1_table"]["dims"].iloc[0] == app_state.pipeline().cf.dim
+    assert "position" in data["step3_md"] and 'class="tok tok-user"' in data["step3_html"]
+    table = data["step4_table"]
+    assert len(table) == 2
+    assert table["score = sigmoid(Yes − No)"].iloc[1] == pytest.approx(scored["rows"][0]["score_cf"], abs=2e-3)
+    assert "rank" in data["step5_md"]
+
+
+def test_build_demo_has_compare_endpoint(app_state):
+    from collm_demo.ui import build_demo
+
+    demo = build_demo(app_state)
+    public = [fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"]
+    assert public == ["compare"]
+
+
+def test_app_starts_without_checkpoints(tmp_path):
+    """No checkpoints at all: the app still builds and scores, zero-shot, with a notice."""
+    state = AppState(AppConfig(checkpoint_dir=tmp_path, layout_path=tmp_path / "none.json",
+                               results_path=tmp_path / "none.json"))
+    pipe = state.pipeline()
+    assert not pipe.has_projector and not pipe.has_lora
+    assert "zero-shot" in state.notice and "python -m collm_demo train" in state.notice
+    user = state.default_user()
+    table, _ = recommend.load_history(state, "user", user)
+    result = recommend.score(state, "user", user, table, ["1", "50"])
+    assert result["cf_mode"] is None and all(r["score_cf"] is None for r in result["rows"])
+    assert "zero-shot" in result["text_mode"]
+    frame = recommend.results_table(result, recommend.SORT_CHOICES[0], True)
+    assert frame[recommend.COL_CF].isna().all() and frame[recommend.COL_TEXT].is_monotonic_decreasing
+    assert "No projector" in recommend.summary(state, result, True)
+    assert embedding.unavailable(state) is not None
+    fig, caption = embedding.map_figure(state, result)
+    assert "projector" in caption
+    with pytest.raises(InputError):
+        warm_cold.simulate(state, result, "1")
+    data = explain.explain(state, result, "1")
+    assert len(data["step4_table"]) == 1
+    from collm_demo.ui import banner, build_demo
+
+    assert "Not everything is trained" in banner(state)
+    build_demo(state)
