@@ -20,7 +20,6 @@ demo = build_demo()
 
 
 def main() -> None:
-    demo.queue(default_concurrency_limit=1)
     demo.launch(server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **launch_kwargs())
 
 

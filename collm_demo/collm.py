@@ -193,10 +193,22 @@ class CoLLM(nn.Module):
                             torch.tensor(slot_cols, dtype=torch.long), cf)
         # Explicit positions: padding must not shift the real tokens' rotary positions.
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                       use_cache=False, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()
-        return logits[:, self.yes_id] - logits[:, self.no_id]
+        hidden = self._base().model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
+                                    use_cache=False).last_hidden_state
+        return self.answer_logit(hidden[:, -1])
+
+    # Step 3: the answer. Only the two rows of the output layer that matter, in float32
+    # even under bf16 autocast: a bf16 logit near 12 is only resolved to ~0.06, which
+    # would make P(Yes) move in steps of ~0.015 and drown the CF on/off differences.
+    def answer_logit(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """logit(Yes) - logit(No) from the final hidden state at the answer position."""
+        head = self._base().lm_head
+        rows = torch.tensor([self.yes_id, self.no_id])
+        weight = head.weight[rows].float()
+        bias = head.bias[rows].float() if getattr(head, "bias", None) is not None else None
+        with torch.autocast("cpu", enabled=False):
+            logits = torch.nn.functional.linear(last_hidden.float(), weight, bias)
+        return logits[:, 0] - logits[:, 1]
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
@@ -303,8 +315,8 @@ class CoLLM(nn.Module):
                     hidden = base.model(inputs_embeds=s_embeds, attention_mask=torch.cat([attention[owner], s_mask], 1),
                                         position_ids=s_positions, cache=chunk_cache, use_cache=True).last_hidden_state
                     last = s_mask.sum(-1) - 1
-                    logits = base.lm_head(hidden[torch.arange(len(chunk)), last]).float()
-                    out[[n for _, n in chunk]] = torch.sigmoid(logits[:, self.yes_id] - logits[:, self.no_id])
+                    answer = self.answer_logit(hidden[torch.arange(len(chunk)), last])
+                    out[[n for _, n in chunk]] = torch.sigmoid(answer)
         return out
 
 

@@ -187,7 +187,7 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
             "file": f"cf_{cf_name}.safetensors", "kind": cf_name, "latent_dim": cfg.cf_dim,
             "vector_dim": cf.dim, "users": len(cf.user_ids), "items": len(cf.item_ids),
             "train_rows": int(len(train)), "weight_decay": cfg.cf_weight_decay}
-        manifest["stages"][stage_key["cf"]] = info | {
+        manifest["stages"][stage_key["cf"]] = info | {"command": manifest["command"],
             "rows_per_s": round(len(train) * len(info["history"]) / max(info["wall_s"], 1e-9), 1)}
         write_manifest(manifest, out_dir)
 
@@ -211,7 +211,7 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
         rows = sample_rows(dataset.split("train"), cfg.lora_rows, cfg.seed)
         info = train_llm_stage(pipeline, "lora", params, rows, eval_rows, cfg, cfg.lora_lr, 0.0)
         peft_model.save_pretrained(str(out_dir / "lora"), safe_serialization=True)
-        manifest["stages"]["lora"] = info | {"rows_from": "train (seeded random sample)",
+        manifest["stages"]["lora"] = info | {"command": manifest["command"], "rows_from": "train (seeded random sample)",
                                              "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha,
                                                       "dropout": cfg.lora_dropout,
                                                       "target_modules": ["q_proj", "v_proj"]}}
@@ -236,7 +236,7 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
                                cfg.projector_lr, cfg.projector_weight_decay)
         save_projector(projector, out_dir / f"projector_{cf_name}.safetensors", cf_name)
         manifest["stages"][stage_key["projector"]] = info | {
-            "rows_from": "valid minus the early-stop rows (seeded random sample)",
+            "command": manifest["command"], "rows_from": "valid minus the early-stop rows (seeded random sample)",
             "projector": {"cf": cf_name, "cf_dim": pipeline.cf.dim, "hidden": 10 * pipeline.cf.dim,
                           "out": llm.hidden_size, "file": f"projector_{cf_name}.safetensors"}}
         write_manifest(manifest, out_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -86,8 +87,16 @@ def test_add_remove_and_limit(app_state):
     assert list(table["id"]) == ["1", "100"]
     full = recommend.add_to_history(app_state, table, [str(i) for i in range(200, 208)], "liked")
     assert len(full) == 10
-    with pytest.raises(InputError, match="at most 10"):
-        recommend.add_to_history(app_state, full, ["300"], "liked")
+    warnings = []
+    longer = recommend.add_to_history(app_state, full, ["300", "301"], "liked", warn=warnings.append)
+    assert list(longer["id"]) == list(full["id"])[2:] + ["300", "301"]  # the latest 10 are kept
+    assert len(warnings) == 1 and "kept the latest 10" in warnings[0] and "dropped the 2 oldest" in warnings[0]
+    # a table edited to more than 10 rows is cut the same way, and the status line says so
+    too_long = pd.concat([full, longer.tail(2)], ignore_index=True)
+    assert core.profile_from_inputs(app_state, "composed", None, too_long).items == list(too_long["id"])[-10:]
+    assert "kept the latest 10" in recommend.history_status(app_state, "composed", None, too_long)
+    with pytest.raises(InputError, match="Unknown movie"):
+        recommend.add_to_history(app_state, full, ["999999"], "liked")
 
 
 def test_candidate_sets(app_state, user):

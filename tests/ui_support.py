@@ -145,7 +145,6 @@ def launch_server() -> str:
         from collm_demo.ui import launch_kwargs
 
         port = free_port()
-        app.demo.queue(default_concurrency_limit=1)
         app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                         **launch_kwargs())
         atexit.register(_close_when_idle, app.demo)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 
 from . import core, embedding, explain, recommend, warm_cold
 from .core import InputError
 from .state import AppState, get_state, set_state
+
+MAX_QUEUE = int(os.environ.get("COLLM_MAX_QUEUE", "64"))  # waiting requests before "busy, try again"
 
 __all__ = ["build_demo", "launch_kwargs", "compare_api", "get_state", "set_state", "AppState", "InputError"]
 
@@ -165,6 +168,9 @@ def build_demo(state: AppState | None = None):
     for fn in demo.fns.values():
         if fn.api_name != "compare":
             fn.api_visibility = "undocumented"
+    # One shared model: events run one at a time; at most MAX_QUEUE requests wait, the next
+    # ones are refused at once with Gradio's "queue is full" error (a clear "busy, try again").
+    demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     demo.state_ref = state  # for tests and app.py
     return demo
 

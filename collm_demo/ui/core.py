@@ -108,9 +108,21 @@ def parse_history(table) -> list[tuple[str, int, str]]:
     return rows
 
 
+def trim_history(state: AppState, rows: list) -> tuple[list, str]:
+    """Keep the latest ``history_len`` (10) rows, as the prompt does; say what was dropped."""
+    limit = state.dataset.protocol.history_len
+    if len(rows) <= limit:
+        return rows, ""
+    dropped = rows[: len(rows) - limit]
+    titles = ", ".join(state.dataset.title(r[0]) for r in dropped[:3]) + (" …" if len(dropped) > 3 else "")
+    return rows[-limit:], (f"The prompt holds at most {limit} movies: kept the latest {limit} and dropped "
+                           f"the {len(dropped)} oldest ({titles}).")
+
+
 def profile_from_inputs(state: AppState, source: str, user: str | None, table) -> Profile:
-    """The profile the UI's inputs describe. An edited real history becomes 'edited'."""
-    rows = parse_history(table)
+    """The profile the UI's inputs describe. An edited real history becomes 'edited'.
+    A table longer than the prompt's limit is cut to its latest 10 rows (``trim_history``)."""
+    rows, _ = trim_history(state, parse_history(table))
     unknown = [i for i, _, _ in rows if i not in state.item_title]
     if unknown:
         raise InputError(f"Unknown movie id(s) in the history table: {', '.join(unknown[:5])}")

@@ -68,19 +68,23 @@ def load_history(state: AppState, source: str, user: str | None) -> tuple[pd.Dat
     return core.history_frame(state, core.real_profile(state, user)), user_summary(state, user)
 
 
-def add_to_history(state: AppState, table, items: list[str] | None, liked: str) -> pd.DataFrame:
+def add_to_history(state: AppState, table, items: list[str] | None, liked: str, warn=None) -> pd.DataFrame:
+    """Append movies (newest last). Past the prompt's limit the oldest are dropped, and
+    ``warn`` (gr.Warning in the app) says which."""
     rows = core.parse_history(table)
     have = {i for i, _, _ in rows}
-    limit = state.dataset.protocol.history_len
     for item in items or []:
         item = str(item)
+        if item not in state.item_title:
+            raise InputError(f"Unknown movie id {item!r}")
         if item in have:
             rows = [(i, int(liked == "liked") if i == item else y, d) for i, y, d in rows]
             continue
-        if len(rows) >= limit:
-            raise InputError(f"The prompt holds at most {limit} movies; remove one first.")
         rows.append((item, int(liked == "liked"), ""))
         have.add(item)
+    rows, note = core.trim_history(state, rows)
+    if note and warn is not None:
+        warn(note)
     return core.history_frame(state, rows)
 
 
@@ -100,7 +104,8 @@ def history_status(state: AppState, source: str, user: str | None, table) -> str
     except InputError as err:
         return f"⚠️ {err}"
     liked = sum(profile.labels)
-    base = f"{len(profile.items)} movies ({liked} liked, {len(profile.items) - liked} disliked)."
+    _, trimmed = core.trim_history(state, core.parse_history(table))
+    base = (trimmed + " " if trimmed else "") + f"{len(profile.items)} movies ({liked} liked, {len(profile.items) - liked} disliked)."
     if profile.kind == "edited":
         return (base + f" **Edited** — differs from user {user}'s real history, so their CF vector will be "
                 "folded in from this table instead of the trained one, and true answers are hidden.")
@@ -375,7 +380,7 @@ def wire(state: AppState, w: dict, result_state, gr_error):
 
     @gr_error
     def on_add(table, items, liked):
-        return add_to_history(state, table, items, liked), []
+        return add_to_history(state, table, items, liked, warn=gr.Warning), []
 
     @gr_error
     def on_remove(table, items):
