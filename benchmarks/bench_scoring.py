@@ -79,19 +79,25 @@ def main() -> None:
     def compare():
         return (model.score_candidates(text_prompts), model.score_candidates(cf_prompts, user_vec, item_vecs))
 
-    compare_times = []
-    compare()
-    for _ in range(max(5, args.repeats)):
-        start = time.perf_counter()
+    compare_times = {}
+    for bf16 in (True, False):  # evaluation runs bf16; the app defaults to float32 (exact determinism)
+        model.bf16 = bf16
         compare()
-        compare_times.append(time.perf_counter() - start)
-    print(f"\nthreads: {torch.get_num_threads()}, bf16 autocast: {model.bf16}, prompt length ~{len(cf_prompts[0])} tokens")
+        times = []
+        for _ in range(max(5, args.repeats)):
+            start = time.perf_counter()
+            compare()
+            times.append(time.perf_counter() - start)
+        compare_times["bf16" if bf16 else "float32"] = times
+    model.bf16 = True
+    print(f"\nthreads: {torch.get_num_threads()}, table above in bf16 autocast, prompt length ~{len(cf_prompts[0])} tokens")
     print("\n| K | CF | naive (s) | shared prefix (s) | ratio | max abs diff |")
     print("|---|---|---|---|---|---|")
     for k, mode, naive_t, shared_t, ratio, diff in results:
         print(f"| {k} | {mode.strip()} | {naive_t:.3f} | {shared_t:.3f} | {ratio:.2f}x | {diff:.1e} |")
-    print(f"\ncompare on+off, 20 candidates: median {statistics.median(compare_times):.3f} s "
-          f"(goal < 1.5 s) over {len(compare_times)} runs")
+    for precision, times in compare_times.items():
+        print(f"\ncompare on+off, 20 candidates, {precision}: median {statistics.median(times):.3f} s "
+              f"(goal < 1.5 s) over {len(times)} runs")
     for k, mode, _, _, ratio, _ in results:
         if k == 20:
             print(f"RATIO K=20 CF {mode.strip()}: {ratio:.2f}x (goal >= 3)")
