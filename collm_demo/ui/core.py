@@ -175,18 +175,29 @@ def user_vector(state: AppState, profile: Profile) -> tuple[torch.Tensor | None,
 
 # -------------------------------------------------------------------------- scoring
 
+def _short(value: str, limit: int = 40) -> str:
+    """repr() of user input, cut so that an error never echoes a huge string back."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} characters)"
+
+
 def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids") -> list[str]:
     """Validate candidate ids: numeric, known, unique, 1..MAX_CANDIDATES."""
+    if text_or_list is None:
+        text_or_list = ""
+    if isinstance(text_or_list, (int, float)):  # a bare number through the API: treat it as its text
+        text_or_list = str(text_or_list)
     if isinstance(text_or_list, str):
         tokens = [t.strip() for t in text_or_list.replace(";", ",").split(",")]
         tokens = [t for t in tokens if t]
+    elif isinstance(text_or_list, (list, tuple)):
+        tokens = [str(t).strip() for t in text_or_list if str(t).strip()]
     else:
-        tokens = [str(t).strip() for t in (text_or_list or []) if str(t).strip()]
+        raise InputError(f"{field_name} must be text like \"1, 50, 100\", not {type(text_or_list).__name__}")
     if not tokens:
         raise InputError(f"{field_name} is empty: give at least one item id, e.g. \"1, 50, 100\"")
     bad = [t for t in tokens if not t.isdigit()]
     if bad:
-        raise InputError(f"{field_name}: {', '.join(repr(b) for b in bad[:5])} is not a numeric item id "
+        raise InputError(f"{field_name}: {', '.join(_short(b) for b in bad[:5])} is not a numeric item id "
                          "(use comma-separated numbers like \"1, 50, 100\")")
     tokens = [str(int(t)) for t in tokens]
     seen, dup = set(), []
@@ -210,7 +221,7 @@ def parse_user_id(state: AppState, text) -> str:
     if not user:
         raise InputError("user_id is empty: give a user id such as \"1\"")
     if not user.isdigit():
-        raise InputError(f"user_id {user!r} is not a numeric user id (e.g. \"1\")")
+        raise InputError(f"user_id {_short(user)} is not a numeric user id (e.g. \"1\")")
     user = str(int(user))
     if user not in state.users:
         raise InputError(f"unknown user_id {user} (this dataset has {len(state.users)} users)")
