@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -70,5 +70,3 @@ class QuickConfig(TrainConfig):
     eval_every: int = 2
     eval_rows: int = 32
     patience: int = 2
-    history_len_override: int | None = None
-    extra: dict = field(default_factory=dict)

@@ -10,7 +10,6 @@ the pipeline then runs in the best mode it can (``text_only`` without a projecto
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +194,3 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
         notice = (f"Running in {mode} mode: {', '.join(notes)} in {checkpoint_dir}; {TRAIN_HINT}.")
     return Pipeline(dataset, llm, model, cf, manifest, has_lora, notice, cf_name)
 
-
-def method_rows(scores: Sequence[float]) -> list[float]:
-    return [float(s) for s in scores]
