@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p_imp.add_argument("--user-ids", default=None, help="ids of the user rows (.json list or .txt lines)")
     p_imp.add_argument("--item-ids", default=None, help="ids of the item rows (.json list or .txt lines)")
     p_imp.add_argument("--no-train", action="store_true", help="only validate and save the vectors")
+    p_imp.add_argument("--projector-rows", type=int, default=None)
+    p_imp.add_argument("--projector-lr", type=float, default=None)
 
     args = parser.parse_args(argv)
     if args.command == "fetch":
@@ -105,12 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imported {len(cf.user_ids)} users and {len(cf.item_ids)} items, dim {cf.dim} → {out}")
         if not args.no_train:
             cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
+            for name in ("projector_rows", "projector_lr"):
+                if getattr(args, name) is not None:
+                    setattr(cfg, name, getattr(args, name))
             train.run(["projector"], cfg, out, args.llm, args.data, args.quick, argv, cf_name=args.name)
         return 0
     if args.command == "embedding-map":
         from . import embedding_map
 
-        embedding_map.run(Path(args.checkpoints), args.llm, args.data, quick=args.quick)
+        embedding_map.run(Path(args.checkpoints), args.llm, args.data, quick=args.quick, cf_name=args.cf)
         return 0
     return 2
 

@@ -113,9 +113,31 @@ def _load_recbole(folder: Path, stem: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return inter[["user", "item", "rating", "timestamp"]], items
 
 
+def _read_ratings(path: Path, sep: str) -> pd.DataFrame:
+    """user<sep>item<sep>rating<sep>timestamp lines; a bad line is reported with its number."""
+    rows, lines = [], []
+    with open(path, encoding="latin-1") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            parts = line.strip().split(sep)
+            if len(parts) != 4:
+                raise DataError(f"{path} line {line_no}: expected user{sep}item{sep}rating{sep}timestamp "
+                                f"(4 fields), found {len(parts)}")
+            rows.append(parts)
+            lines.append(line_no)
+    inter = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    for column in ("rating", "timestamp"):
+        values = pd.to_numeric(inter[column], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if len(bad):
+            raise DataError(f"{path} line {lines[bad[0]]}: {column} {inter[column].iloc[bad[0]]!r} is not a number")
+        inter[column] = values
+    return inter
+
+
 def _load_ml100k(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    inter = pd.read_csv(folder / "u.data", sep="\t", header=None,
-                        names=["user", "item", "rating", "timestamp"])
+    inter = _read_ratings(folder / "u.data", "\t")
     records = []
     with open(folder / "u.item", encoding="latin-1") as handle:
         for line_no, line in enumerate(handle, 1):
@@ -133,19 +155,7 @@ def _load_ml100k(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _load_ml1m(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    rows = []
-    with open(folder / "ratings.dat", encoding="latin-1") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            parts = line.strip().split("::")
-            if len(parts) != 4:
-                raise DataError(f"{folder / 'ratings.dat'} line {line_no}: expected "
-                                f"user::item::rating::timestamp")
-            rows.append(parts)
-    inter = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
-    inter["rating"] = pd.to_numeric(inter["rating"])
-    inter["timestamp"] = pd.to_numeric(inter["timestamp"])
+    inter = _read_ratings(folder / "ratings.dat", "::")
     records = []
     with open(folder / "movies.dat", encoding="latin-1") as handle:
         for line_no, line in enumerate(handle, 1):

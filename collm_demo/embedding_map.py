@@ -122,10 +122,16 @@ def compute_layout(pipeline, n_words: int = 3000, seed: int = 0) -> dict:
     for n, tid in enumerate(word_ids):
         points.append({"kind": "word", "key": str(tid), "label": decode([tid]), "x": float(coords[base + n, 0]),
                        "y": float(coords[base + n, 1]), "genre": "word", "popularity": 0, "warm": True})
-    return {"meta": {"llm": pipeline.llm.name, "seed": seed, "metric": "cosine", "n_neighbors": 15,
+    return {"meta": {"llm": pipeline.llm.name, "cf": pipeline.cf_name, "seed": seed, "metric": "cosine", "n_neighbors": 15,
                      "counts": {"item": len(item_ids), "user": len(user_ids), "word": len(word_ids)},
                      "norms": norm_stats(pipeline)},
             "points": points}
+
+
+def layout_path_for(cf_name: str, base: Path = LAYOUT_PATH) -> Path:
+    """MF's layout is ``embedding_map.json``; another backend's is ``embedding_map_<name>.json``."""
+    base = Path(base)
+    return base if cf_name == "mf" else base.with_name(f"{base.stem}_{cf_name}{base.suffix}")
 
 
 def load_layout(path: Path = LAYOUT_PATH) -> dict | None:
@@ -153,14 +159,14 @@ def place(pipeline, layout: dict, vectors: np.ndarray, k: int = 10) -> np.ndarra
 
 
 def run(checkpoint_dir: Path = CHECKPOINT_DIR, llm_name: str | None = None, data_path: str | None = None,
-        quick: bool = False, out: Path | None = None) -> Path:
+        quick: bool = False, out: Path | None = None, cf_name: str = "mf") -> Path:
     from .pipeline import load_pipeline
 
-    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path)
+    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name)
     if not pipeline.has_projector:
         raise ValueError(f"the embedding map needs a trained CF model and projector: {pipeline.notice}")
     layout = compute_layout(pipeline, n_words=300 if quick else 3000)
-    out = out or (Path(checkpoint_dir) / "embedding_map_quick.json" if quick else LAYOUT_PATH)
+    out = out or layout_path_for(cf_name, Path(checkpoint_dir) / "embedding_map_quick.json" if quick else LAYOUT_PATH)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(layout))

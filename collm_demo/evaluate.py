@@ -24,7 +24,9 @@ from .pipeline import load_pipeline, read_manifest, write_manifest
 
 SLICES = ("all", "warm", "cold")
 METHOD_LABELS = {"mf": "MF (CF alone)", "zero_shot": "Zero-shot LLM", "text_only": "Text-only LoRA (TALLRec)",
-                 "collm": "CoLLM (LoRA + CF tokens)"}
+                 "collm": "CoLLM (LoRA + CF tokens)", "lightgcn": "LightGCN (CF alone)",
+                 "collm_lightgcn": "CoLLM-LightGCN", "sasrec": "SASRec (CF alone)", "collm_sasrec": "CoLLM-SASRec",
+                 "svd": "SVD, imported (CF alone)", "collm_svd": "CoLLM-SVD (imported vectors)"}
 
 
 def auc_uauc(frame: pd.DataFrame, column: str) -> dict:
@@ -41,15 +43,45 @@ def metrics_by_slice(frame: pd.DataFrame, column: str) -> dict:
             "cold": auc_uauc(frame[~frame["warm"]], column)}
 
 
+MAIN_METHODS = ("mf", "zero_shot", "text_only", "collm")
+
+
+def backend_pairs(methods: dict) -> list[tuple[str, str]]:
+    """(CF alone, CoLLM with it) result keys for every backend evaluated: mf/collm, x/collm_x."""
+    pairs = [("mf", "collm")] if "mf" in methods and "collm" in methods else []
+    for key in methods:
+        if key.startswith("collm_") and key[len("collm_"):] in methods:
+            pairs.append((key[len("collm_"):], key))
+    return pairs
+
+
 def results_table(results: dict) -> str:
+    """Markdown: the four main methods (MF backend), then every CF backend alone vs inside CoLLM."""
+    methods = results["methods"]
     lines = ["| method | all AUC | all UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC |",
              "|---|---|---|---|---|---|---|"]
-    for method, slices in results["methods"].items():
+    for method in [m for m in MAIN_METHODS if m in methods] + [m for m in methods if m not in MAIN_METHODS]:
+        if method not in MAIN_METHODS and len(backend_pairs(methods)) > 1:
+            continue  # other backends go in the side-by-side table below
+        slices = methods[method]
         cells = [f"{slices[s]['auc']:.4f} | {slices[s]['uauc']:.4f}" for s in SLICES]
         lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
-    n = {s: results["methods"][next(iter(results["methods"]))][s]["n"] for s in SLICES}
+    n = {s: methods[next(iter(methods))][s]["n"] for s in SLICES}
     lines.append("")
     lines.append(f"Test rows: all {n['all']}, warm {n['warm']}, cold {n['cold']}.")
+    pairs = backend_pairs(methods)
+    if len(pairs) > 1:
+        lines += ["", "Every CF backend alone and inside CoLLM (same LLM, same LoRA, its own projector), AUC "
+                      "(UAUC on all rows):", "",
+                  "| CF backend | alone: all | warm | cold | CoLLM: all | warm | cold | CoLLM − alone (all) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for alone, collm in pairs:
+            a, c = methods[alone], methods[collm]
+            name = METHOD_LABELS.get(alone, alone).replace(" (CF alone)", "")
+            lines.append(f"| {name} | {a['all']['auc']:.4f} ({a['all']['uauc']:.4f}) | {a['warm']['auc']:.4f} | "
+                         f"{a['cold']['auc']:.4f} | {c['all']['auc']:.4f} ({c['all']['uauc']:.4f}) | "
+                         f"{c['warm']['auc']:.4f} | {c['cold']['auc']:.4f} | "
+                         f"{c['all']['auc'] - a['all']['auc']:+.4f} |")
     return "\n".join(lines)
 
 

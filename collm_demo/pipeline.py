@@ -154,6 +154,35 @@ class Pipeline:
                                        progress=progress)
 
 
+def available_backends(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> list[str]:
+    """CF backends with both a CF file and a projector in ``checkpoint_dir`` (from file names only)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    names = sorted(path.stem[len("cf_"):] for path in checkpoint_dir.glob("cf_*.safetensors"))
+    return [name for name in names if (checkpoint_dir / f"projector_{name}.safetensors").exists()]
+
+
+def with_backend(base: Pipeline, checkpoint_dir: str | Path, cf_name: str) -> Pipeline:
+    """The same LLM, LoRA and data with another CF backend and its own projector.
+
+    Nothing of the LLM is copied: the new pipeline's CoLLM wraps the very same (frozen) modules,
+    which is CoLLM's decoupling: swapping the CF model swaps two small files.
+    """
+    if cf_name == base.cf_name:
+        return base
+    checkpoint_dir = Path(checkpoint_dir)
+    cf_path = checkpoint_dir / f"cf_{cf_name}.safetensors"
+    projector_path = checkpoint_dir / f"projector_{cf_name}.safetensors"
+    if not (cf_path.exists() and projector_path.exists()):
+        raise ValueError(f"CF backend {cf_name!r} is not trained in {checkpoint_dir} (need {cf_path.name} and "
+                         f"{projector_path.name}); available: {', '.join(available_backends(checkpoint_dir)) or 'none'}")
+    cf = load_cf(cf_path)
+    check_manifest(base.manifest, base.llm, cf, cf_name)
+    projector = load_projector(projector_path, base.llm.hidden_size, cf.dim)
+    model = CoLLM(base.model.llm, base.model.tokenizer, projector, bf16=base.model.bf16)
+    notice = "" if base.has_lora else base.notice  # the base's note may be about its own CF files
+    return Pipeline(base.dataset, base.llm, model, cf, base.manifest, base.has_lora, notice, cf_name)
+
+
 def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | None = None,
                   data_path: str | None = None, cf_name: str = "mf", bf16: bool = True,
                   dataset: Dataset | None = None, llm: LoadedLLM | None = None) -> Pipeline:

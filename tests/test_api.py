@@ -19,7 +19,7 @@ def test_compare_is_the_documented_endpoint(client):
     api = client.view_api(print_info=False, return_format="dict")
     assert list(api["named_endpoints"]) == ["/compare"]
     params = [p["parameter_name"] for p in api["named_endpoints"]["/compare"]["parameters"]]
-    assert params == ["user_id", "item_ids"]
+    assert params == ["user_id", "item_ids", "cf_model"]
 
 
 def test_compare_scores(client):
@@ -47,3 +47,18 @@ def test_compare_bad_input_raises(client, user_id, item_ids, message):
 
     with pytest.raises(AppError, match=message):
         client.predict(user_id=user_id, item_ids=item_ids, api_name="/compare")
+
+
+def test_compare_with_each_cf_backend(client):
+    """cf_model picks the CF model behind the tokens: text scores stay, CF scores come from it."""
+    from gradio_client.exceptions import AppError
+
+    state = ui_support.state()
+    default = client.predict(user_id="1", item_ids="1, 50", api_name="/compare")
+    for name in state.backends():
+        out = client.predict(user_id="1", item_ids="1, 50", cf_model=name, api_name="/compare")
+        assert [o["score_text"] for o in out] == [o["score_text"] for o in default]
+        if name == state.backends()[0]:
+            assert out == default
+    with pytest.raises(AppError, match="not available; this app has"):
+        client.predict(user_id="1", item_ids="1", cf_model="no-such-model", api_name="/compare")

@@ -15,7 +15,7 @@ from collm_demo.cf.imported import import_embeddings
 from collm_demo.cf.lightgcn import train_lightgcn
 from collm_demo.data import load_dataset
 from collm_demo.pipeline import load_pipeline, read_manifest
-from conftest import synthetic_ratings, write_ml100k
+from conftest import TITLES, synthetic_ratings, write_ml1m, write_ml100k
 
 
 def test_lightgcn_recovers_planted_structure(tmp_path):
@@ -122,3 +122,124 @@ def test_sasrec_learns_from_histories_and_round_trips(tmp_path):
     again = back.row_user_vectors(test["user"].tolist(), test["history_items"].tolist(), test["history_labels"].tolist())
     torch.testing.assert_close(again, users)
     assert torch.equal(back.row_user_vectors(["x"], [[]], [[]])[0], torch.cat([torch.zeros(16), torch.ones(1)]))
+
+
+def test_app_switches_cf_backend(vectors, tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    """The app's CF-model selector: same LLM and LoRA, the other backend's CF file and projector;
+    scores, walkthrough and map inputs follow the backend the result was scored with."""
+    import shutil
+
+    from collm_demo.ui import core, embedding, explain, recommend
+    from collm_demo.ui.state import AppConfig, AppState
+
+    _, folder, users, _ = vectors
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoints, ckpt)
+    assert main(["import-embeddings", "--quick", "--name", "toy", "--users", str(folder / "users.npy"),
+                 "--user-ids", str(folder / "user_ids.json"), "--items", str(folder / "items.npy"),
+                 "--item-ids", str(folder / "item_ids.txt"), "--llm", str(tiny_llm_dir),
+                 "--data", str(tiny_data_dir), "--checkpoints", str(ckpt)]) == 0
+    base = load_pipeline(ckpt, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
+    state = AppState(AppConfig(checkpoint_dir=ckpt, llm=str(tiny_llm_dir), data=str(tiny_data_dir),
+                               layout_path=tmp_path / "none.json", results_path=tmp_path / "none.json"),
+                     pipeline=base)
+    assert state.backends() == ["mf", "toy"]
+    assert [name for _, name in state.backend_choices()] == ["mf", "toy"]
+    toy = state.pipeline("toy")
+    assert toy.cf_name == "toy" and toy.cf.dim == 5 and base.cf.dim != 5
+    assert toy.model.llm is base.model.llm  # nothing of the LLM is copied
+    assert state.pipeline("toy") is toy and state.pipeline() is base
+
+    user = users[0]
+    table, _ = recommend.load_history(state, "user", user)
+    candidates = state.item_ids[:4]
+    by_mf = recommend.score(state, "user", user, table, candidates)
+    by_toy = recommend.score(state, "user", user, table, candidates, cf="toy")
+    assert by_mf["cf"] == "mf" and by_toy["cf"] == "toy" and "toy" in by_toy["cf_mode"]
+    # The text prompt has no CF slot: identical without CF; with CF the tokens differ.
+    assert [r["score_text"] for r in by_mf["rows"]] == [r["score_text"] for r in by_toy["rows"]]
+    assert [r["score_cf"] for r in by_mf["rows"]] != [r["score_cf"] for r in by_toy["rows"]]
+    # ... and they are exactly the engine's CoLLM-toy scores for this user's rows.
+    profile = core.Profile.from_dict(by_toy["profile"])
+    uvec, _ = core.user_vector(state, profile, "toy")
+    prompts = [toy.model.builder.build([state.dataset.title(i) for i in profile.items], profile.labels,
+                                       state.dataset.title(c), True) for c in candidates]
+    direct = toy.model.score(prompts, uvec.expand(len(candidates), -1), toy.cf.item_vectors(candidates))
+    assert torch.allclose(direct, torch.tensor([r["score_cf"] for r in by_toy["rows"]]), atol=1e-4)
+
+    walk = explain.explain(state, by_toy, candidates[0])
+    assert walk["step1_table"]["dims"].tolist() == [5, 5]
+    assert "Linear 5→50" in walk["step2_md"]
+    frame, _ = embedding.token_report(state, by_toy, candidates[0])
+    assert len(frame) == 8
+    why = embedding.unavailable(state, "toy")
+    assert "embedding-map --cf toy" in why  # no layout for this backend: says how to make one
+
+    api = core.compare(state, user, ",".join(candidates), "toy")
+    assert [r["score_cf"] for r in api] == [round(r["score_cf"], 6) for r in by_toy["rows"]]
+    with pytest.raises(core.InputError, match="not available; this app has: mf, toy"):
+        core.compare(state, user, candidates[0], "nope")
+    with pytest.raises(core.InputError, match="cf_model must be a name"):
+        core.compare(state, user, candidates[0], 3)
+
+
+def test_results_table_puts_backends_side_by_side():
+    from collm_demo.evaluate import backend_pairs, results_table
+
+    def cell(auc):
+        return {s: {"auc": auc, "uauc": auc - 0.1, "n": n} for s, n in (("all", 10), ("warm", 4), ("cold", 6))}
+
+    methods = {"mf": cell(0.74), "zero_shot": cell(0.48), "text_only": cell(0.61), "collm": cell(0.72),
+               "lightgcn": cell(0.75), "collm_lightgcn": cell(0.70), "svd": cell(0.6), "collm_svd": cell(0.65)}
+    assert backend_pairs(methods) == [("mf", "collm"), ("lightgcn", "collm_lightgcn"), ("svd", "collm_svd")]
+    table = results_table({"methods": methods})
+    main, backends = table.split("Every CF backend")
+    assert "LightGCN" not in main and "| LightGCN | 0.7500 (0.6500) |" in backends
+    assert "| 0.7000 (0.6000) | 0.7000 | 0.7000 | -0.0500 |" in backends
+    assert "| SVD, imported | 0.6000 (0.5000) |" in backends and "+0.0500 |" in backends
+
+
+def write_csv_pair(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "interactions.csv").write_text(
+        "user,item,rating,timestamp\n" + "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in synthetic_ratings()))
+    (folder / "items.csv").write_text("item,title,genres\n" + "".join(
+        f"{n},{title},Comedy|Drama\n" for n, title in enumerate(TITLES, 1)))
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["ml-1m", "csv"])
+def test_other_data_formats_run_the_whole_pipeline(fmt, tiny_llm_dir, tmp_path, monkeypatch):
+    """A MovieLens-1M folder and a CSV pair: load, protocol, all training stages, evaluation
+    (every method's rows) and the app (state, scoring, page built), with no fetch at all."""
+    from collm_demo import assets
+    from collm_demo.ui import build_demo, recommend
+    from collm_demo.ui.state import AppConfig, AppState
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("nothing may be fetched when --data and --llm are given")
+
+    monkeypatch.setattr(assets, "fetch", no_fetch)
+    data = write_ml1m(tmp_path / "ml1m") if fmt == "ml-1m" else write_csv_pair(tmp_path / "csv")
+    ckpt = tmp_path / "ckpt"
+    common = ["--quick", "--llm", str(tiny_llm_dir), "--data", str(data), "--checkpoints", str(ckpt)]
+    assert main(["train", *common]) == 0
+    manifest = read_manifest(ckpt)
+    assert manifest["data"]["counts"]["splits"]["test"]["rows"] > 0
+    assert {"cf", "lora", "projector"} <= set(manifest["stages"])
+    out = tmp_path / "results.json"
+    assert main(["evaluate", *common, "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["methods"]) == {"mf", "zero_shot", "text_only", "collm"}
+    assert results["protocol"]["data"] == load_dataset(data).name
+
+    pipeline = load_pipeline(ckpt, str(tiny_llm_dir), str(data), bf16=False)
+    state = AppState(AppConfig(checkpoint_dir=ckpt, llm=str(tiny_llm_dir), data=str(data),
+                               layout_path=tmp_path / "none.json", results_path=out), pipeline=pipeline)
+    user = state.default_user()
+    table, _ = recommend.load_history(state, "user", user)
+    scored = recommend.score(state, "user", user, table, state.item_ids[:3])
+    assert [r["title"] for r in scored["rows"]] == TITLES[:3]
+    assert all(r["score_cf"] is not None for r in scored["rows"])
+    demo = build_demo(state)
+    assert any(fn.api_name == "compare" for fn in demo.fns.values())

@@ -156,6 +156,34 @@ def test_other_tabs(page):
     assert not page.errors, page.errors
 
 
+def test_cf_backend_selector(page, app_state):
+    """Switching the CF model re-scores with its tokens; the map and the walkthrough follow."""
+    choices = app_state.backend_choices()
+    if len(choices) < 2:
+        pytest.skip("only one CF backend is trained in these checkpoints")
+    first = app_state.pipeline()
+    label, name = choices[1]
+    other = app_state.pipeline(name)
+    from collm_demo.ui.core import cf_name
+
+    wait_summary(page, f"CF model: {cf_name(first)}")
+    box = page.locator("#cf-model input")
+    box.click()
+    page.locator(f'[role=option][aria-label="{label}"]').first.click()
+    wait_summary(page, f"CF model: {cf_name(other)}")
+    wait_summary(page, f"Top picks — CoLLM ({cf_name(other)} tokens)")
+    wait_idle(page)
+    page.get_by_role("tab", name="Embedding space").click()
+    page.wait_for_function(
+        f"() => document.querySelector('#tab-embedding').innerText.includes({cf_name(other) + ' tokens'!r})",
+        timeout=STEP_TIMEOUT)
+    page.get_by_role("tab", name="How it works").click()
+    page.wait_for_function(f"() => document.querySelector('#tab-how').innerText.includes('({cf_name(other)})')",
+                           timeout=STEP_TIMEOUT)
+    shot(page, "09_other_cf_backend")
+    assert not page.errors, page.errors
+
+
 def test_composed_user(page):
     page.get_by_label("Compose your own").check()
     page.wait_for_function("() => document.body.innerText.includes('Composed user.')", timeout=STEP_TIMEOUT)

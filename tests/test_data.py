@@ -84,6 +84,28 @@ def test_csv_errors_name_file_line_and_reason(tmp_path, content, reason):
     assert "interactions.csv" in str(err.value) or "no entry" in str(err.value)
 
 
+@pytest.mark.parametrize("fmt", ["ml-100k", "ml-1m"])
+@pytest.mark.parametrize("bad_line, reason", [
+    ("1{s}2{s}5{s}yesterday", "timestamp 'yesterday' is not a number"),
+    ("1{s}2{s}five{s}1000", "rating 'five' is not a number"),
+    ("1{s}2{s}5", "4 fields"),
+    ("1{s}99{s}5{s}1000", "item id '99' has no entry in the item file"),
+    ("", "duplicate"),
+])
+def test_movielens_errors_name_file_line_and_reason(tmp_path, fmt, bad_line, reason):
+    folder = write_ml100k(tmp_path / "d") if fmt == "ml-100k" else write_ml1m(tmp_path / "d")
+    name, sep = ("u.data", "\t") if fmt == "ml-100k" else ("ratings.dat", "::")
+    lines = (folder / name).read_text().splitlines()
+    if reason == "duplicate":  # the first line's user, item and time again (another rating)
+        user, item, _, stamp = lines[0].split(sep)
+        bad_line = sep.join([user, item, "3", stamp])
+    lines.append(bad_line.format(s=sep))
+    (folder / name).write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=reason) as err:
+        load_interactions(folder)
+    assert f"{name} line {len(lines)}" in str(err.value)
+
+
 def test_unknown_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no known data files"):
         load_interactions(tmp_path)

@@ -69,12 +69,12 @@ def gr_error(fn):
     return wrapper
 
 
-def compare_api(state: AppState, user_id: str, item_ids: str) -> list[dict]:
+def compare_api(state: AppState, user_id: str, item_ids: str, cf_model: str | None = None) -> list[dict]:
     """The logic behind the /compare endpoint (raises gr.Error on bad input)."""
     import gradio as gr
 
     try:
-        return core.compare(state, user_id, item_ids)
+        return core.compare(state, user_id, item_ids, cf_model)
     except InputError as err:
         raise gr.Error(str(err), print_exception=False) from err
 
@@ -83,7 +83,8 @@ def status_line(state: AppState) -> str:
     pipe = state.pipeline()
     cf = pipe.cf
     parts = [f"LLM `{pipe.llm.name}`", f"data `{state.dataset.name}`",
-             f"CF model {core.cf_name(pipe) + ', ' + str(cf.dim) + '-dim vectors' if cf is not None else '—'}",
+             f"CF model {core.cf_name(pipe) + ', ' + str(cf.dim) + '-dim vectors' if cf is not None else '—'}"
+             + (f" (also: {', '.join(state.backends()[1:])})" if len(state.backends()) > 1 else ""),
              f"LoRA {'✓' if pipe.has_lora else '✗'}", f"projector {'✓' if pipe.has_projector else '✗'}",
              f"checkpoints `{state.config.checkpoint_dir}`",
              "scores in " + ("bf16" if state.config.bf16 else "float32")]
@@ -128,7 +129,8 @@ def build_demo(state: AppState | None = None):
             chain = chain.then(exp_fn, exp_in, exp_out)
             return chain.then(sim_fn, sim_in, sim_out)
 
-        after_render(scored)
+        for chain in scored:  # the Score button and the CF-model selector
+            after_render(chain)
 
         # Page load: wait for the model, show the banner, pick a good first example and score it.
         def on_load(progress=gr.Progress()):
@@ -142,16 +144,16 @@ def build_demo(state: AppState | None = None):
                     gr.update(choices=recommend.history_choices(state, table), value=[]), cands)
 
         @gr_error
-        def initial_score(source, user, table, candidates, progress=gr.Progress()):
-            return recommend.score(state, source, user, table, candidates, progress=progress)
+        def initial_score(source, user, table, candidates, cf, progress=gr.Progress()):
+            return recommend.score(state, source, user, table, candidates, progress=progress, cf=cf)
 
         loaded = demo.load(on_load, None, [notice, status, rec["user"], rec["history"], rec["user_md"],
                                            rec["remove_items"], rec["candidates"]])
-        first = loaded.then(initial_score, [rec["source"], rec["user"], rec["history"], rec["candidates"]],
-                            result_state)
+        first = loaded.then(initial_score, [rec["source"], rec["user"], rec["history"], rec["candidates"],
+                                            rec["cf_model"]], result_state)
         after_render(first.success(render, [result_state, rec["sort_by"], rec["inject"]], render_out))
 
-        def compare(user_id: str, item_ids: str) -> list[dict]:
+        def compare(user_id: str, item_ids: str, cf_model: str = "") -> list[dict]:
             """Score candidates for a real user with and without CF tokens.
 
             user_id: a user id such as "1". item_ids: comma-separated item ids such as "1, 50, 100"
@@ -159,9 +161,10 @@ def build_demo(state: AppState | None = None):
             warm (the item has >= 3 training interactions), score_text (P(Yes) from the text-only
             prompt), score_cf (P(Yes) with the CF tokens injected; null without a projector) and
             delta = score_cf - score_text. The user's history is their last <= 10 interactions before
-            the test period.
+            the test period. cf_model (optional): which CF model makes the tokens, e.g. "mf",
+            "lightgcn", "sasrec" (those trained in this app's checkpoints); empty = the default.
             """
-            return compare_api(state, user_id, item_ids)
+            return compare_api(state, user_id, item_ids, cf_model)
 
         gr.api(compare, api_name="compare")
     # Only /compare is a designed API; the UI's own events stay callable but undocumented.

@@ -141,12 +141,19 @@ def cf_name(pipe) -> str:
     if pipe.cf is None:
         return "CF"
     kind = str(pipe.cf.meta.get("kind") or getattr(pipe.cf, "kind", "") or "CF")
+    if kind.startswith("imported:"):
+        return f"{kind.split(':', 1)[1]} (imported)"
     return {"mf": "MF", "lightgcn": "LightGCN", "sasrec": "SASRec", "vectors": "CF"}.get(kind.lower(), kind)
 
 
-def user_vector(state: AppState, profile: Profile) -> tuple[torch.Tensor | None, str]:
-    """The profile's CF vector and a plain-words account of where it came from."""
-    pipe = state.pipeline()
+def result_cf(result: dict | None) -> str | None:
+    """The CF backend a scored result was computed with (None = the app's default)."""
+    return (result or {}).get("cf")
+
+
+def user_vector(state: AppState, profile: Profile, cf: str | None = None) -> tuple[torch.Tensor | None, str]:
+    """The profile's CF vector (from backend ``cf``) and a plain-words account of where it came from."""
+    pipe = state.pipeline(cf)
     cf = pipe.cf
     if cf is None:
         return None, "no CF model is loaded, so there is no CF vector"
@@ -160,6 +167,9 @@ def user_vector(state: AppState, profile: Profile) -> tuple[torch.Tensor | None,
             vec = cf.row_user_vectors(["\x00app-profile"], [list(profile.items)], [list(profile.labels)])[0]
         else:
             vec = fold_in_user(cf, profile.items, profile.labels)
+        if getattr(cf, "kind", "") == "sasrec":
+            return vec, (f"encoded by the sequential model from the {n} movies of the history, in order, "
+                         "with their liked/disliked marks (SASRec's user vector is always its history's encoding)")
         if profile.kind == "user":
             why = (f"folded in from their {n} pre-test interactions (user {profile.user} has no trained "
                    "vector: no training interactions)")
@@ -170,7 +180,7 @@ def user_vector(state: AppState, profile: Profile) -> tuple[torch.Tensor | None,
             why = f"folded in from your {n} movies"
         return vec, why + " — fold-in fits a vector to the liked/disliked labels against the frozen item vectors"
 
-    return state.cache("user_vector", 256).get_or(profile.key(), make)
+    return state.cache("user_vector", 256).get_or(profile.key() + (pipe.cf_name,), make)
 
 
 # -------------------------------------------------------------------------- scoring
@@ -233,19 +243,33 @@ def parse_user_id(state: AppState, text) -> str:
 
 def mode_names(pipe) -> tuple[str, str]:
     text = "text-only (LoRA)" if pipe.has_lora else "zero-shot LLM (no LoRA)"
-    return text, "CoLLM (CF tokens)"
+    return text, f"CoLLM ({cf_name(pipe)} tokens)"
 
 
-def score_both(state: AppState, profile: Profile, candidates: list[str], progress=None) -> dict:
-    """Score K candidates for one profile in both modes. Returns a plain dict (JSON-able)."""
+def parse_cf(state: AppState, cf) -> str | None:
+    """A CF backend name from the UI or the API; None/empty = the app's default."""
+    if cf is None or (isinstance(cf, str) and not cf.strip()):
+        return None
+    if not isinstance(cf, str):
+        raise InputError(f"cf_model must be a name such as \"mf\", not {type(cf).__name__}")
+    name = cf.strip().lower()
+    if name not in state.backends():
+        raise InputError(f"cf_model {_short(cf)} is not available; this app has: {', '.join(state.backends())}")
+    return name
+
+
+def score_both(state: AppState, profile: Profile, candidates: list[str], progress=None,
+               cf: str | None = None) -> dict:
+    """Score K candidates for one profile in both modes, the CF tokens coming from backend ``cf``.
+    Returns a plain dict (JSON-able)."""
     if not profile.items:
         raise InputError("The history is empty: add at least one movie (liked or disliked) first.")
     if not candidates:
         raise InputError("No candidates: pick some movies to score, or use one of the one-click sets.")
     if len(candidates) > MAX_CANDIDATES:
         raise InputError(f"{len(candidates)} candidates: at most {MAX_CANDIDATES} per scoring call.")
-    pipe = state.pipeline()
-    key = (profile.key(), tuple(candidates), pipe.has_lora, pipe.has_projector)
+    pipe = state.pipeline(cf)
+    key = (profile.key(), tuple(candidates), pipe.cf_name, pipe.has_lora, pipe.has_projector)
 
     def make():
         return _score_both(state, pipe, profile, candidates, progress)
@@ -267,13 +291,13 @@ def _score_both(state, pipe, profile, candidates, progress) -> dict:
     vec_source = "no CF vector"
     if pipe.has_projector:
         step(0.5, desc="scoring with CF tokens")
-        uvec, vec_source = user_vector(state, profile)
+        uvec, vec_source = user_vector(state, profile, pipe.cf_name)
         cf_prompts = [model.builder.build(hist_titles, profile.labels, title(c), True) for c in candidates]
         with state.model_lock:
             s_cf = model.score_candidates(cf_prompts, uvec, pipe.cf.item_vectors(candidates),
                                           use_lora=True).tolist()
     elif pipe.cf is not None:
-        _, vec_source = user_vector(state, profile)
+        _, vec_source = user_vector(state, profile, pipe.cf_name)
     step(0.95, desc="ranking")
     labels = state.true_labels(profile.user) if profile.kind == "user" else {}
     rows = []
@@ -289,20 +313,22 @@ def _score_both(state, pipe, profile, candidates, progress) -> dict:
             "delta": None if s_cf[n] is None else float(s_cf[n]) - float(s_text[n]),
             "label": labels.get(item), "in_history": item in profile.items,
         })
-    text_name, cf_name = mode_names(pipe)
+    text_name, cf_mode = mode_names(pipe)
     user_info = state.users.get(profile.user) if profile.user else None
     return {"profile": profile.to_dict(), "rows": rows, "vector_source": vec_source,
-            "text_mode": text_name, "cf_mode": cf_name if pipe.has_projector else None,
+            "cf": pipe.cf_name, "cf_label": cf_name(pipe),
+            "text_mode": text_name, "cf_mode": cf_mode if pipe.has_projector else None,
             "user_warm": bool(user_info.warm) if (user_info and profile.kind == "user") else False,
             "user_n_train": user_info.n_train if user_info else 0,
             "seconds": round(time.time() - started, 2)}
 
 
-def compare(state: AppState, user_id, item_ids) -> list[dict]:
+def compare(state: AppState, user_id, item_ids, cf_model=None) -> list[dict]:
     """The /compare API: one object per candidate, in the order given."""
     user = parse_user_id(state, user_id)
     items = parse_item_ids(state, item_ids)
-    result = score_both(state, real_profile(state, user), items)
+    cf = parse_cf(state, cf_model)
+    result = score_both(state, real_profile(state, user), items, cf=cf)
     return [{"id": r["item"], "title": r["title"], "warm": bool(r["warm"]),
              "score_text": round(r["score_text"], 6),
              "score_cf": None if r["score_cf"] is None else round(r["score_cf"], 6),
@@ -347,21 +373,22 @@ def prompt_html(state: AppState, profile: Profile, item: str, with_cf: bool) -> 
 
 # ---------------------------------------------------------------------- the answer
 
-def answer_logits(state: AppState, profile: Profile, item: str, with_cf: bool) -> dict:
+def answer_logits(state: AppState, profile: Profile, item: str, with_cf: bool, cf: str | None = None) -> dict:
     """One prompt through the LLM, as the engine does it, keeping the whole answer distribution:
     logits of " Yes" and " No" at the answer position and the top next tokens (cached)."""
-    key = ("answer",) + profile.key() + (item, bool(with_cf))
-    return state.cache("answers", 128).get_or(key, lambda: _answer_logits(state, profile, item, with_cf))
+    cf = state.pipeline(cf).cf_name
+    key = ("answer",) + profile.key() + (item, bool(with_cf), cf if with_cf else None)
+    return state.cache("answers", 128).get_or(key, lambda: _answer_logits(state, profile, item, with_cf, cf))
 
 
 @torch.no_grad()
-def _answer_logits(state: AppState, profile: Profile, item: str, with_cf: bool) -> dict:
-    pipe = state.pipeline()
+def _answer_logits(state: AppState, profile: Profile, item: str, with_cf: bool, cf: str | None = None) -> dict:
+    pipe = state.pipeline(cf)
     model, title = pipe.model, state.dataset.title
     prompt = model.builder.build([title(i) for i in profile.items], profile.labels, title(item), with_cf)
     rows, cols, vecs = [], [], []
     if with_cf:
-        uvec, _ = user_vector(state, profile)
+        uvec, _ = user_vector(state, profile, cf)
         rows += [0, 0]
         cols += [prompt.user_slot, len(prompt.prefix) + prompt.item_slot]
         vecs += [uvec, pipe.cf.item_vectors([item])[0]]

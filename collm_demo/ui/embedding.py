@@ -32,27 +32,31 @@ def _empty(message: str, height: int = 360) -> go.Figure:
     return fig
 
 
-def unavailable(state: AppState) -> str | None:
-    """Why the map cannot be shown, or None."""
-    pipe = state.pipeline()
+def unavailable(state: AppState, cf: str | None = None) -> str | None:
+    """Why the map of backend ``cf`` cannot be shown, or None."""
+    pipe = state.pipeline(cf)
     if not pipe.has_projector:
         return "The embedding map needs a CF model and a trained projector (none loaded)."
-    if state.layout() is None:
-        return (f"No embedding-map layout at {state.config.layout_path}. Compute it once with "
-                "`python -m collm_demo embedding-map` (about a minute), then reload the app.")
+    if state.layout(cf) is None:
+        flag = "" if pipe.cf_name == "mf" else f" --cf {pipe.cf_name}"
+        return (f"No embedding-map layout for the {core.cf_name(pipe)} tokens at {state.layout_path(cf)}. "
+                f"Compute it once with `python -m collm_demo embedding-map{flag}` (about a minute), then "
+                "reload the app.")
     return None
 
 
-def layout_index(state: AppState) -> dict:
+def layout_index(state: AppState, cf: str | None = None) -> dict:
     """Positions by (kind, key) for quick look-ups (cached)."""
     def make():
-        return {(p["kind"], p["key"]): (p["x"], p["y"]) for p in state.layout()["points"]}
-    return state.cache("layout_index", 2).get_or(id(state.layout()), make)
+        return {(p["kind"], p["key"]): (p["x"], p["y"]) for p in state.layout(cf)["points"]}
+    return state.cache("layout_index", 8).get_or(id(state.layout(cf)), make)
 
 
-def placed(state: AppState, tokens: np.ndarray, key) -> np.ndarray:
+def placed(state: AppState, tokens: np.ndarray, key, cf: str | None = None) -> np.ndarray:
     """``embedding_map.place`` with a cache (it compares against every fitted point)."""
-    return state.cache("placed", 256).get_or(key, lambda: place(state.pipeline(), state.layout(), tokens))
+    pipe = state.pipeline(cf)
+    return state.cache("placed", 256).get_or((pipe.cf_name,) + tuple(key),
+                                             lambda: place(pipe, state.layout(cf), tokens))
 
 
 def profile_of(state: AppState, result: dict | None) -> Profile:
@@ -61,23 +65,24 @@ def profile_of(state: AppState, result: dict | None) -> Profile:
     return core.real_profile(state, state.default_user())
 
 
-def user_position(state: AppState, profile: Profile) -> tuple[tuple[float, float], str]:
+def user_position(state: AppState, profile: Profile, cf: str | None = None) -> tuple[tuple[float, float], str]:
     """The user's map position and how it was obtained."""
-    index = layout_index(state)
+    index = layout_index(state, cf)
     if profile.kind == "user" and ("user", profile.user) in index:
         return index[("user", profile.user)], "fitted in the layout (trained vector)"
-    vec, _ = core.user_vector(state, profile)
-    xy = placed(state, state.project(vec), ("user",) + profile.key())[0]
+    vec, _ = core.user_vector(state, profile, cf)
+    xy = placed(state, state.project(vec, cf), ("user",) + profile.key(), cf)[0]
     return (float(xy[0]), float(xy[1])), ("placed (approximate): not in the fitted layout, so drawn at the "
                                           "similarity-weighted mean position of its 10 nearest fitted points")
 
 
-def item_positions(state: AppState, items: list[str]) -> tuple[list[tuple[float, float]], list[bool]]:
-    index = layout_index(state)
+def item_positions(state: AppState, items: list[str], cf: str | None = None) -> tuple[list[tuple[float, float]], list[bool]]:
+    index = layout_index(state, cf)
     out, was_placed = [], []
     missing = [i for i in items if ("item", i) not in index]
     if missing:
-        xy = placed(state, state.project(state.pipeline().cf.item_vectors(missing)), ("items",) + tuple(missing))
+        vectors = state.pipeline(cf).cf.item_vectors(missing)
+        xy = placed(state, state.project(vectors, cf), ("items",) + tuple(missing), cf)
         extra = {i: (float(x), float(y)) for i, (x, y) in zip(missing, xy)}
     for item in items:
         if ("item", item) in index:
@@ -90,9 +95,9 @@ def item_positions(state: AppState, items: list[str]) -> tuple[list[tuple[float,
 
 
 def base_traces(state: AppState, color_by: str = "warm", show_words: bool = True,
-                faint: bool = False) -> list[go.BaseTraceType]:
-    """The fitted layout: items (coloured), users, words."""
-    points = state.layout()["points"]
+                faint: bool = False, cf: str | None = None) -> list[go.BaseTraceType]:
+    """The fitted layout of backend ``cf``: items (coloured), users, words."""
+    points = state.layout(cf)["points"]
     items = [p for p in points if p["kind"] == "item"]
     pops = np.array([p["popularity"] for p in items], dtype=float)
     top = max(1.0, float(pops.max()) if len(pops) else 1.0)
@@ -137,15 +142,16 @@ def base_traces(state: AppState, color_by: str = "warm", show_words: bool = True
 def map_figure(state: AppState, result: dict | None, color_by: str = "warm", show_words: bool = True,
                focus: str | None = None) -> tuple[go.Figure, str]:
     """The scatter with the current user and candidates highlighted, plus a caption."""
-    why = unavailable(state)
+    cf = core.result_cf(result)
+    why = unavailable(state, cf)
     if why:
         return _empty(why), why
-    fig = go.Figure(base_traces(state, color_by, show_words))
+    fig = go.Figure(base_traces(state, color_by, show_words, cf=cf))
     profile = profile_of(state, result)
-    (ux, uy), how = user_position(state, profile)
+    (ux, uy), how = user_position(state, profile, cf)
     candidates = [r["item"] for r in result["rows"]] if result else []
     if candidates:
-        xy, was_placed = item_positions(state, candidates)
+        xy, was_placed = item_positions(state, candidates, cf)
         titles = {r["item"]: r["title"] for r in result["rows"]}
         fig.add_trace(go.Scatter(
             x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers", name="candidates",
@@ -163,11 +169,12 @@ def map_figure(state: AppState, result: dict | None, color_by: str = "warm", sho
         text=[f"{profile.describe()}: {how}"], hovertemplate="%{text}<extra></extra>"))
     fig.update_layout(
         height=MAP_HEIGHT, template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
-        title=dict(text="Mapped CF tokens and word embeddings (UMAP, cosine)", font_size=14),
+        title=dict(text=f"Mapped {core.cf_name(state.pipeline(cf))} tokens and word embeddings (UMAP, cosine)",
+                   font_size=14),
         legend=dict(orientation="h", y=-0.06, x=0, font_size=11), dragmode="pan",
         xaxis=dict(showticklabels=False, title=None, zeroline=False),
         yaxis=dict(showticklabels=False, title=None, zeroline=False))
-    meta = state.layout().get("meta", {})
+    meta = state.layout(cf).get("meta", {})
     caption = (f"Each dot is a token vector as the LLM would receive it. The layout was fitted once "
                f"(UMAP, cosine metric, seed {meta.get('seed', '?')}) on {meta.get('counts', {}).get('item', '?')} "
                f"mapped item tokens, {meta.get('counts', {}).get('user', '?')} mapped user tokens and "
@@ -185,8 +192,8 @@ def core_short(text: str, n: int = 30) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def word_norm(state: AppState) -> float:
-    layout = state.layout() or {}
+def word_norm(state: AppState, cf: str | None = None) -> float:
+    layout = state.layout(cf) or {}
     norms = layout.get("meta", {}).get("norms", {})
     if "word_norm_mean" in norms:
         return float(norms["word_norm_mean"])
@@ -196,16 +203,17 @@ def word_norm(state: AppState) -> float:
 
 def token_report(state: AppState, result: dict | None, focus: str | None, k: int = 8) -> tuple[pd.DataFrame, str]:
     """Nearest vocabulary tokens of the two CF tokens, and their norms vs words."""
-    pipe = state.pipeline()
+    cf = core.result_cf(result)
+    pipe = state.pipeline(cf)
     if not pipe.has_projector:
         return pd.DataFrame(), "No projector loaded: there are no mapped CF tokens."
     profile = profile_of(state, result)
     if focus is None and result:
         focus = result["rows"][0]["item"]
     focus = focus or state.item_ids[0]
-    uvec, _ = core.user_vector(state, profile)
-    tokens = state.project(np.stack([uvec.numpy(), pipe.cf.item_vectors([focus])[0].numpy()]))
-    near = state.cache("nearest", 256).get_or(("near",) + profile.key() + (focus,),
+    uvec, _ = core.user_vector(state, profile, cf)
+    tokens = state.project(np.stack([uvec.numpy(), pipe.cf.item_vectors([focus])[0].numpy()]), cf)
+    near = state.cache("nearest", 256).get_or(("near", pipe.cf_name) + profile.key() + (focus,),
                                               lambda: nearest_words(pipe, tokens, k))
     rows = []
     for n in range(k):
@@ -215,7 +223,7 @@ def token_report(state: AppState, result: dict | None, focus: str | None, k: int
     frame = pd.DataFrame(rows, columns=["#", f"nearest to the user token ({profile.describe()})", "cosine",
                                         f"nearest to the item token ({core_short(title, 24)})", "cosine "])
     norms = np.linalg.norm(tokens, axis=1)
-    wn = word_norm(state)
+    wn = word_norm(state, cf)
     ratio = float(norms.mean() / wn) if wn else float("nan")
     size = ("much longer than" if ratio > 2 else "longer than" if ratio > 1.2 else
             "about as long as" if ratio > 0.8 else "shorter than")

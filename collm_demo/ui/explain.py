@@ -28,8 +28,10 @@ def _vec_row(name: str, source: str, vec) -> list:
 
 
 def explain(state: AppState, result: dict | None, item: str | None) -> dict:
-    """All numbers for the walkthrough, as plain values (tables, figures, markdown)."""
-    pipe = state.pipeline()
+    """All numbers for the walkthrough, as plain values (tables, figures, markdown); the CF
+    backend is the one the result was scored with."""
+    cf = core.result_cf(result)
+    pipe = state.pipeline(cf)
     profile = profile_of(state, result)
     if not profile.items:
         raise core.InputError("The current history is empty; add movies in the Recommend tab first.")
@@ -41,7 +43,7 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
 
     # Step 1: CF vectors
     if pipe.cf is not None:
-        uvec, source = core.user_vector(state, profile)
+        uvec, source = core.user_vector(state, profile, cf)
         ivec = pipe.cf.item_vectors([item])[0]
         kind = core.cf_name(pipe)
         isource = (f"trained {kind} vector" if pipe.cf.has_item(item) else
@@ -50,10 +52,18 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
         out["step1_table"] = pd.DataFrame([_vec_row(profile.describe(), source.split(" — ")[0], uvec),
                                            _vec_row(f"{title} (#{item})", isource, ivec)], columns=cols)
         mf = float(pipe.cf.score_vectors(uvec.view(1, -1), ivec.view(1, -1))[0])
+        how = {"MF": "learned one vector per user and per movie from who liked what",
+               "LightGCN": "learned one vector per user and per movie by propagating over the graph of "
+                           "who liked what",
+               "SASRec": "encodes the user's recent history (items in order, liked or not) into one "
+                         "vector and learned one vector per movie"}.get(
+            kind, "was made outside this project and imported (one vector per user and per movie)")
+        extra = ("; the exported vectors also carry the user and item biases"
+                 if kind in ("MF", "LightGCN") else "; the last number of the movie vector is its bias"
+                 if kind == "SASRec" else "")
         out["step1_md"] = (
-            f"**Step 1 · The CF vectors.** The collaborative-filtering model ({kind}) learned one "
-            f"vector per user and per movie from who liked what; here {len(uvec)} numbers each (the first "
-            f"{SHOW_DIMS} are shown; the exported vectors also carry the user and item biases). Their dot "
+            f"**Step 1 · The CF vectors.** The collaborative-filtering model ({kind}) {how}; here "
+            f"{len(uvec)} numbers each (the first {SHOW_DIMS} are shown{extra}). Their dot "
             f"product is the CF model's own prediction: sigmoid(user · item + global bias) = **{mf:.3f}** that "
             "the user likes the movie. CoLLM does not use that "
             "number; it hands the vectors themselves to the LLM.")
@@ -63,10 +73,10 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
 
     # Step 2: projector
     if has_cf:
-        tokens = state.project(np.stack([uvec.numpy(), ivec.numpy()]))
-        near = state.cache("nearest", 256).get_or(("near",) + profile.key() + (item,),
+        tokens = state.project(np.stack([uvec.numpy(), ivec.numpy()]), cf)
+        near = state.cache("nearest", 256).get_or(("near", pipe.cf_name) + profile.key() + (item,),
                                                   lambda: nearest_words(pipe, tokens, 8))
-        wn = word_norm(state)
+        wn = word_norm(state, cf)
         norms = np.linalg.norm(tokens, axis=1)
         out["step2_table"] = pd.DataFrame(
             [["user token", round(float(norms[0]), 2), round(wn, 2), round(float(norms[0] / wn), 1),
@@ -120,9 +130,9 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
                            "there are no CF slots.")
 
     # Step 4: Yes / No
-    answers = {"text": core.answer_logits(state, profile, item, False)}
+    answers = {"text": core.answer_logits(state, profile, item, False, cf)}
     if has_cf:
-        answers["cf"] = core.answer_logits(state, profile, item, True)
+        answers["cf"] = core.answer_logits(state, profile, item, True, cf)
     text_name, cf_name = core.mode_names(pipe)
     table = []
     for key, name in (("text", f"without CF — {text_name}"), ("cf", f"with CF — {cf_name}")):

@@ -145,11 +145,12 @@ def candidate_set(state: AppState, kind: str, n: int, source: str, user: str | N
 # ------------------------------------------------------------------------ scoring
 
 def score(state: AppState, source: str, user: str | None, table, candidates: list[str] | None,
-          progress=None) -> dict:
-    """Score the candidates for the described profile in both modes (cached)."""
+          progress=None, cf: str | None = None) -> dict:
+    """Score the candidates for the described profile in both modes (cached); the CF tokens come
+    from backend ``cf`` (None = the app's default)."""
     profile = core.profile_from_inputs(state, source, user, table)
     items = core.parse_item_ids(state, list(candidates or []), "candidates")
-    return core.score_both(state, profile, items, progress=progress)
+    return core.score_both(state, profile, items, progress=progress, cf=core.parse_cf(state, cf))
 
 
 def sort_key_for(inject: bool) -> str:
@@ -196,7 +197,7 @@ def summary(state: AppState, result: dict | None, inject: bool = True) -> str:
     lines = [f"**{who}** · {len(rows)} candidates scored in {result['seconds']} s "
              f"(both modes; repeated requests come from a cache)."]
     if has_cf:
-        lines.append(f"CF user vector: {result['vector_source']}.")
+        lines.append(f"CF model: **{result.get('cf_label', 'CF')}**. CF user vector: {result['vector_source']}.")
     mode = result["cf_mode"] if use_cf else result["text_mode"]
     lines.append(f"**Top picks — {mode}:** " + "; ".join(f"{n}. {r['title']}" for n, r in enumerate(top, 1)))
     if inject and not has_cf:
@@ -342,6 +343,12 @@ def build(state: AppState):
             gr.Markdown("### 3 · Score")
             w["inject"] = gr.Checkbox(True, label="Inject CF tokens (CoLLM)", info=pipe_ready_note,
                                       elem_id="inject")
+            choices = state.backend_choices()
+            w["cf_model"] = gr.Dropdown(
+                choices, value=choices[0][1], label="CF model that makes the tokens",
+                info="Same frozen LLM and LoRA; each CF model has its own small projector. Changing it "
+                     "re-scores, and the map and the walkthrough follow.",
+                interactive=len(choices) > 1, elem_id="cf-model")
             w["score_btn"] = gr.Button("Score candidates", variant="primary", elem_id="score-btn")
     gr.Markdown("### Results")
     w["summary"] = gr.Markdown(elem_id="summary")
@@ -393,8 +400,8 @@ def wire(state: AppState, w: dict, result_state, gr_error):
         return handler
 
     @gr_error
-    def on_score(source, user, table, candidates, progress=gr.Progress()):
-        return score(state, source, user, table, candidates, progress=progress)
+    def on_score(source, user, table, candidates, cf, progress=gr.Progress()):
+        return score(state, source, user, table, candidates, progress=progress, cf=cf)
 
     def render(result, sort_by, inject):
         choices, value = focus_choices(result, inject)
@@ -422,10 +429,12 @@ def wire(state: AppState, w: dict, result_state, gr_error):
     for kind in ("test", "popular", "cold", "random"):
         w[f"set_{kind}"].click(make_set(kind), [w["n_set"], w["source"], w["user"], w["history"]], w["candidates"])
     render_out = [w["summary"], w["table"], w["chart"], w["focus"], w["prompt_text"], w["prompt_cf"]]
-    scored = w["score_btn"].click(on_score, [w["source"], w["user"], w["history"], w["candidates"]],
-                                  result_state)
-    scored = scored.success(render, [result_state, w["sort_by"], w["inject"]], render_out)
+    score_in = [w["source"], w["user"], w["history"], w["candidates"], w["cf_model"]]
+    chains = []
+    for trigger in (w["score_btn"].click, w["cf_model"].input):
+        chain = trigger(on_score, score_in, result_state)
+        chains.append(chain.success(render, [result_state, w["sort_by"], w["inject"]], render_out))
     w["inject"].input(on_inject, [result_state, w["inject"]], [w["sort_by"]] + render_out)
     w["sort_by"].input(on_sort, [result_state, w["sort_by"], w["inject"]], w["table"])
     w["focus"].input(on_focus, [result_state, w["focus"], w["inject"]], [w["prompt_text"], w["prompt_cf"]])
-    return scored, render, render_out
+    return chains, render, render_out

@@ -10,9 +10,11 @@ Configuration comes from the environment (defaults in brackets):
 - ``COLLM_CHECKPOINTS``: checkpoint folder: CF model, lora/, projector [``checkpoints/``]
 - ``COLLM_LLM``: causal-LM id or folder [the embedded SmolLM2-135M-Instruct]
 - ``COLLM_DATA``: MovieLens / CSV folder [the embedded ML-100K]
-- ``COLLM_CF``: which CF model's checkpoints to use, ``mf`` or ``lightgcn`` [``mf``]
+- ``COLLM_CF``: the CF backend selected when the page opens [``mf``]; the app offers every
+  backend with a CF file and a projector in the checkpoint folder (``cf_<name>`` + ``projector_<name>``)
 - ``COLLM_RESULTS``: evaluation results for the Warm vs cold tab [``assets/results.json``]
-- ``COLLM_LAYOUT``: embedding-map layout for the Embedding space tab [``assets/embedding_map.json``]
+- ``COLLM_LAYOUT``: embedding-map layout for the Embedding space tab [``assets/embedding_map.json``;
+  other backends: ``embedding_map_<name>.json`` next to it]
 - ``COLLM_BF16``: ``1`` = bf16 autocast as in the evaluation (faster, coarser) [float32]
 - ``COLLM_THREADS``: torch CPU threads [torch's default]
 
@@ -40,6 +42,8 @@ from ..config import CHECKPOINT_DIR, RESULTS_PATH
 from ..embedding_map import LAYOUT_PATH as LAYOUT_DEFAULT
 
 MAX_CANDIDATES = 50  # per scoring call, in the UI and the API
+BACKEND_LABELS = {"mf": "MF (matrix factorisation)", "lightgcn": "LightGCN (graph)",
+                  "sasrec": "SASRec (sequential)"}
 
 
 @dataclass
@@ -101,9 +105,9 @@ class AppState:
         self._index_dataset()
         self._loader: threading.Thread | None = None
         self._caches: dict[str, OrderedDict] = {}
-        self._layout: dict | None = None
-        self._layout_loaded = False
         self._word_unit: np.ndarray | None = None
+        self._variants: dict = {}  # other CF backends' pipelines, sharing the one LLM
+        self._layouts: dict[str, dict | None] = {}
 
     # ------------------------------------------------------------------ pipeline
     def start_loading(self) -> None:
@@ -134,14 +138,51 @@ class AppState:
             self._pipeline_error = err
         self.load_seconds = round(time.time() - started, 1)
 
-    def pipeline(self):
-        """The loaded pipeline; waits for the loader thread on first use."""
+    def pipeline(self, cf: str | None = None):
+        """The loaded pipeline (waits for the loader thread on first use); with ``cf``, the one
+        whose CF tokens come from that backend (same LLM and LoRA, its own CF file and projector)."""
         if self._pipeline is None:
             self.start_loading()
             self._loader.join()
         if self._pipeline is None:
             raise RuntimeError(f"the model could not be loaded: {self._pipeline_error}")
-        return self._pipeline
+        if not cf or cf == self._pipeline.cf_name:
+            return self._pipeline
+        with self.model_lock:
+            if cf not in self._variants:
+                from ..pipeline import with_backend
+
+                if cf not in self.backends():
+                    raise ValueError(f"unknown CF model {cf!r}; this app has: {', '.join(self.backends())}")
+                self._variants[cf] = with_backend(self._pipeline, self.config.checkpoint_dir, cf)
+            return self._variants[cf]
+
+    def backends(self) -> list[str]:
+        """CF backends the app can switch between: the configured one first, then every other
+        backend with a CF file and a projector (found from file names; nothing is loaded)."""
+        from ..pipeline import available_backends
+
+        found = available_backends(self.config.checkpoint_dir)
+        first = [self.config.cf_name]
+        return first + [name for name in found if name not in first]
+
+    def backend_choices(self) -> list[tuple[str, str]]:
+        """(label, name) for the CF-model selector."""
+        from ..pipeline import read_manifest
+
+        try:
+            info = read_manifest(self.config.checkpoint_dir).get("cf", {})
+        except ValueError:
+            info = {}
+        out = []
+        for name in self.backends():
+            label = BACKEND_LABELS.get(name, name)
+            kind = str(info.get(name, {}).get("kind", ""))
+            if kind.startswith("imported"):
+                label = f"{name} (imported vectors)"
+            dim = info.get(name, {}).get("vector_dim")
+            out.append((f"{label}{f' · {dim}-dim' if dim else ''}", name))
+        return out
 
     @property
     def notice(self) -> str:
@@ -239,16 +280,22 @@ class AppState:
         return cache if cache is not None else self._caches.setdefault(name, LRU(size))
 
     # ------------------------------------------------------------------ assets
-    def layout(self) -> dict | None:
-        if not self._layout_loaded:
+    def layout_path(self, cf: str | None = None) -> Path:
+        from ..embedding_map import layout_path_for
+
+        return layout_path_for(cf or self.config.cf_name, Path(self.config.layout_path))
+
+    def layout(self, cf: str | None = None) -> dict | None:
+        """The embedding-map layout of a CF backend (each backend's tokens land elsewhere)."""
+        key = cf or self.config.cf_name
+        if key not in self._layouts:
             from ..embedding_map import load_layout
 
             try:
-                self._layout = load_layout(self.config.layout_path)
+                self._layouts[key] = load_layout(self.layout_path(cf))
             except (OSError, json.JSONDecodeError):
-                self._layout = None
-            self._layout_loaded = True
-        return self._layout
+                self._layouts[key] = None
+        return self._layouts[key]
 
     def results(self) -> dict | None:
         path = Path(self.config.results_path)
@@ -268,9 +315,9 @@ class AppState:
         return self._word_unit
 
     @torch.no_grad()
-    def project(self, vectors: torch.Tensor) -> np.ndarray:
+    def project(self, vectors: torch.Tensor, cf: str | None = None) -> np.ndarray:
         """CF vectors -> mapped tokens (the vectors that overwrite the slots)."""
-        projector = self.pipeline().model.projector
+        projector = self.pipeline(cf).model.projector
         vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
         return projector(torch.atleast_2d(vectors)).numpy()
 

@@ -20,7 +20,9 @@ from . import core
 from .embedding import base_traces, layout_index, placed, profile_of, unavailable
 from .state import AppState
 
-METHOD_COLORS = {"mf": "#868E96", "zero_shot": "#BE4BDB", "text_only": "#F08C00", "collm": "#4C6EF5"}
+METHOD_COLORS = {"mf": "#868E96", "zero_shot": "#BE4BDB", "text_only": "#F08C00", "collm": "#4C6EF5",
+                 "lightgcn": "#A9E34B", "collm_lightgcn": "#2B8A3E", "sasrec": "#FFA8A8", "collm_sasrec": "#C92A2A",
+                 "svd": "#99E9F2", "collm_svd": "#0C8599"}
 K_CHOICES = ["0", "1", "3", "10", "all"]
 SLICE_WORDS = {"all": "all test rows", "warm": "warm rows (user and item each ≥3 training interactions)",
                "cold": "cold rows (the rest)"}
@@ -103,11 +105,11 @@ def results_note(state: AppState, results: dict | None) -> str:
 
 # -------------------------------------------------------------- cold-start simulator
 
-def item_train_interactions(state: AppState, item: str) -> pd.DataFrame:
+def item_train_interactions(state: AppState, item: str, cf_name: str | None = None) -> pd.DataFrame:
     """The item's training interactions by users the CF model knows (their vectors stay frozen)."""
     inter = state.dataset.interactions
     rows = inter[(inter["split"] == "train") & (inter["item"] == item)][["user", "label", "timestamp"]]
-    cf = state.pipeline().cf
+    cf = state.pipeline(cf_name).cf
     return rows[[cf.has_user(u) for u in rows["user"]]] if len(rows) else rows
 
 
@@ -126,8 +128,9 @@ def default_sim_item(state: AppState, result: dict | None) -> str:
 
 
 def simulate(state: AppState, result: dict | None, item: str, seed: int = 0) -> dict:
-    """Refit ``item`` from k = 0, 1, 3, 10, all of its training interactions; score each version."""
-    pipe = state.pipeline()
+    """Refit ``item`` from k = 0, 1, 3, 10, all of its training interactions; score each version
+    (CF backend: the one the result was scored with)."""
+    pipe = state.pipeline(core.result_cf(result))
     if not pipe.has_projector:
         raise core.InputError("The cold-start simulator needs a CF model and a projector (none loaded).")
     if item not in state.item_title:
@@ -135,7 +138,7 @@ def simulate(state: AppState, result: dict | None, item: str, seed: int = 0) -> 
     profile = profile_of(state, result)
     if not profile.items:
         raise core.InputError("The current history is empty; add movies in the Recommend tab first.")
-    key = ("sim", item, int(seed)) + profile.key()
+    key = ("sim", pipe.cf_name, item, int(seed)) + profile.key()
     return state.cache("simulate", 64).get_or(key, lambda: _simulate(state, pipe, profile, item, int(seed)))
 
 
@@ -143,7 +146,8 @@ def _simulate(state, pipe, profile, item, seed) -> dict:
     import torch
 
     cf, model, title = pipe.cf, pipe.model, state.dataset.title
-    inter = item_train_interactions(state, item)
+    cf_name = pipe.cf_name
+    inter = item_train_interactions(state, item, cf_name)
     order = np.random.default_rng(seed).permutation(len(inter))
     users = inter["user"].to_numpy()[order].tolist()
     labels = inter["label"].to_numpy()[order].tolist()
@@ -156,7 +160,7 @@ def _simulate(state, pipe, profile, item, seed) -> dict:
     versions.append(("trained vector (reference)" if in_cf else "no trained vector (default)", len(users),
                      cf.item_vectors([item])[0]))
     vecs = torch.stack([v for _, _, v in versions])
-    uvec, _ = core.user_vector(state, profile)
+    uvec, _ = core.user_vector(state, profile, cf_name)
     hist = [title(i) for i in profile.items]
     cf_prompt = model.builder.build(hist, profile.labels, title(item), True)
     text_prompt = model.builder.build(hist, profile.labels, title(item), False)
@@ -165,21 +169,21 @@ def _simulate(state, pipe, profile, item, seed) -> dict:
         s_text = float(model.score_candidates([text_prompt], use_lora=pipe.has_lora)[0])
     s_mf = cf.score_vectors(uvec.expand(len(versions), -1), vecs).tolist()
     positions = None
-    if unavailable(state) is None:
-        xy = placed(state, state.project(vecs), ("sim-pos", item, seed))
+    if unavailable(state, cf_name) is None:
+        xy = placed(state, state.project(vecs, cf_name), ("sim-pos", item, seed), cf_name)
         positions = [(float(x), float(y)) for x, y in xy]
     rows = []
     for n, (name, k, vec) in enumerate(versions):
         rows.append({"version": name, "k": k, "liked": int(sum(labels[:k])) if n < len(K_CHOICES) else None,
                      "norm": float(vec.norm()), "mf": float(s_mf[n]), "collm": float(s_cf[n]), "text": s_text,
                      "xy": None if positions is None else positions[n]})
-    fitted = layout_index(state).get(("item", item)) if positions is not None else None
-    return {"item": item, "title": title(item), "n_interactions": len(users), "rows": rows,
+    fitted = layout_index(state, cf_name).get(("item", item)) if positions is not None else None
+    return {"item": item, "title": title(item), "cf": cf_name, "cf_label": core.cf_name(pipe), "n_interactions": len(users), "rows": rows,
             "fitted_xy": fitted, "profile": profile.describe(), "seed": seed}
 
 
 def simulation_table(sim: dict | None) -> pd.DataFrame:
-    cols = ["item vector", "interactions kept (liked)", "vector norm", "MF score", "CoLLM score",
+    cols = ["item vector", "interactions kept (liked)", "vector norm", "CF model alone", "CoLLM score",
             "text-only score", "CoLLM − text-only"]
     if not sim:
         return pd.DataFrame(columns=cols)
@@ -205,7 +209,7 @@ def simulation_figure(sim: dict | None, selected: str = "all") -> go.Figure:
                              line=dict(color="#4C6EF5", width=3), marker_size=9))
     fig.add_trace(go.Scatter(x=labels, y=[r["text"] for r in rows], mode="lines", name="text-only score (no CF)",
                              line=dict(color="#F08C00", dash="dash", width=2)))
-    fig.add_trace(go.Scatter(x=labels, y=[r["mf"] for r in rows], mode="lines+markers", name="MF alone",
+    fig.add_trace(go.Scatter(x=labels, y=[r["mf"] for r in rows], mode="lines+markers", name=f"{sim.get('cf_label', 'MF')} alone",
                              line=dict(color="#868E96", width=1.5), marker_size=6))
     fig.add_hline(y=ref["collm"], line_dash="dot", line_color="#4C6EF5",
                   annotation_text="CoLLM with the trained vector", annotation_position="top left")
@@ -223,11 +227,12 @@ def simulation_figure(sim: dict | None, selected: str = "all") -> go.Figure:
 def simulation_map(state: AppState, sim: dict | None, selected: str = "all") -> go.Figure:
     if not sim or sim["rows"][0]["xy"] is None:
         fig = go.Figure()
-        fig.add_annotation(text=unavailable(state) or "Run the simulator.", showarrow=False, x=0.5, y=0.5,
+        fig.add_annotation(text=unavailable(state, (sim or {}).get("cf")) or "Run the simulator.", showarrow=False,
+                           x=0.5, y=0.5,
                            xref="paper", yref="paper")
         fig.update_layout(height=360, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
         return fig
-    fig = go.Figure(base_traces(state, "warm", show_words=False, faint=True))
+    fig = go.Figure(base_traces(state, "warm", show_words=False, faint=True, cf=sim.get("cf")))
     rows = sim["rows"][: len(K_CHOICES)]
     fig.add_trace(go.Scatter(x=[r["xy"][0] for r in rows], y=[r["xy"][1] for r in rows], mode="lines+markers+text",
                              text=[f"k={c}" for c in K_CHOICES], textposition="top center", name="refit item (placed)",
@@ -329,7 +334,7 @@ def wire(state: AppState, w: dict, result_state, gr_error):
         return simulation_text(sim, k), simulation_figure(sim, k), simulation_map(state, sim, k)
 
     def after_score(result, seed, k):
-        if not state.pipeline().has_projector:
+        if not state.pipeline(core.result_cf(result)).has_projector:
             return (None, gr.update(), simulation_text(None), simulation_figure(None), simulation_map(state, None),
                     simulation_table(None))
         try:
