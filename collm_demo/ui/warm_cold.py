@@ -72,7 +72,8 @@ def results_figure(results: dict | None) -> go.Figure:
             fig.add_trace(go.Bar(x=labels, y=ys, name=METHOD_LABELS.get(method, method),
                                  marker_color=METHOD_COLORS.get(method), showlegend=col == 1,
                                  legendgroup=method, text=[f"{y:.3f}" if y is not None else "n/a" for y in ys],
-                                 textposition="outside", textfont_size=10,
+                                 # many backends: numbers on hover and in the table, not on every bar
+                                 textposition="outside" if len(methods) <= 5 else "none", textfont_size=10,
                                  hovertemplate="%{x}<br>%{fullData.name}: %{y:.4f}<extra></extra>"), 1, col)
         fig.add_hline(y=0.5, line_dash="dot", line_color="#888", row=1, col=col)
     low = min(values + [0.5]) - 0.05
