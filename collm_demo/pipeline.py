@@ -161,6 +161,26 @@ def available_backends(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> list[str]
     return [name for name in names if (checkpoint_dir / f"projector_{name}.safetensors").exists()]
 
 
+def load_backend(checkpoint_dir: Path, cf_name: str, llm: LoadedLLM, manifest: dict
+                 ) -> tuple[CFModel | None, Projector | None, list[str]]:
+    """One CF backend's two files (``cf_<name>``, ``projector_<name>``), checked against the
+    manifest and the LLM; missing parts are listed in the returned notes, not raised."""
+    notes = []
+    cf_path = checkpoint_dir / f"cf_{cf_name}.safetensors"
+    cf = load_cf(cf_path) if cf_path.exists() else None
+    if cf is None:
+        notes.append(f"no CF model ({cf_path.name})")
+    else:
+        check_manifest(manifest, llm, cf, cf_name)
+    projector = None
+    projector_path = checkpoint_dir / f"projector_{cf_name}.safetensors"
+    if cf is not None and projector_path.exists():
+        projector = load_projector(projector_path, llm.hidden_size, cf.dim)
+    else:
+        notes.append(f"no projector ({projector_path.name})")
+    return cf, projector, notes
+
+
 def with_backend(base: Pipeline, checkpoint_dir: str | Path, cf_name: str) -> Pipeline:
     """The same LLM, LoRA and data with another CF backend and its own projector.
 
@@ -169,15 +189,10 @@ def with_backend(base: Pipeline, checkpoint_dir: str | Path, cf_name: str) -> Pi
     """
     if cf_name == base.cf_name:
         return base
-    checkpoint_dir = Path(checkpoint_dir)
-    cf_path = checkpoint_dir / f"cf_{cf_name}.safetensors"
-    projector_path = checkpoint_dir / f"projector_{cf_name}.safetensors"
-    if not (cf_path.exists() and projector_path.exists()):
-        raise ValueError(f"CF backend {cf_name!r} is not trained in {checkpoint_dir} (need {cf_path.name} and "
-                         f"{projector_path.name}); available: {', '.join(available_backends(checkpoint_dir)) or 'none'}")
-    cf = load_cf(cf_path)
-    check_manifest(base.manifest, base.llm, cf, cf_name)
-    projector = load_projector(projector_path, base.llm.hidden_size, cf.dim)
+    cf, projector, notes = load_backend(Path(checkpoint_dir), cf_name, base.llm, base.manifest)
+    if notes:
+        raise ValueError(f"CF backend {cf_name!r} is not trained in {checkpoint_dir}: {', '.join(notes)}; "
+                         f"available: {', '.join(available_backends(checkpoint_dir)) or 'none'}")
     model = CoLLM(base.model.llm, base.model.tokenizer, projector, bf16=base.model.bf16)
     notice = "" if base.has_lora else base.notice  # the base's note may be about its own CF files
     return Pipeline(base.dataset, base.llm, model, cf, base.manifest, base.has_lora, notice, cf_name)
@@ -193,13 +208,7 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
     llm = llm or load_llm(llm_name)
     check_manifest(manifest, llm, None, cf_name)  # LLM mismatch: refuse before reading weights
     dataset = dataset or load_dataset(data_path)
-    notes = []
-    cf_path = checkpoint_dir / f"cf_{cf_name}.safetensors"
-    cf = load_cf(cf_path) if cf_path.exists() else None
-    if cf is None:
-        notes.append(f"no CF model ({cf_path.name})")
-    else:
-        check_manifest(manifest, llm, cf, cf_name)
+    cf, projector, notes = load_backend(checkpoint_dir, cf_name, llm, manifest)
     model_llm = llm.model
     lora_dir = checkpoint_dir / "lora"
     has_lora = (lora_dir / "adapter_model.safetensors").exists()
@@ -209,17 +218,10 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
         model_llm = PeftModel.from_pretrained(llm.model, str(lora_dir), is_trainable=False)
         model_llm.eval()
     else:
-        notes.append("no LoRA adapter (lora/)")
-    projector = None
-    projector_path = checkpoint_dir / f"projector_{cf_name}.safetensors"
-    if cf is not None and projector_path.exists():
-        projector = load_projector(projector_path, llm.hidden_size, cf.dim)
-    else:
-        notes.append(f"no projector ({projector_path.name})")
+        notes.insert(1 if cf is None else 0, "no LoRA adapter (lora/)")
     model = CoLLM(model_llm, llm.tokenizer, projector, bf16=bf16)
     notice = ""
     if notes:
         mode = "CoLLM" if projector is not None else ("text-only" if has_lora else "zero-shot")
         notice = (f"Running in {mode} mode: {', '.join(notes)} in {checkpoint_dir}; {TRAIN_HINT}.")
     return Pipeline(dataset, llm, model, cf, manifest, has_lora, notice, cf_name)
-
