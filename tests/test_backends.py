@@ -139,12 +139,15 @@ def test_app_switches_cf_backend(vectors, tiny_checkpoints, tiny_llm_dir, tiny_d
                  "--user-ids", str(folder / "user_ids.json"), "--items", str(folder / "items.npy"),
                  "--item-ids", str(folder / "item_ids.txt"), "--llm", str(tiny_llm_dir),
                  "--data", str(tiny_data_dir), "--checkpoints", str(ckpt)]) == 0
+    for stage in ("cf", "projector"):
+        assert main(["train", "--quick", "--cf", "sasrec", "--stage", stage, "--llm", str(tiny_llm_dir),
+                     "--data", str(tiny_data_dir), "--checkpoints", str(ckpt)]) == 0
     base = load_pipeline(ckpt, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
     state = AppState(AppConfig(checkpoint_dir=ckpt, llm=str(tiny_llm_dir), data=str(tiny_data_dir),
                                layout_path=tmp_path / "none.json", results_path=tmp_path / "none.json"),
                      pipeline=base)
-    assert state.backends() == ["mf", "toy"]
-    assert [name for _, name in state.backend_choices()] == ["mf", "toy"]
+    assert state.backends() == ["mf", "sasrec", "toy"]
+    assert [name for _, name in state.backend_choices()] == ["mf", "sasrec", "toy"]
     toy = state.pipeline("toy")
     assert toy.cf_name == "toy" and toy.cf.dim == 5 and base.cf.dim != 5
     assert toy.model.llm is base.model.llm  # nothing of the LLM is copied
@@ -177,7 +180,17 @@ def test_app_switches_cf_backend(vectors, tiny_checkpoints, tiny_llm_dir, tiny_d
 
     api = core.compare(state, user, ",".join(candidates), "toy")
     assert [r["score_cf"] for r in api] == [round(r["score_cf"], 6) for r in by_toy["rows"]]
-    with pytest.raises(core.InputError, match="not available; this app has: mf, toy"):
+    # SASRec's user vector is the encoding of the history shown, as in the evaluation, even for a
+    # user it has a stored vector for.
+    sasrec = state.pipeline("sasrec")
+    known = next(u for u in sasrec.cf.user_ids if u in state.users and state.users[u].n_pretest)
+    real = core.real_profile(state, known)
+    vec, why = core.user_vector(state, real, "sasrec")
+    assert "encoded by the sequential model" in why
+    assert torch.allclose(vec, sasrec.cf.row_user_vectors([known], [real.items], [real.labels])[0])
+    assert not torch.allclose(vec, sasrec.cf.user_vectors([known])[0])
+
+    with pytest.raises(core.InputError, match="not available; this app has: mf, sasrec, toy"):
         core.compare(state, user, candidates[0], "nope")
     with pytest.raises(core.InputError, match="cf_model must be a name"):
         core.compare(state, user, candidates[0], 3)

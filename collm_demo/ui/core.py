@@ -3,7 +3,8 @@
 A *profile* is a history (items + liked/disliked) and where it came from: a real user's
 last <= 10 interactions before the test period, that history edited in the app, or a
 history composed from scratch. Its CF vector is the trained one for an unedited real user
-the CF model knows, and is otherwise folded in from the history (``foldin.fold_in_user``).
+the CF model knows, and is otherwise folded in from the history (``foldin``); a sequential
+model (SASRec) always encodes the history itself, as in the evaluation.
 
 Scoring always runs both modes on the same candidates with the engine's shared-prefix
 ``score_candidates``: the text-only prompt (LoRA, no CF slots) and the CoLLM prompt (same
@@ -21,7 +22,6 @@ import pandas as pd
 import torch
 
 from ..collm import ITEM_SLOT, USER_SLOT, prompt_text
-from ..foldin import fold_in_user
 from .state import MAX_CANDIDATES, AppState
 
 
@@ -160,14 +160,13 @@ def user_vector(state: AppState, profile: Profile, cf: str | None = None) -> tup
 
     def make():
         n = len(profile.items)
-        if profile.kind == "user" and cf.has_user(profile.user):
+        encodes_history = getattr(cf, "kind", "") == "sasrec"  # as in the evaluation: never a stored vector
+        if profile.kind == "user" and cf.has_user(profile.user) and not encodes_history:
             return (cf.user_vectors([profile.user])[0],
                     f"the trained {cf_name(pipe)} vector (this user is in the training data)")
-        if hasattr(cf, "row_user_vectors"):  # the engine's per-row rule (fold-in for MF / LightGCN)
-            vec = cf.row_user_vectors(["\x00app-profile"], [list(profile.items)], [list(profile.labels)])[0]
-        else:
-            vec = fold_in_user(cf, profile.items, profile.labels)
-        if getattr(cf, "kind", "") == "sasrec":
+        # The engine's per-row rule: fold-in for MF / LightGCN / imported vectors, the encoding for SASRec.
+        vec = cf.row_user_vectors(["\x00app-profile"], [list(profile.items)], [list(profile.labels)])[0]
+        if encodes_history:
             return vec, (f"encoded by the sequential model from the {n} movies of the history, in order, "
                          "with their liked/disliked marks (SASRec's user vector is always its history's encoding)")
         if profile.kind == "user":
