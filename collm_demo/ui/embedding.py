@@ -68,7 +68,9 @@ def profile_of(state: AppState, result: dict | None) -> Profile:
 def user_position(state: AppState, profile: Profile, cf: str | None = None) -> tuple[tuple[float, float], str]:
     """The user's map position and how it was obtained."""
     index = layout_index(state, cf)
-    if profile.kind == "user" and ("user", profile.user) in index:
+    # SASRec's vector for a profile is its history's encoding, not the stored one in the layout.
+    stored = getattr(state.pipeline(cf).cf, "kind", "") != "sasrec"
+    if profile.kind == "user" and ("user", profile.user) in index and stored:
         return index[("user", profile.user)], "fitted in the layout (trained vector)"
     vec, _ = core.user_vector(state, profile, cf)
     xy = placed(state, state.project(vec, cf), ("user",) + profile.key(), cf)[0]
