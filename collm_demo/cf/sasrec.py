@@ -77,7 +77,7 @@ class SequentialCF(CFModel):
             idx = torch.arange(2, len(item_ids) + 2)
             items = torch.cat([encoder.item(idx), encoder.item_bias(idx)], 1)
         dim = items.shape[1]
-        super().__init__(user_ids, item_ids, user_table, items, float(encoder.global_bias),
+        super().__init__(user_ids, item_ids, user_table, items, float(encoder.global_bias.detach()),
                          default_user=torch.cat([torch.zeros(dim - 1), torch.ones(1)]),
                          default_item=torch.zeros(dim), meta=meta)
 
