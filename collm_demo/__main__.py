@@ -10,6 +10,15 @@ from pathlib import Path
 from .config import CHECKPOINT_DIR, RESULTS_PATH, QuickConfig, TrainConfig
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The training configuration, with the command line's overrides (those it has and was given)."""
+    cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
+    for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim"):
+        if getattr(args, name, None) is not None:
+            setattr(cfg, name, getattr(args, name))
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m collm_demo", description=__doc__)
@@ -66,10 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from . import train
 
-        cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
-        for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim"):
-            if getattr(args, name) is not None:
-                setattr(cfg, name, getattr(args, name))
+        cfg = train_config(args)
         stages = list(train.STAGES) if args.stage == "all" else [args.stage]
         manifest = train.run(stages, cfg, Path(args.checkpoints), args.llm, args.data, args.quick, argv,
                              cf_name=args.cf)
@@ -106,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         write_manifest(manifest, out)
         print(f"imported {len(cf.user_ids)} users and {len(cf.item_ids)} items, dim {cf.dim} → {out}")
         if not args.no_train:
-            cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
-            for name in ("projector_rows", "projector_lr"):
-                if getattr(args, name) is not None:
-                    setattr(cfg, name, getattr(args, name))
-            train.run(["projector"], cfg, out, args.llm, args.data, args.quick, argv, cf_name=args.name)
+            train.run(["projector"], train_config(args), out, args.llm, args.data, args.quick, argv, cf_name=args.name)
         return 0
     if args.command == "embedding-map":
         from . import embedding_map

@@ -108,6 +108,7 @@ class AppState:
         self._word_unit: np.ndarray | None = None
         self._variants: dict = {}  # other CF backends' pipelines, sharing the one LLM
         self._layouts: dict[str, dict | None] = {}
+        self._backends: list[str] | None = None  # looked up once: every scoring call validates against it
 
     # ------------------------------------------------------------------ pipeline
     def start_loading(self) -> None:
@@ -159,12 +160,14 @@ class AppState:
 
     def backends(self) -> list[str]:
         """CF backends the app can switch between: the configured one first, then every other
-        backend with a CF file and a projector (found from file names; nothing is loaded)."""
-        from ..pipeline import available_backends
+        backend with a CF file and a projector (found once, from file names; nothing is loaded)."""
+        if self._backends is None:
+            from ..pipeline import available_backends
 
-        found = available_backends(self.config.checkpoint_dir)
-        first = [self.config.cf_name]
-        return first + [name for name in found if name not in first]
+            found = available_backends(self.config.checkpoint_dir)
+            first = [self.config.cf_name]
+            self._backends = first + [name for name in found if name not in first]
+        return list(self._backends)
 
     def backend_choices(self) -> list[tuple[str, str]]:
         """(label, name) for the CF-model selector."""
