@@ -200,7 +200,11 @@ def with_backend(base: Pipeline, checkpoint_dir: str | Path, cf_name: str) -> Pi
 
 def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | None = None,
                   data_path: str | None = None, cf_name: str = "mf", bf16: bool = True,
-                  dataset: Dataset | None = None, llm: LoadedLLM | None = None) -> Pipeline:
+                  dataset: Dataset | None = None, llm: LoadedLLM | None = None,
+                  with_lora: bool = True) -> Pipeline:
+    """Everything the app and evaluation need. ``with_lora=False`` leaves a saved adapter
+    unloaded: stage 1 re-trained in a folder that already holds one must start from the plain
+    LLM, not stack a second adapter on the first."""
     checkpoint_dir = Path(checkpoint_dir)
     manifest = read_manifest(checkpoint_dir)
     if llm_name is None and manifest.get("llm", {}).get("name") and llm is None:
@@ -211,7 +215,7 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
     cf, projector, notes = load_backend(checkpoint_dir, cf_name, llm, manifest)
     model_llm = llm.model
     lora_dir = checkpoint_dir / "lora"
-    has_lora = (lora_dir / "adapter_model.safetensors").exists()
+    has_lora = with_lora and (lora_dir / "adapter_model.safetensors").exists()
     if has_lora:
         from peft import PeftModel
 

@@ -199,7 +199,7 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
     if "lora" in stages:
         from peft import LoraConfig, get_peft_model
 
-        pipeline = load_pipeline(out_dir, llm=llm, dataset=dataset, bf16=cfg.bf16)
+        pipeline = load_pipeline(out_dir, llm=llm, dataset=dataset, bf16=cfg.bf16, with_lora=False)
         lora_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                               target_modules=["q_proj", "v_proj"], bias="none", task_type="CAUSAL_LM")
         peft_model = get_peft_model(llm.model, lora_cfg)

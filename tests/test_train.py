@@ -40,6 +40,27 @@ def test_checkpoints_round_trip_into_the_pipeline(tiny_checkpoints, tiny_llm_dir
         torch.testing.assert_close(pipeline.score_rows(rows, method), pipeline.score_rows(rows, method))
 
 
+def test_retraining_stage_one_starts_from_the_plain_llm(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    """Re-running stage 1 in a folder that already holds an adapter must not stack a second one."""
+    import shutil
+    import warnings
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoints, folder)
+    old_keys = set(load_file(str(folder / "lora" / "adapter_model.safetensors")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--quick", "--stage", "lora", "--seed", "1", "--llm", str(tiny_llm_dir),
+                     "--data", str(tiny_data_dir), "--checkpoints", str(folder)]) == 0
+    stacked = [str(w.message) for w in caught if "second time" in str(w.message) or "multiple adapters" in str(w.message)]
+    assert stacked == []
+    new = load_file(str(folder / "lora" / "adapter_model.safetensors"))
+    assert set(new) == old_keys  # same adapter layout, no nested prefixes
+    pipeline = load_pipeline(folder, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
+    live = {k: v for k, v in pipeline.model.llm.state_dict().items() if "lora_" in k}
+    assert len(live) == len(new)
+
+
 def test_manifest_mismatch_is_refused_before_weights(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
     import shutil
 
