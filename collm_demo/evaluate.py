@@ -60,8 +60,13 @@ def results_table(results: dict) -> str:
     methods = results["methods"]
     lines = ["| method | all AUC | all UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC |",
              "|---|---|---|---|---|---|---|"]
+    pairs = backend_pairs(methods)
+    # a backend evaluated alone whose CoLLM row is missing (e.g. its projector awaits retraining)
+    unpaired = [m for m in methods if m not in MAIN_METHODS and not m.startswith("collm_")
+                and f"collm_{m}" not in methods]
+    side_by_side = len(pairs) > 1 or bool(unpaired)
     for method in [m for m in MAIN_METHODS if m in methods] + [m for m in methods if m not in MAIN_METHODS]:
-        if method not in MAIN_METHODS and len(backend_pairs(methods)) > 1:
+        if method not in MAIN_METHODS and side_by_side:
             continue  # other backends go in the side-by-side table below
         slices = methods[method]
         cells = [f"{slices[s]['auc']:.4f} | {slices[s]['uauc']:.4f}" for s in SLICES]
@@ -69,8 +74,7 @@ def results_table(results: dict) -> str:
     n = {s: methods[next(iter(methods))][s]["n"] for s in SLICES}
     lines.append("")
     lines.append(f"Test rows: all {n['all']}, warm {n['warm']}, cold {n['cold']}.")
-    pairs = backend_pairs(methods)
-    if len(pairs) > 1:
+    if side_by_side:
         lines += ["", "Every CF backend alone and inside CoLLM (same LLM, same LoRA, its own projector), AUC "
                       "(UAUC on all rows):", "",
                   "| CF backend | alone: all | warm | cold | CoLLM: all | warm | cold | CoLLM − alone (all) |",
@@ -82,6 +86,11 @@ def results_table(results: dict) -> str:
                          f"{a['cold']['auc']:.4f} | {c['all']['auc']:.4f} ({c['all']['uauc']:.4f}) | "
                          f"{c['warm']['auc']:.4f} | {c['cold']['auc']:.4f} | "
                          f"{c['all']['auc'] - a['all']['auc']:+.4f} |")
+        for alone in unpaired:
+            a = methods[alone]
+            name = METHOD_LABELS.get(alone, alone).replace(" (CF alone)", "")
+            lines.append(f"| {name} | {a['all']['auc']:.4f} ({a['all']['uauc']:.4f}) | {a['warm']['auc']:.4f} | "
+                         f"{a['cold']['auc']:.4f} | — | — | — | no CoLLM row: projector not evaluated |")
     return "\n".join(lines)
 
 

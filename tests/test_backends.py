@@ -210,6 +210,11 @@ def test_results_table_puts_backends_side_by_side():
     assert "LightGCN" not in main and "| LightGCN | 0.7500 (0.6500) |" in backends
     assert "| 0.7000 (0.6000) | 0.7000 | 0.7000 | -0.0500 |" in backends
     assert "| SVD, imported | 0.6000 (0.5000) |" in backends and "+0.0500 |" in backends
+    # a backend whose CoLLM row is missing still shows, marked, and never borrows another's numbers
+    del methods["collm_svd"], methods["collm_lightgcn"]
+    main, backends = results_table({"methods": methods}).split("Every CF backend")
+    assert "SVD" not in main and "| SVD, imported | 0.6000 (0.5000) | 0.6000 | 0.6000 | — | — | — |" in backends
+    assert "| LightGCN | 0.7500 (0.6500) | 0.7500 | 0.7500 | — |" in backends
 
 
 def write_csv_pair(folder):
