@@ -42,7 +42,7 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_lr: float = 3e-3  # 1e-3 plateaued at early-stop AUC 0.613; 3e-3 reached 0.726 (measured, see README)
+    lora_lr: float = 3e-3  # 1e-3 plateaued at early-stop AUC 0.613; 3e-3 reaches 0.724 (manifest, README)
     # --- stage 2: projector on CF prompts ---
     projector_rows: int = 3200  # training rows for stage 2 (drawn from the valid split, see train.py)
     projector_lr: float = 1e-3

@@ -221,7 +221,7 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
 
         model_llm = PeftModel.from_pretrained(llm.model, str(lora_dir), is_trainable=False)
         model_llm.eval()
-    else:
+    elif with_lora:  # a deliberate skip (stage 1 retraining) is not a missing file
         notes.insert(1 if cf is None else 0, "no LoRA adapter (lora/)")
     model = CoLLM(model_llm, llm.tokenizer, projector, bf16=bf16)
     notice = ""
