@@ -1,4 +1,4 @@
-"""Command line: python -m collm_demo {fetch,train,evaluate,embedding-map}."""
+"""Command line: python -m collm_demo {fetch,train,evaluate,import-embeddings,embedding-map,ceiling}."""
 
 from __future__ import annotations
 
@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     p_imp.add_argument("--projector-rows", type=int, default=None)
     p_imp.add_argument("--projector-lr", type=float, default=None)
 
+    p_ceil = sub.add_parser("ceiling", parents=[common],
+                            help="how much the text adds on top of CF: cross-fitted fusion on held-out valid rows")
+    p_ceil.add_argument("--rows", type=int, default=None, help="held-out valid rows to score (default 1600; --quick 48)")
+    p_ceil.add_argument("--out", default=None, help="report file (default assets/fusion_ceiling[_<cf>].json; "
+                                                    "--quick: checkpoints folder)")
+
     args = parser.parse_args(argv)
     if args.command == "fetch":
         from . import assets
@@ -118,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         from . import embedding_map
 
         embedding_map.run(Path(args.checkpoints), args.llm, args.data, quick=args.quick, cf_name=args.cf)
+        return 0
+    if args.command == "ceiling":
+        from . import ceiling
+        from .config import ASSETS_DIR
+
+        name = "fusion_ceiling.json" if args.cf == "mf" else f"fusion_ceiling_{args.cf}.json"
+        out = Path(args.out) if args.out else (Path(args.checkpoints) / name if args.quick else ASSETS_DIR / name)
+        rows = args.rows if args.rows is not None else (48 if args.quick else 1600)
+        ceiling.run(Path(args.checkpoints), out, args.llm, args.data, args.cf, rows, args.quick, argv)
         return 0
     return 2
 

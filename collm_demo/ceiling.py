@@ -1,0 +1,143 @@
+"""How much does the text add on top of the CF model? A fusion-ceiling diagnostic.
+
+CoLLM fuses two signals inside the LLM: what the prompt's text says (titles, the history)
+and what the CF vectors say. Before asking whether the *LLM* fuses them well, ask how much
+*any* simple fusion of the two scores gains over the CF model alone:
+
+* score held-out valid rows (never trained on, never used for early stopping) with the CF
+  model, the text-only LLM (stage 1) and CoLLM (stage 2);
+* fit a logistic regression on the logits ``[text_only, cf]`` with k-fold cross-fitting:
+  every row is scored by a model fit on the *other* folds, so the fused AUC is honest;
+* compare: fused vs CF alone tells how much usable signal the text carries beyond CF.
+  If it is about zero, CoLLM (which sees the same two inputs) has little room to beat the
+  CF model on those rows, whatever its projector or learning rate.
+
+Also reported: the CF model with users unseen in training left at the no-information vector
+(the CoLLM paper's handling of new users) instead of folded in from their history, to show
+how much of the CF baseline's strength is the fold-in.
+
+    python -m collm_demo ceiling [--cf mf] [--rows 1600]
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from .config import TrainConfig
+from .data import Dataset
+from .train import early_stop_rows, sample_rows
+
+SLICES = ("all", "warm", "cold")
+
+
+def held_out_valid_rows(dataset: Dataset, cfg: TrainConfig, manifest: dict, n: int, seed: int = 7) -> pd.DataFrame:
+    """Up to ``n`` valid rows that no stage trained or early-stopped on.
+
+    Stage 2 draws its rows with ``sample_rows(valid minus early-stop rows, k, cfg.seed)``; a
+    seeded sample of k rows is the first k rows of one fixed permutation, so excluding the
+    largest k any projector was configured with excludes every projector's rows.
+    """
+    early = early_stop_rows(dataset, cfg)
+    pool = dataset.split("valid").drop(index=early.index)
+    sizes = [cfg.projector_rows] + [int(stage.get("rows_seen", 0)) for name, stage in
+                                    manifest.get("stages", {}).items() if name.startswith("projector")]
+    used = sample_rows(pool, max(sizes), cfg.seed)
+    rest = pool.drop(index=used.index)
+    if len(rest) == 0:
+        raise ValueError(f"no valid rows are left out of training (valid pool {len(pool)}, "
+                         f"projector rows {max(sizes)}): train the projector on fewer rows")
+    return rest.sample(n=min(n, len(rest)), random_state=seed).sort_index()
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def cross_fitted_fusion(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Logistic regression on ``features`` (rows × signals), each row scored by a model fit
+    on the other folds (stratified, shuffled, seeded). Returns decision values per row."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("fusion needs both labels among the rows")
+    folds = max(2, min(folds, int(np.bincount(labels.astype(int)).min())))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return cross_val_predict(LogisticRegression(), features, labels, cv=splitter, method="decision_function")
+
+
+def auc_by_slice(labels: np.ndarray, scores: np.ndarray, warm: np.ndarray) -> dict:
+    out = {}
+    for name, mask in (("all", np.ones_like(warm, dtype=bool)), ("warm", warm), ("cold", ~warm)):
+        y = labels[mask]
+        out[name] = {"auc": round(float(roc_auc_score(y, scores[mask])), 4) if len(np.unique(y)) == 2 else None,
+                     "n": int(mask.sum())}
+    return out
+
+
+def fusion_report(labels: np.ndarray, logits: dict[str, np.ndarray], warm: np.ndarray,
+                  fusions: dict[str, tuple[str, ...]], folds: int = 5, seed: int = 0) -> dict:
+    """AUC by slice of every signal in ``logits`` and of each cross-fitted fusion of them."""
+    labels, warm = np.asarray(labels), np.asarray(warm, dtype=bool)
+    report = {name: auc_by_slice(labels, values, warm) for name, values in logits.items()}
+    for name, parts in fusions.items():
+        fused = cross_fitted_fusion(np.stack([logits[p] for p in parts], 1), labels, folds, seed)
+        report[name] = auc_by_slice(labels, fused, warm)
+    return report
+
+
+def report_table(report: dict) -> str:
+    lines = ["| signal | all AUC | warm AUC | cold AUC |", "|---|---|---|---|"]
+    for name, slices in report.items():
+        cells = [f"{slices[s]['auc']:.4f}" if slices[s]["auc"] is not None else "—" for s in SLICES]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    n = next(iter(report.values()))
+    lines.append(f"\nRows: all {n['all']['n']}, warm {n['warm']['n']}, cold {n['cold']['n']} "
+                 "(held-out valid rows; fusions cross-fitted, 5 folds).")
+    return "\n".join(lines)
+
+
+def run(checkpoint_dir: Path, out: Path | None, llm_name: str | None = None, data_path: str | None = None,
+        cf_name: str = "mf", rows: int = 1600, quick: bool = False, argv: list[str] | None = None) -> dict:
+    from .config import QuickConfig
+    from .pipeline import load_pipeline
+
+    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name)
+    for needed in (pipeline.cf_method, "text_only"):
+        if needed not in pipeline.available_methods():
+            raise ValueError(f"the ceiling needs {needed!r}, which is not available here: {pipeline.notice}")
+    cfg = QuickConfig() if quick else TrainConfig()
+    frame = held_out_valid_rows(pipeline.dataset, cfg, pipeline.manifest, rows)
+    labels = frame["label"].to_numpy()
+    cf, text, collm = pipeline.cf_method, "text_only", pipeline.collm_method
+    methods = [cf, text] + ([collm] if collm in pipeline.available_methods() else [])  # CoLLM row optional
+    logits = {}
+    for method in methods:
+        print(f"[ceiling] scoring {len(frame)} held-out valid rows with {method}", file=sys.stderr, flush=True)
+        logits[method] = logit(pipeline.score_rows(frame, method).numpy())
+    # CF without fold-in: users unseen in training stay at the no-information vector.
+    plain_users = pipeline.cf.user_vectors(frame["user"].tolist())
+    items = pipeline.cf.item_vectors(frame["item"].tolist())
+    logits[f"{cf} without fold-in"] = logit(pipeline.cf.score_vectors(plain_users, items).numpy())
+    fusions = {f"fusion: {text} + {cf}": (text, cf)}
+    if collm in logits:
+        fusions[f"fusion: {collm} + {cf}"] = (collm, cf)
+    report = fusion_report(labels, logits, frame["warm"].to_numpy(), fusions)
+    table = report_table(report)
+    print(table)
+    result = {"rows": {"split": "valid, held out of every training stage and of early stopping",
+                       "n": int(len(frame)), "cold_user": int(frame["cold_user"].sum())},
+              "cf": cf_name, "report": report,
+              "command": "python -m collm_demo " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
