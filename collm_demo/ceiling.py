@@ -9,8 +9,9 @@ and what the CF vectors say. Before asking whether the *LLM* fuses them well, as
 * fit a logistic regression on the logits ``[text_only, cf]`` with k-fold cross-fitting:
   every row is scored by a model fit on the *other* folds, so the fused AUC is honest;
 * compare: fused vs CF alone tells how much usable signal the text carries beyond CF.
-  If it is about zero, CoLLM (which sees the same two inputs) has little room to beat the
-  CF model on those rows, whatever its projector or learning rate.
+  If it is about zero, CoLLM (which draws on the same two sources) has little room to beat
+  the CF model on those rows. A rough ceiling, not a proof: the LLM sees the full vectors
+  and the prompt, not two numbers.
 
 Also reported: the CF model with users unseen in training left at the no-information vector
 (the CoLLM paper's handling of new users) instead of folded in from their history, to show
@@ -32,8 +33,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from .config import TrainConfig
+from .config import QuickConfig, TrainConfig
 from .data import Dataset
+from .pipeline import load_pipeline
 from .train import early_stop_rows, sample_rows
 
 SLICES = ("all", "warm", "cold")
@@ -107,9 +109,6 @@ def report_table(report: dict) -> str:
 
 def run(checkpoint_dir: Path, out: Path | None, llm_name: str | None = None, data_path: str | None = None,
         cf_name: str = "mf", rows: int = 1600, quick: bool = False, argv: list[str] | None = None) -> dict:
-    from .config import QuickConfig
-    from .pipeline import load_pipeline
-
     pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name)
     for needed in (pipeline.cf_method, "text_only"):
         if needed not in pipeline.available_methods():
