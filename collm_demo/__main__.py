@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         name = "fusion_ceiling.json" if args.cf == "mf" else f"fusion_ceiling_{args.cf}.json"
         out = Path(args.out) if args.out else (Path(args.checkpoints) / name if args.quick else ASSETS_DIR / name)
         rows = args.rows if args.rows is not None else (48 if args.quick else 1600)
-        ceiling.run(Path(args.checkpoints), out, args.llm, args.data, args.cf, rows, args.quick, argv)
+        ceiling.run(Path(args.checkpoints), out, args.llm, args.data, args.cf, rows, train_config(args), argv)
         return 0
     return 2
 

@@ -33,7 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from .config import QuickConfig, TrainConfig
+from .config import TrainConfig
 from .data import Dataset
 from .pipeline import load_pipeline
 from .train import early_stop_rows, sample_rows
@@ -108,12 +108,15 @@ def report_table(report: dict) -> str:
 
 
 def run(checkpoint_dir: Path, out: Path | None, llm_name: str | None = None, data_path: str | None = None,
-        cf_name: str = "mf", rows: int = 1600, quick: bool = False, argv: list[str] | None = None) -> dict:
+        cf_name: str = "mf", rows: int = 1600, cfg: TrainConfig | None = None,
+        argv: list[str] | None = None) -> dict:
+    """``cfg`` must be the configuration the checkpoints were trained with (seed, quick or not):
+    it decides which valid rows the projector saw and so which rows are held out."""
     pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name)
     for needed in (pipeline.cf_method, "text_only"):
         if needed not in pipeline.available_methods():
             raise ValueError(f"the ceiling needs {needed!r}, which is not available here: {pipeline.notice}")
-    cfg = QuickConfig() if quick else TrainConfig()
+    cfg = cfg or TrainConfig()
     frame = held_out_valid_rows(pipeline.dataset, cfg, pipeline.manifest, rows)
     labels = frame["label"].to_numpy()
     cf, text, collm = pipeline.cf_method, "text_only", pipeline.collm_method

@@ -61,6 +61,14 @@ def test_held_out_rows_avoid_every_trained_and_early_stop_row(tmp_path):
         assert not rest.index.isin(sample_rows(pool, k, cfg.seed).index).any()
     assert len(rest) == len(pool) - 40
 
+    # Trained with another --seed, the projector saw other rows: those are the ones held out of it.
+    seeded = QuickConfig(seed=1)
+    other = held_out_valid_rows(dataset, seeded, manifest, n=10_000)
+    other_pool = dataset.split("valid").drop(index=early_stop_rows(dataset, seeded).index)
+    assert not other.index.isin(early_stop_rows(dataset, seeded).index).any()
+    assert not other.index.isin(sample_rows(other_pool, 40, 1).index).any()
+    assert set(other.index) != set(rest.index)
+
 
 def test_held_out_rows_refuse_an_exhausted_pool(tiny_data_dir):
     dataset = load_dataset(str(tiny_data_dir))
