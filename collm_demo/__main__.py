@@ -16,7 +16,23 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim"):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
+    foldin = getattr(args, "projector_foldin_l2", None)
+    if foldin is not None:
+        cfg.projector_foldin_l2 = None if foldin == "cf" else foldin
     return cfg
+
+
+def foldin_strength(text: str) -> float | str:
+    """--projector-foldin-l2: a positive number, or 'cf' for the CF model's own strength."""
+    if text == "cf":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'cf', got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--lora-lr", type=float, default=None)
     p_train.add_argument("--projector-lr", type=float, default=None)
     p_train.add_argument("--cf-dim", type=int, default=None)
+    p_train.add_argument("--projector-foldin-l2", type=foldin_strength, default=None,
+                         help="fold-in strength of the user vectors stage 2 trains on (default 1.0; 'cf': the CF "
+                              "model's own, tuned for scoring alone)")
 
     p_eval = sub.add_parser("evaluate", parents=[common], help="AUC/UAUC on the test split, all/warm/cold")
     p_eval.add_argument("--out", default=None, help=f"results file (default {RESULTS_PATH}; --quick: checkpoints/results_quick.json)")

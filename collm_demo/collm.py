@@ -113,9 +113,13 @@ def prompt_text(history_titles: Sequence[str], history_labels: Sequence[int] | N
 class Projector(nn.Module):
     """CoLLM's mapping module: Linear(d → 10d) → ReLU → Linear(10d → hidden), one token per ID."""
 
-    def __init__(self, cf_dim: int, hidden_size: int, expand: int = 10):
+    def __init__(self, cf_dim: int, hidden_size: int, expand: int = 10, foldin_l2: float | None = None):
         super().__init__()
         self.cf_dim, self.hidden_size = cf_dim, hidden_size
+        # Fold-in strength of the user vectors it was trained on (users unseen in training are
+        # folded in from their history, see foldin.py); it must be fed vectors made the same way.
+        # None: the CF model's own strength.
+        self.foldin_l2 = foldin_l2
         self.net = nn.Sequential(nn.Linear(cf_dim, expand * cf_dim), nn.ReLU(),
                                  nn.Linear(expand * cf_dim, hidden_size))
 

@@ -23,7 +23,8 @@ from .config import PROJECT_ROOT
 from .pipeline import load_pipeline, read_manifest, write_manifest
 
 SLICES = ("all", "warm", "cold")
-METHOD_LABELS = {"mf": "MF (CF alone)", "zero_shot": "Zero-shot LLM", "text_only": "Text-only LoRA (TALLRec)",
+METHOD_LABELS = {"mf": "MF (CF alone)", "mf_no_foldin": "MF, no fold-in (paper's handling of new users)",
+                 "zero_shot": "Zero-shot LLM", "text_only": "Text-only LoRA (TALLRec)",
                  "collm": "CoLLM (LoRA + CF tokens)", "lightgcn": "LightGCN (CF alone)",
                  "collm_lightgcn": "CoLLM-LightGCN", "sasrec": "SASRec (CF alone)", "collm_sasrec": "CoLLM-SASRec",
                  "svd": "SVD, imported (CF alone)", "collm_svd": "CoLLM-SVD (imported vectors)"}
@@ -43,7 +44,7 @@ def metrics_by_slice(frame: pd.DataFrame, column: str) -> dict:
             "cold": auc_uauc(frame[~frame["warm"]], column)}
 
 
-MAIN_METHODS = ("mf", "zero_shot", "text_only", "collm")
+MAIN_METHODS = ("mf", "mf_no_foldin", "zero_shot", "text_only", "collm")
 
 
 def backend_pairs(methods: dict) -> list[tuple[str, str]]:
@@ -114,7 +115,7 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
         rows = rows.sample(n=max_rows, random_state=seed).sort_index()
     frame = rows[["user", "item", "label", "warm", "cold_user", "cold_item"]].copy()
     if not methods:
-        methods = (["mf", "zero_shot", "text_only", "collm"] if cf_name == "mf"
+        methods = (["mf", "mf_no_foldin", "zero_shot", "text_only", "collm"] if cf_name == "mf"
                    else [pipeline.cf_method, pipeline.collm_method])
     previous = json.loads(out.read_text()) if out.exists() else {}
     results: dict = {"protocol": {"data": pipeline.dataset.name, "split": "test",

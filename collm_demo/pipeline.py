@@ -22,9 +22,14 @@ from .cf.base import CFModel, load_cf
 from .collm import CoLLM, Projector, build_prompts
 from .config import CHECKPOINT_DIR
 from .data import Dataset, load_dataset
+from .foldin import DEFAULT_L2
 from .llm import LoadedLLM, load_llm
 
-METHODS = ("mf", "zero_shot", "text_only", "collm")  # plus "<cf>" and "collm_<cf>" for other CF backends
+METHODS = ("mf", "mf_no_foldin", "zero_shot", "text_only", "collm")  # plus "<cf>" and "collm_<cf>" for other CF backends
+# MF as the CoLLM paper scores it: users unseen in training stay at the no-information vector
+# instead of being folded in from their history. A reference row, not a method of ours: it shows
+# how much of MF's strength on cold rows (mostly unseen users here) is the fold-in.
+MF_NO_FOLDIN = "mf_no_foldin"
 TRAIN_HINT = "train them with `python -m collm_demo train --stage all`"
 
 
@@ -51,9 +56,11 @@ def write_manifest(manifest: dict, checkpoint_dir: str | Path = CHECKPOINT_DIR) 
 
 
 def save_projector(projector: Projector, path: str | Path, cf_kind: str) -> None:
+    metadata = {"cf_dim": str(projector.cf_dim), "hidden_size": str(projector.hidden_size), "cf_kind": cf_kind}
+    if projector.foldin_l2 is not None:
+        metadata["foldin_l2"] = str(projector.foldin_l2)
     save_file({k: v.detach().contiguous() for k, v in projector.state_dict().items()}, str(path),
-              metadata={"cf_dim": str(projector.cf_dim), "hidden_size": str(projector.hidden_size),
-                        "cf_kind": cf_kind})
+              metadata=metadata)
 
 
 def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector:
@@ -66,7 +73,9 @@ def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector
     if got_dim != cf_dim:
         raise CheckpointMismatch(f"{path}: projector expects CF vectors of dim {got_dim}, but the "
                                  f"CF model gives dim {cf_dim}")
-    projector = Projector(cf_dim, hidden_size)
+    # A file without a recorded fold-in strength predates the record: it was trained when the
+    # strength was always DEFAULT_L2.
+    projector = Projector(cf_dim, hidden_size, foldin_l2=float(meta.get("foldin_l2", DEFAULT_L2)))
     projector.load_state_dict(load_file(str(path)))
     projector.eval()
     return projector
@@ -120,7 +129,7 @@ class Pipeline:
     def available_methods(self) -> list[str]:
         methods = ["zero_shot"]
         if self.cf is not None:
-            methods.insert(0, self.cf_method)
+            methods[:0] = [self.cf_method] + ([MF_NO_FOLDIN] if self.cf_name == "mf" else [])
         if self.has_lora:
             methods.append("text_only")
         if self.has_projector:
@@ -128,9 +137,16 @@ class Pipeline:
         return methods
 
     # ---- inputs for rows: prompts + CF vectors ------------------------------------
-    def cf_vectors(self, rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_foldin_l2(self) -> float | None:
+        """Fold-in strength for the vectors CoLLM's CF tokens are made from: the projector's own."""
+        return self.model.projector.foldin_l2 if self.model.projector is not None else None
+
+    def cf_vectors(self, rows: pd.DataFrame, for_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """User and item CF vectors per row. ``for_tokens``: as the projector was trained on
+        (its fold-in strength), else as the CF model scores alone (the model's own strength)."""
         users = self.cf.row_user_vectors(rows["user"].tolist(), rows["history_items"].tolist(),
-                                         rows["history_labels"].tolist())
+                                         rows["history_labels"].tolist(),
+                                         l2=self.token_foldin_l2() if for_tokens else None)
         return users, self.cf.item_vectors(rows["item"].tolist())
 
     def prompts(self, rows: pd.DataFrame, with_cf: bool):
@@ -144,10 +160,13 @@ class Pipeline:
         if method == self.cf_method:
             users, items = self.cf_vectors(rows)
             return self.cf.score_vectors(users, items)
+        if method == MF_NO_FOLDIN:
+            users = self.cf.user_vectors(rows["user"].tolist())  # unseen users: no-information vector
+            return self.cf.score_vectors(users, self.cf.item_vectors(rows["item"].tolist()))
         # Rows of one user with the same history share their prompt prefix: score_shared
         # encodes each distinct prefix once (about half as many as rows on ML-100K's test split).
         if method == self.collm_method:
-            users, items = self.cf_vectors(rows)
+            users, items = self.cf_vectors(rows, for_tokens=True)
             return self.model.score_shared(self.prompts(rows, True), users, items, use_lora=True,
                                            progress=progress)
         return self.model.score_shared(self.prompts(rows, False), use_lora=(method == "text_only"),

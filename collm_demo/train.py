@@ -30,6 +30,7 @@ from .cf.mf import train_mf
 from .collm import CoLLM, Projector
 from .config import CHECKPOINT_DIR, TrainConfig
 from .data import Dataset, load_dataset
+from .foldin import user_l2
 from .llm import load_llm
 from .pipeline import Pipeline, load_pipeline, read_manifest, save_projector, write_manifest
 
@@ -94,7 +95,7 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
         prompts = pipeline.prompts(batch, with_cf)
         users = items = None
         if with_cf:
-            users, items = pipeline.cf_vectors(batch)
+            users, items = pipeline.cf_vectors(batch, for_tokens=True)
         with model.autocast():
             logits = model(prompts, users, items)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -227,7 +228,8 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
         if not pipeline.has_lora:
             log("[projector] warning: no stage-1 LoRA found; stage 2 on the base LLM")
         torch.manual_seed(cfg.seed)
-        projector = Projector(pipeline.cf.dim, llm.hidden_size)
+        foldin_l2 = cfg.projector_foldin_l2 if cfg.projector_foldin_l2 is not None else user_l2(pipeline.cf)
+        projector = Projector(pipeline.cf.dim, llm.hidden_size, foldin_l2=foldin_l2)
         pipeline.model.projector = projector
         params = list(projector.parameters())
         pool = dataset.split("valid").drop(index=eval_rows.index)
@@ -238,6 +240,7 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
         manifest["stages"][stage_key["projector"]] = info | {
             "command": manifest["command"], "rows_from": "valid minus the early-stop rows (seeded random sample)",
             "projector": {"cf": cf_name, "cf_dim": pipeline.cf.dim, "hidden": 10 * pipeline.cf.dim,
+                          "user_foldin_l2": foldin_l2,
                           "out": llm.hidden_size, "file": f"projector_{cf_name}.safetensors"}}
         write_manifest(manifest, out_dir)
     return manifest

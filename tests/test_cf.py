@@ -9,7 +9,16 @@ from sklearn.metrics import roc_auc_score
 from collm_demo.cf import load_cf, train_mf
 from collm_demo.cf.base import CFModel
 from collm_demo.data import load_dataset
-from collm_demo.foldin import fold_in, fold_in_item, fold_in_user, user_vectors_for_rows
+from collm_demo.foldin import (
+    DEFAULT_L2,
+    L2_GRID,
+    fold_in,
+    fold_in_item,
+    fold_in_user,
+    tune_user_l2,
+    user_l2,
+    user_vectors_for_rows,
+)
 from conftest import synthetic_ratings, write_ml100k
 
 
@@ -67,6 +76,34 @@ def test_fold_in_without_interactions_is_the_prior_and_with_them_follows_labels(
     assert s_even > s_odd + 0.2
     item = fold_in_item(cf, [], [])
     assert torch.equal(item, cf.default_item)
+
+
+def test_fold_in_strength_is_tuned_on_valid_and_travels_with_the_model(planted, tmp_path):
+    ds, cf, info = planted
+    # training recorded the search: the kept strength has the best valid AUC of the grid
+    by_l2 = {float(k): v for k, v in info["valid_auc_by_foldin_l2"].items()}
+    assert set(by_l2) == set(L2_GRID) and cf.meta["foldin_l2"] == info["foldin_l2"]
+    assert by_l2[info["foldin_l2"]] == max(by_l2.values())
+    # rows whose users are all unseen (renamed), so fold-in decides every score; taste is
+    # planted, so pinning users at the popularity-only prior (a huge L2) must lose
+    rows = ds.split("test").copy()
+    rows["user"] = "new-" + rows["user"].astype(str)
+    best, aucs = tune_user_l2(cf, rows, grid=(0.1, 1.0, 1e6))
+    assert best != 1e6 and aucs[best] == max(aucs.values()) > aucs[1e6] + 0.1
+    users = user_vectors_for_rows(cf, rows["user"].tolist(), rows["history_items"].tolist(),
+                                  rows["history_labels"].tolist(), l2=best)
+    scores = cf.score_vectors(users, cf.item_vectors(rows["item"].tolist())).numpy()
+    assert round(roc_auc_score(rows["label"], scores), 4) == aucs[best]
+    # the model's own strength is the default everywhere, and survives save/load
+    cf.save(tmp_path / "cf.safetensors")
+    back = load_cf(tmp_path / "cf.safetensors")
+    assert user_l2(back) == cf.meta["foldin_l2"]
+    items, labels = rows["history_items"].iloc[0], rows["history_labels"].iloc[0]
+    assert torch.equal(fold_in_user(back, items, labels), fold_in_user(cf, items, labels, l2=user_l2(cf)))
+    if user_l2(cf) != DEFAULT_L2:
+        assert not torch.equal(fold_in_user(back, items, labels), fold_in_user(cf, items, labels, l2=DEFAULT_L2))
+    # vectors from elsewhere (no tuned strength in their meta) use the documented default
+    assert user_l2(CFModel(["u"], ["i"], torch.zeros(1, 3), torch.zeros(1, 3))) == DEFAULT_L2
 
 
 def test_fold_in_is_deterministic_and_masked():

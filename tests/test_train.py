@@ -27,7 +27,7 @@ def test_quick_training_writes_every_checkpoint_and_a_manifest(tiny_checkpoints,
 
 def test_checkpoints_round_trip_into_the_pipeline(tiny_checkpoints, tiny_llm_dir, tiny_data_dir):
     pipeline = load_pipeline(tiny_checkpoints, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
-    assert pipeline.notice == "" and pipeline.available_methods() == ["mf", "zero_shot", "text_only", "collm"]
+    assert pipeline.notice == "" and pipeline.available_methods() == ["mf", "mf_no_foldin", "zero_shot", "text_only", "collm"]
     saved = load_file(str(tiny_checkpoints / "projector_mf.safetensors"))
     for key, value in pipeline.model.projector.state_dict().items():
         assert torch.equal(value, saved[key])
@@ -38,6 +38,72 @@ def test_checkpoints_round_trip_into_the_pipeline(tiny_checkpoints, tiny_llm_dir
     rows = pipeline.dataset.split("test").head(5)
     for method in pipeline.available_methods():
         torch.testing.assert_close(pipeline.score_rows(rows, method), pipeline.score_rows(rows, method))
+
+
+def test_mf_without_fold_in_differs_from_mf_only_for_users_unseen_in_training(tiny_checkpoints, tiny_llm_dir,
+                                                                              tiny_data_dir):
+    """The paper-style reference row: seen users score as MF; unseen users with a history score
+    as the no-information user (item popularity alone), where MF folds them in."""
+    pipeline = load_pipeline(tiny_checkpoints, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
+    rows = pipeline.dataset.split("test").head(12).copy()
+    # every tiny user is seen in training: rename half of them into users MF never saw
+    rows.loc[rows.index[::2], "user"] = [f"new-{n}" for n in range(len(rows.index[::2]))]
+    seen = torch.tensor(rows["user"].map(pipeline.cf.has_user).to_numpy())
+    assert seen.any() and (~seen).any()
+    mf, plain = pipeline.score_rows(rows, "mf"), pipeline.score_rows(rows, "mf_no_foldin")
+    torch.testing.assert_close(plain[seen], mf[seen])
+    popularity = pipeline.cf.score_vectors(pipeline.cf.default_user.expand(int((~seen).sum()), -1),
+                                           pipeline.cf.item_vectors(rows["item"][(~seen).numpy()].tolist()))
+    torch.testing.assert_close(plain[~seen], popularity)
+    assert not torch.allclose(plain[~seen], mf[~seen])  # fold-in moved the unseen users
+
+
+def test_cf_tokens_are_folded_in_as_the_projector_was_trained(tiny_checkpoints, tiny_llm_dir, tiny_data_dir,
+                                                               tmp_path):
+    """MF alone folds unseen users in with its own tuned strength; CoLLM's user token with the
+    strength its projector was trained on (recorded in the projector file)."""
+    from collm_demo.config import QuickConfig
+    from collm_demo.foldin import DEFAULT_L2, user_l2
+    from collm_demo.pipeline import load_projector, save_projector
+
+    pipeline = load_pipeline(tiny_checkpoints, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
+    assert pipeline.token_foldin_l2() == QuickConfig().projector_foldin_l2
+    assert read_manifest(tiny_checkpoints)["stages"]["projector"]["projector"]["user_foldin_l2"] == \
+        pipeline.token_foldin_l2()
+    pipeline.cf.meta["foldin_l2"] = 30.0  # the CF model's own strength now differs from the projector's
+    rows = pipeline.dataset.split("test").head(8).copy()
+    rows["user"] = [f"new-{n}" for n in range(len(rows))]  # all folded in
+    token_users, items = pipeline.cf_vectors(rows, for_tokens=True)
+    cf_users, _ = pipeline.cf_vectors(rows)
+    assert not torch.allclose(token_users, cf_users)
+    expected_collm = pipeline.model.score_shared(pipeline.prompts(rows, True), token_users, items)
+    torch.testing.assert_close(pipeline.score_rows(rows, "collm"), expected_collm)
+    torch.testing.assert_close(pipeline.score_rows(rows, "mf"), pipeline.cf.score_vectors(cf_users, items))
+    assert user_l2(pipeline.cf) == 30.0
+    # the strength survives save/load; a file from before it was recorded was trained with the default
+    projector = pipeline.model.projector
+    save_projector(projector, tmp_path / "p.safetensors", "mf")
+    assert load_projector(tmp_path / "p.safetensors", projector.hidden_size, projector.cf_dim).foldin_l2 == \
+        projector.foldin_l2
+    projector.foldin_l2 = None
+    save_projector(projector, tmp_path / "old.safetensors", "mf")
+    assert load_projector(tmp_path / "old.safetensors", projector.hidden_size, projector.cf_dim).foldin_l2 == \
+        DEFAULT_L2
+
+
+def test_projector_foldin_strength_option_is_checked():
+    import argparse
+
+    from collm_demo.__main__ import foldin_strength, train_config
+
+    assert foldin_strength("cf") == "cf" and foldin_strength("2.5") == 2.5
+    for bad in ("0", "-1", "nan", "inf", "strong"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive number or 'cf'"):
+            foldin_strength(bad)
+    args = argparse.Namespace(seed=0, quick=True, projector_foldin_l2="cf")
+    assert train_config(args).projector_foldin_l2 is None
+    args.projector_foldin_l2 = 3.0
+    assert train_config(args).projector_foldin_l2 == 3.0
 
 
 def test_retraining_stage_one_starts_from_the_plain_llm(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
@@ -90,7 +156,7 @@ def test_quick_evaluation_writes_the_results_schema(tiny_checkpoints, tiny_llm_d
     assert main(["evaluate", "--quick", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir),
                  "--checkpoints", str(tiny_checkpoints), "--out", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results["methods"]) == {"mf", "zero_shot", "text_only", "collm"}
+    assert set(results["methods"]) == {"mf", "mf_no_foldin", "zero_shot", "text_only", "collm"}
     for slices in results["methods"].values():
         assert set(slices) == {"all", "warm", "cold"}
         assert slices["all"]["n"] == slices["warm"]["n"] + slices["cold"]["n"] > 0

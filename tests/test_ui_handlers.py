@@ -14,6 +14,7 @@ import pytest
 import torch
 import ui_support
 
+from collm_demo.foldin import user_l2
 from collm_demo.ui import core, embedding, explain, recommend, warm_cold
 from collm_demo.ui.core import InputError, Profile
 from collm_demo.ui.state import MAX_CANDIDATES, AppConfig, AppState
@@ -172,6 +173,17 @@ def test_composed_user_is_folded_in(app_state):
     vec, _ = core.user_vector(app_state, Profile.from_dict(result["profile"]))
     default = app_state.pipeline().cf.default_user
     assert not torch.allclose(vec, default)  # the history moved it away from the no-information vector
+    # the CF token is made from the fold-in the projector was trained on; MF alone uses its own
+    pipe = app_state.pipeline()
+    profile = Profile.from_dict(result["profile"])
+    token_vec, _ = core.user_vector(app_state, profile, for_tokens=True)
+    expected = pipe.cf.row_user_vectors(["x"], [profile.items], [profile.labels], l2=pipe.token_foldin_l2())[0]
+    torch.testing.assert_close(token_vec, expected)
+    if pipe.token_foldin_l2() != user_l2(pipe.cf):
+        assert not torch.allclose(token_vec, vec)
+        walk = explain.explain(app_state, result, "172")
+        assert f"strength {user_l2(pipe.cf):g}" in walk["step1_md"]
+        assert f"uses {pipe.token_foldin_l2():g}" in walk["step1_md"]
 
 
 def test_score_input_errors(app_state, user):

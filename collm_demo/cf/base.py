@@ -79,13 +79,14 @@ class CFModel:
         return self._lookup(items, self.item_index, self.item_table, self.default_item)
 
     def row_user_vectors(self, users: Sequence[str], histories: Sequence[Sequence[str]],
-                         history_labels: Sequence[Sequence[int]]) -> torch.Tensor:
-        """The user vector CoLLM uses for a prompt row: the trained vector for users seen in
-        training, else folded in from the row's own history. Sequential models override this
-        (their user vector *is* an encoding of the history)."""
+                         history_labels: Sequence[Sequence[int]], l2: float | None = None) -> torch.Tensor:
+        """The user vector for a prompt row: the trained vector for users seen in training, else
+        folded in from the row's own history with strength ``l2`` (None: the model's own, see
+        foldin.py). Sequential models override this (their user vector *is* an encoding of the
+        history, and ``l2`` does not apply)."""
         from ..foldin import user_vectors_for_rows
 
-        return user_vectors_for_rows(self, users, histories, history_labels)
+        return user_vectors_for_rows(self, users, histories, history_labels, l2=l2)
 
     def score_vectors(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         """The CF model's own like-probability for paired vectors."""

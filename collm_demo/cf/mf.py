@@ -118,9 +118,19 @@ def fit_cf(model: nn.Module, ids: IdMaps, train: pd.DataFrame, valid_rows: pd.Da
         elif epoch - best[2] >= patience:
             break
     model.load_state_dict(best[1])
+    # Epochs are chosen with the default fold-in strength; the strength itself is then tuned
+    # on the same valid rows and travels in the model's meta (see foldin.py). Imported here:
+    # foldin imports cf.base, so a top-level import would be circular through cf/__init__.
+    from ..foldin import tune_user_l2
+
+    exported = model.export(ids.user_ids, ids.item_ids, meta | {"best_epoch": best[2]})
+    foldin_l2, foldin_aucs = tune_user_l2(exported, valid_rows)
+    exported.meta["foldin_l2"] = foldin_l2
+    log(f"[{name}] user fold-in L2 {foldin_l2} (valid AUC by L2: {foldin_aucs})")
     info = {"best_epoch": best[2], "valid_auc": round(best[0], 4), "history": history,
-            "wall_s": round(time.time() - start, 1)}
-    return model.export(ids.user_ids, ids.item_ids, meta | {"best_epoch": best[2]}), info
+            "foldin_l2": foldin_l2, "valid_auc_by_foldin_l2": {str(k): v for k, v in foldin_aucs.items()},
+            "valid_auc_tuned": foldin_aucs[foldin_l2], "wall_s": round(time.time() - start, 1)}
+    return exported, info
 
 
 def train_mf(train: pd.DataFrame, valid_rows: pd.DataFrame, dim: int = 64, epochs: int = 40,

@@ -93,7 +93,7 @@ class SequentialCF(CFModel):
         return items, labs
 
     @torch.no_grad()
-    def row_user_vectors(self, users, histories, history_labels) -> torch.Tensor:
+    def row_user_vectors(self, users, histories, history_labels, l2=None) -> torch.Tensor:
         if not len(histories):
             return torch.zeros(0, self.dim)
         h = self.encoder.encode(*self._batch(histories, history_labels))

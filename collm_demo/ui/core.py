@@ -151,12 +151,19 @@ def result_cf(result: dict | None) -> str | None:
     return (result or {}).get("cf")
 
 
-def user_vector(state: AppState, profile: Profile, cf: str | None = None) -> tuple[torch.Tensor | None, str]:
-    """The profile's CF vector (from backend ``cf``) and a plain-words account of where it came from."""
+def user_vector(state: AppState, profile: Profile, cf: str | None = None,
+                for_tokens: bool = False) -> tuple[torch.Tensor | None, str]:
+    """The profile's CF vector (from backend ``cf``) and a plain-words account of where it came from.
+
+    ``for_tokens``: the vector CoLLM's user token is made from, folded in the way the projector
+    was trained on; else the vector the CF model scores with alone (its own fold-in strength).
+    The two differ only for folded-in profiles, and only when the two strengths differ.
+    """
     pipe = state.pipeline(cf)
     cf = pipe.cf
     if cf is None:
         return None, "no CF model is loaded, so there is no CF vector"
+    l2 = pipe.token_foldin_l2() if for_tokens else None
 
     def make():
         n = len(profile.items)
@@ -165,7 +172,7 @@ def user_vector(state: AppState, profile: Profile, cf: str | None = None) -> tup
             return (cf.user_vectors([profile.user])[0],
                     f"the trained {cf_name(pipe)} vector (this user is in the training data)")
         # The engine's per-row rule: fold-in for MF / LightGCN / imported vectors, the encoding for SASRec.
-        vec = cf.row_user_vectors(["\x00app-profile"], [list(profile.items)], [list(profile.labels)])[0]
+        vec = cf.row_user_vectors(["\x00app-profile"], [list(profile.items)], [list(profile.labels)], l2=l2)[0]
         if encodes_history:
             return vec, (f"encoded by the sequential model from the {n} movies of the history, in order, "
                          "with their liked/disliked marks (SASRec's user vector is always its history's encoding)")
@@ -179,7 +186,7 @@ def user_vector(state: AppState, profile: Profile, cf: str | None = None) -> tup
             why = f"folded in from your {n} movies"
         return vec, why + " — fold-in fits a vector to the liked/disliked labels against the frozen item vectors"
 
-    return state.cache("user_vector", 256).get_or(profile.key() + (pipe.cf_name,), make)
+    return state.cache("user_vector", 256).get_or(profile.key() + (pipe.cf_name, l2), make)
 
 
 # -------------------------------------------------------------------------- scoring
@@ -290,7 +297,7 @@ def _score_both(state, pipe, profile, candidates, progress) -> dict:
     vec_source = "no CF vector"
     if pipe.has_projector:
         step(0.5, desc="scoring with CF tokens")
-        uvec, vec_source = user_vector(state, profile, pipe.cf_name)
+        uvec, vec_source = user_vector(state, profile, pipe.cf_name, for_tokens=True)
         cf_prompts = [model.builder.build(hist_titles, profile.labels, title(c), True) for c in candidates]
         with state.model_lock:
             s_cf = model.score_candidates(cf_prompts, uvec, pipe.cf.item_vectors(candidates),
@@ -387,7 +394,7 @@ def _answer_logits(state: AppState, profile: Profile, item: str, with_cf: bool, 
     prompt = model.builder.build([title(i) for i in profile.items], profile.labels, title(item), with_cf)
     rows, cols, vecs = [], [], []
     if with_cf:
-        uvec, _ = user_vector(state, profile, cf)
+        uvec, _ = user_vector(state, profile, cf, for_tokens=True)
         rows += [0, 0]
         cols += [prompt.user_slot, len(prompt.prefix) + prompt.item_slot]
         vecs += [uvec, pipe.cf.item_vectors([item])[0]]

@@ -72,7 +72,7 @@ def user_position(state: AppState, profile: Profile, cf: str | None = None) -> t
     stored = getattr(state.pipeline(cf).cf, "kind", "") != "sasrec"
     if profile.kind == "user" and ("user", profile.user) in index and stored:
         return index[("user", profile.user)], "fitted in the layout (trained vector)"
-    vec, _ = core.user_vector(state, profile, cf)
+    vec, _ = core.user_vector(state, profile, cf, for_tokens=True)
     xy = placed(state, state.project(vec, cf), ("user",) + profile.key(), cf)[0]
     return (float(xy[0]), float(xy[1])), ("placed (approximate): not in the fitted layout, so drawn at the "
                                           "similarity-weighted mean position of its 10 nearest fitted points")
@@ -213,7 +213,7 @@ def token_report(state: AppState, result: dict | None, focus: str | None, k: int
     if focus is None and result:
         focus = result["rows"][0]["item"]
     focus = focus or state.item_ids[0]
-    uvec, _ = core.user_vector(state, profile, cf)
+    uvec, _ = core.user_vector(state, profile, cf, for_tokens=True)
     tokens = state.project(np.stack([uvec.numpy(), pipe.cf.item_vectors([focus])[0].numpy()]), cf)
     near = state.cache("nearest", 256).get_or(("near", pipe.cf_name) + profile.key() + (focus,),
                                               lambda: nearest_words(pipe, tokens, k))

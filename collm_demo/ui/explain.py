@@ -11,9 +11,11 @@ import html
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
 
 from ..embedding_map import nearest_words
+from ..foldin import user_l2
 from . import core
 from .embedding import profile_of, word_norm
 from .state import AppState
@@ -43,7 +45,8 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
 
     # Step 1: CF vectors
     if pipe.cf is not None:
-        uvec, source = core.user_vector(state, profile, cf)
+        uvec, source = core.user_vector(state, profile, cf, for_tokens=True)
+        cf_uvec, _ = core.user_vector(state, profile, cf)  # what the CF model alone scores with
         ivec = pipe.cf.item_vectors([item])[0]
         kind = core.cf_name(pipe)
         isource = (f"trained {kind} vector" if pipe.cf.has_item(item) else
@@ -51,7 +54,8 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
         cols = ["vector", "where it comes from", "dims", "norm"] + [f"d{n}" for n in range(SHOW_DIMS)] + ["…"]
         out["step1_table"] = pd.DataFrame([_vec_row(profile.describe(), source.split(" — ")[0], uvec),
                                            _vec_row(f"{title} (#{item})", isource, ivec)], columns=cols)
-        mf = float(pipe.cf.score_vectors(uvec.view(1, -1), ivec.view(1, -1))[0])
+        mf = float(pipe.cf.score_vectors(cf_uvec.view(1, -1), ivec.view(1, -1))[0])
+        differs = not torch.equal(uvec, cf_uvec)
         how = {"MF": "learned one vector per user and per movie from who liked what",
                "LightGCN": "learned one vector per user and per movie by propagating over the graph of "
                            "who liked what",
@@ -66,7 +70,11 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
             f"{len(uvec)} numbers each (the first {SHOW_DIMS} are shown{extra}). Their dot "
             f"product is the CF model's own prediction: sigmoid(user · item + global bias) = **{mf:.3f}** that "
             "the user likes the movie. CoLLM does not use that "
-            "number; it hands the vectors themselves to the LLM.")
+            "number; it hands the vectors themselves to the LLM."
+            + (f" (This user is folded in, and the two uses fold in differently: the CF model alone pulls "
+               f"the fit towards the no-information vector with strength {user_l2(pipe.cf):g}, tuned for its "
+               f"own score; the vector shown, handed to the projector, uses {pipe.token_foldin_l2():g}, the "
+               "strength the projector was trained on.)" if differs else ""))
     else:
         out["step1_table"] = pd.DataFrame()
         out["step1_md"] = "**Step 1 · The CF vectors.** No CF model is loaded, so there are none."

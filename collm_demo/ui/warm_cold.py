@@ -20,7 +20,7 @@ from . import core
 from .embedding import base_traces, layout_index, placed, profile_of, unavailable
 from .state import AppState
 
-METHOD_COLORS = {"mf": "#868E96", "zero_shot": "#BE4BDB", "text_only": "#F08C00", "collm": "#4C6EF5",
+METHOD_COLORS = {"mf": "#868E96", "mf_no_foldin": "#CED4DA", "zero_shot": "#BE4BDB", "text_only": "#F08C00", "collm": "#4C6EF5",
                  "lightgcn": "#A9E34B", "collm_lightgcn": "#2B8A3E", "sasrec": "#FFA8A8", "collm_sasrec": "#C92A2A",
                  "svd": "#99E9F2", "collm_svd": "#0C8599"}
 K_CHOICES = ["0", "1", "3", "10", "all"]
@@ -161,14 +161,15 @@ def _simulate(state, pipe, profile, item, seed) -> dict:
     versions.append(("trained vector (reference)" if in_cf else "no trained vector (default)", len(users),
                      cf.item_vectors([item])[0]))
     vecs = torch.stack([v for _, _, v in versions])
-    uvec, _ = core.user_vector(state, profile, cf_name)
+    uvec, _ = core.user_vector(state, profile, cf_name, for_tokens=True)
+    mf_uvec, _ = core.user_vector(state, profile, cf_name)  # CF alone: its own fold-in strength
     hist = [title(i) for i in profile.items]
     cf_prompt = model.builder.build(hist, profile.labels, title(item), True)
     text_prompt = model.builder.build(hist, profile.labels, title(item), False)
     with state.model_lock:
         s_cf = model.score_candidates([cf_prompt] * len(versions), uvec, vecs, use_lora=True).tolist()
         s_text = float(model.score_candidates([text_prompt], use_lora=pipe.has_lora)[0])
-    s_mf = cf.score_vectors(uvec.expand(len(versions), -1), vecs).tolist()
+    s_mf = cf.score_vectors(mf_uvec.expand(len(versions), -1), vecs).tolist()
     positions = None
     if unavailable(state, cf_name) is None:
         xy = placed(state, state.project(vecs, cf_name), ("sim-pos", item, seed), cf_name)
