@@ -75,7 +75,14 @@ def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector
                                  f"CF model gives dim {cf_dim}")
     # A file without a recorded fold-in strength predates the record: it was trained when the
     # strength was always DEFAULT_L2.
-    projector = Projector(cf_dim, hidden_size, foldin_l2=float(meta.get("foldin_l2", DEFAULT_L2)))
+    try:
+        foldin_l2 = float(meta.get("foldin_l2", DEFAULT_L2))
+    except ValueError:
+        foldin_l2 = float("nan")
+    if not 0 < foldin_l2 < float("inf"):
+        raise CheckpointMismatch(f"{path}: the recorded fold-in strength {meta.get('foldin_l2')!r} is not a "
+                                 "positive number; retrain the projector (train --stage projector)")
+    projector = Projector(cf_dim, hidden_size, foldin_l2=foldin_l2)
     projector.load_state_dict(load_file(str(path)))
     projector.eval()
     return projector

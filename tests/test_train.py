@@ -89,6 +89,11 @@ def test_cf_tokens_are_folded_in_as_the_projector_was_trained(tiny_checkpoints, 
     save_projector(projector, tmp_path / "old.safetensors", "mf")
     assert load_projector(tmp_path / "old.safetensors", projector.hidden_size, projector.cf_dim).foldin_l2 == \
         DEFAULT_L2
+    for bad in ("-1", "nan", "strong"):
+        projector.foldin_l2 = bad
+        save_projector(projector, tmp_path / "bad.safetensors", "mf")
+        with pytest.raises(CheckpointMismatch, match="fold-in strength"):
+            load_projector(tmp_path / "bad.safetensors", projector.hidden_size, projector.cf_dim)
 
 
 def test_projector_foldin_strength_option_is_checked():
