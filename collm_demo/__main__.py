@@ -24,15 +24,14 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def foldin_strength(text: str) -> float | str:
     """--projector-foldin-l2: a positive number, or 'cf' for the CF model's own strength."""
+    from .foldin import parse_l2
+
     if text == "cf":
         return text
     try:
-        value = float(text)
+        return parse_l2(text)
     except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'cf', got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'cf', got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,10 +125,7 @@ def run(checkpoint_dir: Path, out: Path | None, llm_name: str | None = None, dat
     for method in methods:
         print(f"[ceiling] scoring {len(frame)} held-out valid rows with {method}", file=sys.stderr, flush=True)
         logits[method] = logit(pipeline.score_rows(frame, method).numpy())
-    # CF without fold-in: users unseen in training stay at the no-information vector.
-    plain_users = pipeline.cf.user_vectors(frame["user"].tolist())
-    items = pipeline.cf.item_vectors(frame["item"].tolist())
-    logits[f"{cf} without fold-in"] = logit(pipeline.cf.score_vectors(plain_users, items).numpy())
+    logits[f"{cf} without fold-in"] = logit(pipeline.cf_scores_without_foldin(frame).numpy())
     fusions = {f"fusion: {text} + {cf}": (text, cf)}
     if collm in logits:
         fusions[f"fusion: {collm} + {cf}"] = (collm, cf)

@@ -46,6 +46,17 @@ def fold_in(others: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, prio
     return x
 
 
+def parse_l2(value) -> float:
+    """A fold-in strength from text (command line, file metadata): a positive finite number."""
+    try:
+        l2 = float(value)
+    except (TypeError, ValueError):
+        l2 = float("nan")
+    if not 0 < l2 < float("inf"):
+        raise ValueError(f"a fold-in strength must be a positive number, got {value!r}")
+    return l2
+
+
 def user_l2(cf: CFModel) -> float:
     """The fold-in strength for this model's users: tuned on valid at training time, else the default."""
     return float(cf.meta.get("foldin_l2", DEFAULT_L2))

@@ -22,7 +22,7 @@ from .cf.base import CFModel, load_cf
 from .collm import CoLLM, Projector, build_prompts
 from .config import CHECKPOINT_DIR
 from .data import Dataset, load_dataset
-from .foldin import DEFAULT_L2
+from .foldin import DEFAULT_L2, parse_l2
 from .llm import LoadedLLM, load_llm
 
 METHODS = ("mf", "mf_no_foldin", "zero_shot", "text_only", "collm")  # plus "<cf>" and "collm_<cf>" for other CF backends
@@ -76,12 +76,10 @@ def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector
     # A file without a recorded fold-in strength predates the record: it was trained when the
     # strength was always DEFAULT_L2.
     try:
-        foldin_l2 = float(meta.get("foldin_l2", DEFAULT_L2))
-    except ValueError:
-        foldin_l2 = float("nan")
-    if not 0 < foldin_l2 < float("inf"):
-        raise CheckpointMismatch(f"{path}: the recorded fold-in strength {meta.get('foldin_l2')!r} is not a "
-                                 "positive number; retrain the projector (train --stage projector)")
+        foldin_l2 = parse_l2(meta.get("foldin_l2", DEFAULT_L2))
+    except ValueError as error:
+        raise CheckpointMismatch(f"{path}: the recorded fold-in strength is unusable ({error}); retrain the "
+                                 "projector (train --stage projector)") from None
     projector = Projector(cf_dim, hidden_size, foldin_l2=foldin_l2)
     projector.load_state_dict(load_file(str(path)))
     projector.eval()
@@ -156,6 +154,11 @@ class Pipeline:
                                          l2=self.token_foldin_l2() if for_tokens else None)
         return users, self.cf.item_vectors(rows["item"].tolist())
 
+    def cf_scores_without_foldin(self, rows: pd.DataFrame) -> torch.Tensor:
+        """The CF model alone, users unseen in training left at the no-information vector."""
+        users = self.cf.user_vectors(rows["user"].tolist())
+        return self.cf.score_vectors(users, self.cf.item_vectors(rows["item"].tolist()))
+
     def prompts(self, rows: pd.DataFrame, with_cf: bool):
         return build_prompts(self.model.builder, self.dataset.title, rows["history_items"].tolist(),
                              rows["history_labels"].tolist(), rows["item"].tolist(), with_cf)
@@ -168,8 +171,7 @@ class Pipeline:
             users, items = self.cf_vectors(rows)
             return self.cf.score_vectors(users, items)
         if method == MF_NO_FOLDIN:
-            users = self.cf.user_vectors(rows["user"].tolist())  # unseen users: no-information vector
-            return self.cf.score_vectors(users, self.cf.item_vectors(rows["item"].tolist()))
+            return self.cf_scores_without_foldin(rows)
         # Rows of one user with the same history share their prompt prefix: score_shared
         # encodes each distinct prefix once (about half as many as rows on ML-100K's test split).
         if method == self.collm_method:

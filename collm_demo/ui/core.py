@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from ..collm import ITEM_SLOT, USER_SLOT, prompt_text
+from ..foldin import user_l2
 from .state import MAX_CANDIDATES, AppState
 
 
@@ -163,7 +164,9 @@ def user_vector(state: AppState, profile: Profile, cf: str | None = None,
     cf = pipe.cf
     if cf is None:
         return None, "no CF model is loaded, so there is no CF vector"
-    l2 = pipe.token_foldin_l2() if for_tokens else None
+    # The strength actually used (one cache entry when both uses agree).
+    token_l2 = pipe.token_foldin_l2() if for_tokens else None
+    l2 = token_l2 if token_l2 is not None else user_l2(cf)
 
     def make():
         n = len(profile.items)
