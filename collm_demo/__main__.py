@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--out", default=None, help=f"results file (default {RESULTS_PATH}; --quick: checkpoints/results_quick.json)")
     p_eval.add_argument("--max-rows", type=int, default=None, help="evaluate a seeded subset of test rows")
     p_eval.add_argument("--methods", default=None,
-                        help="comma-separated; default mf,zero_shot,text_only,collm (or <cf>,collm_<cf> with --cf)")
+                        help="comma-separated; default mf,mf_no_foldin,zero_shot,text_only,collm (or <cf>,collm_<cf> with --cf)")
     p_eval.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
 
     sub.add_parser("embedding-map", parents=[common], help="compute the UMAP layout into assets/")
