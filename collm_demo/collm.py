@@ -7,8 +7,10 @@ A prompt is built from separately tokenised pieces, so the part before the candi
 (the *prefix*: history + user slot + "…the movie titled") is the same token sequence
 for every candidate of a user. ``score`` runs whole prompts in left-padded batches (the
 naive way); ``score_shared`` encodes each distinct prefix once, keeps its KV cache and runs
-only the candidate suffixes (same scores within 1e-4, tested); ``score_candidates`` is its
-one-user form used by the app.
+only the candidate suffixes (same scores within 1e-5, tested); ``score_candidates`` is its
+one-user form used by the app; ``inspect`` runs one prompt and keeps what the teaching views
+show. All four go through one packing function (``pack``) and one run (``CoLLM._run``); nothing
+else in the project runs the LLM or writes the CF slots.
 
 CF off = the text-only prompt (TALLRec's, no slots) through the same LLM and LoRA.
 """
@@ -16,12 +18,15 @@ CF off = the text-only prompt (TALLRec's, no slots) through the same LLM and LoR
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
+from .config import PROJECTOR_EXPAND
 from .llm import answer_token_ids
 
 USER_SLOT, ITEM_SLOT = "<UserID>", "<ItemID>"
@@ -62,6 +67,11 @@ class Prompt:
     @property
     def ids(self) -> list[int]:
         return self.prefix + self.suffix
+
+    @property
+    def item_pos(self) -> int | None:
+        """Index of the item CF token in ``ids`` (the user token's is ``user_slot``)."""
+        return None if self.item_slot is None else len(self.prefix) + self.item_slot
 
     def __len__(self) -> int:
         return len(self.prefix) + len(self.suffix)
@@ -113,9 +123,9 @@ def prompt_text(history_titles: Sequence[str], history_labels: Sequence[int] | N
 class Projector(nn.Module):
     """CoLLM's mapping module: Linear(d → 10d) → ReLU → Linear(10d → hidden), one token per ID."""
 
-    def __init__(self, cf_dim: int, hidden_size: int, expand: int = 10, foldin_l2: float | None = None):
+    def __init__(self, cf_dim: int, hidden_size: int, expand: int = PROJECTOR_EXPAND, foldin_l2: float | None = None):
         super().__init__()
-        self.cf_dim, self.hidden_size = cf_dim, hidden_size
+        self.cf_dim, self.hidden_size, self.expand = cf_dim, hidden_size, expand
         # Fold-in strength of the user vectors it was trained on (users unseen in training are
         # folded in from their history, see foldin.py); it must be fed vectors made the same way.
         # None: the CF model's own strength.
@@ -127,20 +137,114 @@ class Projector(nn.Module):
         return self.net(cf_vectors.float())
 
 
+# --------------------------------------------------------------------------- packing
+
+@dataclass
+class Batch:
+    """Token sequences padded into one tensor, ready for the LLM, with the CF slots to write."""
+
+    ids: torch.Tensor  # (B, T) token ids, padding included
+    mask: torch.Tensor  # (B, T) 1 for real tokens
+    positions: torch.Tensor  # (B, T) rotary positions of the real tokens (padding never shifts them)
+    slot_rows: torch.Tensor  # (S,) batch row of each CF slot
+    slot_cols: torch.Tensor  # (S,) column of each CF slot
+    cf: torch.Tensor | None  # (S, cf_dim) the CF vector written at each slot; None when there is no slot
+    last: torch.Tensor  # (B,) column of each row's last real token: the answer position
+
+
+def pack(seqs: Sequence[Sequence[int]], slots: Sequence[Sequence[tuple[int, torch.Tensor]]], pad_id: int,
+         left: bool, start: torch.Tensor | None = None) -> Batch:
+    """Pad ``seqs`` into a :class:`Batch`. ``slots[b]`` lists ``(index in seqs[b], cf vector)``.
+
+    ``left=True`` pads on the left, so every row ends at the last column (whole prompts, prefixes);
+    ``left=False`` pads on the right (suffixes that continue a cached prefix). ``start[b]`` is the
+    rotary position of row b's first token (the length of its cached prefix; 0 without a cache).
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    rows, cols, vectors = [], [], []
+    for b, (seq, seq_slots) in enumerate(zip(seqs, slots)):
+        offset = width - len(seq) if left else 0
+        ids[b, offset: offset + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[b, offset: offset + len(seq)] = 1
+        for index, vector in seq_slots:
+            rows.append(b), cols.append(offset + index), vectors.append(vector)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    if start is not None:
+        positions = positions + start.view(-1, 1)
+    last = torch.full((len(seqs),), width - 1) if left else mask.sum(-1) - 1
+    return Batch(ids, mask, positions, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
+                 torch.stack(vectors) if vectors else None, last)
+
+
+def plan_prefix_batches(prefix_keys: Sequence[Hashable], prefix_lengths: Sequence[int], prefix_batch: int,
+                        suffix_batch: int) -> list[list[list[int]]]:
+    """How ``score_shared`` shares work: prompts with equal ``prefix_keys`` form a group (one
+    prefix run, many suffixes); groups are ordered by prefix length and packed into batches of at
+    most ``prefix_batch`` prefixes and, where a group allows, ``suffix_batch`` suffixes.
+    Returns batches → groups → prompt indices. Pure: no model, no tensors."""
+    groups: dict[Hashable, list[int]] = {}
+    for n, key in enumerate(prefix_keys):
+        groups.setdefault(key, []).append(n)
+    ordered = sorted(groups.values(), key=lambda members: prefix_lengths[members[0]])
+    batches: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    count = 0
+    for members in ordered:
+        if current and (len(current) >= prefix_batch or count + len(members) > suffix_batch):
+            batches.append(current)
+            current, count = [], 0
+        current.append(members)
+        count += len(members)
+    if current:
+        batches.append(current)
+    return batches
+
+
 # ------------------------------------------------------------------------ the forward
 
+@dataclass
+class Inspection:
+    """One prompt through the model, with what the teaching views show (``CoLLM.inspect``)."""
+
+    prompt: Prompt
+    yes_logit: float  # logit of " Yes" at the answer position (float32 head, as in scoring)
+    no_logit: float
+    score: float  # P(Yes | {Yes, No}) = sigmoid(yes - no): exactly what ``score`` ranks by
+    p_yes: float  # P(" Yes") over the whole vocabulary
+    p_no: float
+    top: list[tuple[str, float]]  # the most likely next tokens over the whole vocabulary
+    # Only when asked for: per layer (heads, T, T) attention weights; per layer + the input
+    # (T, hidden) hidden states (index 0 = the token embeddings with the CF slots written).
+    attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def diff(self) -> float:
+        return self.yes_logit - self.no_logit
+
+
 class CoLLM(nn.Module):
-    """LLM (+ optional LoRA) + projector. Only the projector has trainable state of its own."""
+    """LLM (+ optional LoRA) + projector. Only the projector has trainable state of its own.
+
+    Every way of running the LLM goes through ``_pack`` → ``_run`` → ``answer_logit``:
+    ``forward`` (training, whole prompts), ``score`` (the naive reference), ``score_shared``
+    (prefixes once, then suffixes on their cache) and ``inspect`` (one prompt, for the views).
+    ``lock`` serialises calls that flip the LoRA switch; pipelines that share one LLM share it.
+    """
 
     def __init__(self, llm: nn.Module, tokenizer, projector: Projector | None = None,
-                 bf16: bool = False):
+                 bf16: bool = False, lock: threading.RLock | None = None):
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
         self.projector = projector
         self.bf16 = bf16  # CPU autocast; parity tests run in float32
+        self.lock = lock or threading.RLock()
         self.builder = PromptBuilder(tokenizer)
         self.yes_id, self.no_id = answer_token_ids(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # -- adapter switch: zero-shot = LoRA disabled, text_only / collm = LoRA enabled
     def adapter(self, enabled: bool):
@@ -152,6 +256,12 @@ class CoLLM(nn.Module):
         if self.bf16:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def session(self, use_lora: bool):
+        """One model call: the lock, the adapter switch and the precision, in that order."""
+        with self.lock, self.adapter(use_lora), self.autocast():
+            yield
 
     def _base(self) -> nn.Module:
         """The underlying *ForCausalLM (LoRA layers stay injected inside it)."""
@@ -173,56 +283,66 @@ class CoLLM(nn.Module):
             (slot_rows, slot_cols), torch.ones(len(slot_rows), dtype=torch.bool))
         return torch.where(mask.unsqueeze(-1), injected, embeds)
 
-    # Step 2: a padded batch → Yes-minus-No logit at the answer position.
-    def forward(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
-                item_vecs: torch.Tensor | None = None) -> torch.Tensor:
-        """Returns logit(Yes) - logit(No) per prompt; P(Yes | {Yes, No}) = sigmoid of it."""
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        slot_rows, slot_cols, vectors = [], [], []
-        for row, prompt in enumerate(prompts):
-            offset = width - len(prompt)  # left padding: the answer position is always -1
-            ids[row, offset:] = torch.tensor(prompt.ids)
-            attention[row, offset:] = 1
-            if user_vecs is not None and prompt.user_slot is not None:
-                slot_rows.append(row), slot_cols.append(offset + prompt.user_slot)
-                vectors.append(user_vecs[row])
-            if item_vecs is not None and prompt.item_slot is not None:
-                slot_rows.append(row), slot_cols.append(offset + len(prompt.prefix) + prompt.item_slot)
-                vectors.append(item_vecs[row])
-        cf = torch.stack(vectors) if vectors else None
-        embeds = self.embed(ids, torch.tensor(slot_rows, dtype=torch.long),
-                            torch.tensor(slot_cols, dtype=torch.long), cf)
-        # Explicit positions: padding must not shift the real tokens' rotary positions.
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        hidden = self._base().model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                                    use_cache=False).last_hidden_state
-        return self.answer_logit(hidden[:, -1])
+    # Step 2: the CF slots of a prompt, as (index, vector) pairs for ``pack``.
+    @staticmethod
+    def _slots(prompt: Prompt, part: str, user_vec: torch.Tensor | None,
+               item_vec: torch.Tensor | None) -> list[tuple[int, torch.Tensor]]:
+        """``part``: "all" (indices into the whole prompt), "prefix" or "suffix" (into that part)."""
+        out = []
+        if user_vec is not None and prompt.user_slot is not None and part in ("all", "prefix"):
+            out.append((prompt.user_slot, user_vec))
+        if item_vec is not None and prompt.item_slot is not None and part in ("all", "suffix"):
+            out.append((prompt.item_pos if part == "all" else prompt.item_slot, item_vec))
+        return out
 
-    # Step 3: the answer. Only the two rows of the output layer that matter, in float32
+    def _pack(self, seqs, slots, left: bool, start: torch.Tensor | None = None) -> Batch:
+        return pack(seqs, slots, self.pad_id, left, start)
+
+    # Step 3: a packed batch through the decoder (optionally continuing a cached prefix).
+    def _run(self, batch: Batch, cache=None, past_mask: torch.Tensor | None = None, **outputs):
+        """The decoder's output for ``batch``. With ``cache``, the batch continues the cached
+        prefixes, whose mask is ``past_mask``; the cache is extended in place."""
+        embeds = self.embed(batch.ids, batch.slot_rows, batch.slot_cols, batch.cf)
+        mask = batch.mask if past_mask is None else torch.cat([past_mask, batch.mask], 1)
+        return self._base().model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.positions,
+                                  cache=cache, use_cache=cache is not None, **outputs)
+
+    # Step 4: the answer. Only the two rows of the output layer that matter, in float32
     # even under bf16 autocast: a bf16 logit near 12 is only resolved to ~0.06, which
     # would make P(Yes) move in steps of ~0.015 and drown the CF on/off differences.
     def answer_logit(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """logit(Yes) - logit(No) from the final hidden state at the answer position."""
-        head = self._base().lm_head
-        rows = torch.tensor([self.yes_id, self.no_id])
-        weight = head.weight[rows].float()
-        bias = head.bias[rows].float() if getattr(head, "bias", None) is not None else None
-        with torch.autocast("cpu", enabled=False):
-            logits = torch.nn.functional.linear(last_hidden.float(), weight, bias)
+        logits = self._head(last_hidden, torch.tensor([self.yes_id, self.no_id]))
         return logits[:, 0] - logits[:, 1]
+
+    def _head(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Output-layer logits in float32 (all of the vocabulary, or only ``rows``)."""
+        head = self._base().lm_head
+        weight = head.weight if rows is None else head.weight[rows]
+        bias = getattr(head, "bias", None)
+        bias = None if bias is None else (bias if rows is None else bias[rows]).float()
+        with torch.autocast("cpu", enabled=False):
+            return torch.nn.functional.linear(hidden.float(), weight.float(), bias)
+
+    def forward(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
+                item_vecs: torch.Tensor | None = None) -> torch.Tensor:
+        """logit(Yes) - logit(No) per prompt (whole prompts, left-padded; training uses this)."""
+        batch = self._pack([p.ids for p in prompts],
+                           [self._slots(p, "all", None if user_vecs is None else user_vecs[n],
+                                        None if item_vecs is None else item_vecs[n])
+                            for n, p in enumerate(prompts)], left=True)
+        hidden = self._run(batch).last_hidden_state
+        return self.answer_logit(hidden[torch.arange(len(prompts)), batch.last])
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
               item_vecs: torch.Tensor | None = None, use_lora: bool = True, batch_size: int = 16,
               progress=None) -> torch.Tensor:
-        """P(Yes) for each prompt. Batches are formed by length to cut padding."""
+        """P(Yes) for each prompt, whole prompts in batches formed by length: the reference path."""
         order = sorted(range(len(prompts)), key=lambda n: len(prompts[n]))
         out = torch.empty(len(prompts))
         batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
-        with self.adapter(use_lora), self.autocast():
+        with self.session(use_lora):
             for batch in (progress(batches) if progress else batches):
                 logits = self.forward([prompts[n] for n in batch],
                                       None if user_vecs is None else user_vecs[batch],
@@ -244,84 +364,85 @@ class CoLLM(nn.Module):
     def score_shared(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
                      item_vecs: torch.Tensor | None = None, use_lora: bool = True, prefix_batch: int = 16,
                      suffix_batch: int = 64, progress=None) -> torch.Tensor:
-        """P(Yes) like ``score``, computed by sharing prefixes.
+        """P(Yes) like ``score``, computed by sharing prefixes (same scores within 1e-5, tested).
 
-        Prompts with the same prefix (same history, same user CF vector) form a group. The
-        distinct prefixes run once, left-padded in batches, with a KV cache; each group's
-        candidate suffixes then run right-padded on a copy of their prefix's cache, and are
-        read at their own last token. Same scores as ``score`` (tested within 1e-4).
+        Prompts with the same prefix (same history, same user CF vector) form a group: its
+        prefix runs once with a KV cache, then its candidates' suffixes run on that cache.
         """
-        from transformers import DynamicCache
-
         out = torch.empty(len(prompts))
         if not prompts:
             return out
-        groups: dict[tuple, list[int]] = {}
-        for n, p in enumerate(prompts):
-            user = None
-            if user_vecs is not None and p.user_slot is not None:
-                user = user_vecs[n].detach().float().numpy().tobytes()
-            groups.setdefault((tuple(p.prefix), user), []).append(n)
-        ordered = sorted(groups.values(), key=lambda members: len(prompts[members[0]].prefix))
-        batches, current, count = [], [], 0
-        for members in ordered:  # batches of prefixes, bounded in prefixes and in suffixes
-            if current and (len(current) >= prefix_batch or count + len(members) > suffix_batch):
-                batches.append(current)
-                current, count = [], 0
-            current.append(members)
-            count += len(members)
-        batches.append(current)
-        base = self._base()
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        with self.adapter(use_lora), self.autocast():
-            for batch in (progress(batches) if progress else batches):
-                # 1. the distinct prefixes, left-padded, user CF token injected, KV cached
-                heads = [prompts[members[0]] for members in batch]
-                width = max(len(h.prefix) for h in heads)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                rows, cols, vecs = [], [], []
-                for b, (head, members) in enumerate(zip(heads, batch)):
-                    offset = width - len(head.prefix)
-                    ids[b, offset:] = torch.tensor(head.prefix)
-                    attention[b, offset:] = 1
-                    if user_vecs is not None and head.user_slot is not None:
-                        rows.append(b), cols.append(offset + head.user_slot), vecs.append(user_vecs[members[0]])
-                embeds = self.embed(ids, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
-                                    torch.stack(vecs) if vecs else None)
-                positions = (attention.cumsum(-1) - 1).clamp(min=0)
+
+        def user(n: int) -> torch.Tensor | None:
+            return None if user_vecs is None else user_vecs[n]
+
+        def item(n: int) -> torch.Tensor | None:
+            return None if item_vecs is None else item_vecs[n]
+
+        keys = [(tuple(p.prefix), None if user(n) is None or p.user_slot is None
+                 else user(n).detach().float().numpy().tobytes()) for n, p in enumerate(prompts)]
+        plan = plan_prefix_batches(keys, [len(p.prefix) for p in prompts], prefix_batch, suffix_batch)
+        with self.session(use_lora):
+            for groups in (progress(plan) if progress else plan):
+                heads = [g[0] for g in groups]
+                prefix = self._pack([prompts[n].prefix for n in heads],
+                                    [self._slots(prompts[n], "prefix", user(n), None) for n in heads], left=True)
                 cache = DynamicCache()
-                base.model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                           cache=cache, use_cache=True)
-                prefix_len = attention.sum(-1)
-                # 2. every candidate suffix, on its own prefix's cache
-                members = [(b, n) for b, group in enumerate(batch) for n in group]
-                for start in range(0, len(members), suffix_batch):
-                    chunk = members[start: start + suffix_batch]
-                    owner = torch.tensor([b for b, _ in chunk])
-                    s_width = max(len(prompts[n].suffix) for _, n in chunk)
-                    s_ids = torch.full((len(chunk), s_width), pad, dtype=torch.long)
-                    s_mask = torch.zeros((len(chunk), s_width), dtype=torch.long)
-                    rows, cols, vecs = [], [], []
-                    for r, (_, n) in enumerate(chunk):
-                        suffix = prompts[n].suffix
-                        s_ids[r, : len(suffix)] = torch.tensor(suffix)
-                        s_mask[r, : len(suffix)] = 1
-                        if item_vecs is not None and prompts[n].item_slot is not None:
-                            rows.append(r), cols.append(prompts[n].item_slot), vecs.append(item_vecs[n])
-                    s_embeds = self.embed(s_ids, torch.tensor(rows, dtype=torch.long),
-                                          torch.tensor(cols, dtype=torch.long), torch.stack(vecs) if vecs else None)
-                    chunk_cache = DynamicCache()
-                    for layer in range(len(cache.layers)):
-                        chunk_cache.update(cache.layers[layer].keys.index_select(0, owner),
-                                           cache.layers[layer].values.index_select(0, owner), layer)
-                    s_positions = prefix_len[owner].unsqueeze(1) + torch.arange(s_width)
-                    hidden = base.model(inputs_embeds=s_embeds, attention_mask=torch.cat([attention[owner], s_mask], 1),
-                                        position_ids=s_positions, cache=chunk_cache, use_cache=True).last_hidden_state
-                    last = s_mask.sum(-1) - 1
-                    answer = self.answer_logit(hidden[torch.arange(len(chunk)), last])
+                self._run(prefix, cache)
+                members = [(g, n) for g, group in enumerate(groups) for n in group]
+                for s in range(0, len(members), suffix_batch):
+                    chunk = members[s: s + suffix_batch]
+                    owner = torch.tensor([g for g, _ in chunk])
+                    suffix = self._pack([prompts[n].suffix for _, n in chunk],
+                                        [self._slots(prompts[n], "suffix", None, item(n)) for _, n in chunk],
+                                        left=False, start=prefix.mask.sum(-1)[owner])
+                    hidden = self._run(suffix, select_rows(cache, owner), prefix.mask[owner]).last_hidden_state
+                    answer = self.answer_logit(hidden[torch.arange(len(chunk)), suffix.last])
                     out[[n for _, n in chunk]] = torch.sigmoid(answer)
         return out
+
+    @torch.no_grad()
+    def inspect(self, prompt: Prompt, user_vec: torch.Tensor | None = None, item_vec: torch.Tensor | None = None,
+                use_lora: bool = True, top_k: int = 5, attentions: bool = False,
+                hidden_states: bool = False) -> Inspection:
+        """One prompt through the same path as ``score``, keeping what the teaching views need."""
+        batch = self._pack([prompt.ids], [self._slots(prompt, "all", user_vec, item_vec)], left=True)
+        with self.session(use_lora), self._attention_weights(attentions):
+            out = self._run(batch, output_attentions=attentions, output_hidden_states=hidden_states)
+        last = out.last_hidden_state[0, -1]
+        diff = self.answer_logit(last.view(1, -1))
+        logits = self._head(last.view(1, -1))[0]
+        probs = torch.softmax(logits, -1)
+        top = torch.topk(probs, top_k)
+        decode = self.tokenizer.decode
+        return Inspection(
+            prompt=prompt, yes_logit=float(logits[self.yes_id]), no_logit=float(logits[self.no_id]),
+            score=float(torch.sigmoid(diff)[0]), p_yes=float(probs[self.yes_id]), p_no=float(probs[self.no_id]),
+            top=[(decode([int(t)]), float(p)) for p, t in zip(top.values, top.indices)],
+            attentions=tuple(a[0].float() for a in out.attentions) if attentions else None,
+            hidden_states=tuple(h[0].float() for h in out.hidden_states) if hidden_states else None)
+
+    @contextlib.contextmanager
+    def _attention_weights(self, wanted: bool):
+        """Fused attention kernels return no weights: use the eager kernel while they are asked for."""
+        config = self._base().config
+        before = config._attn_implementation
+        if not wanted or before == "eager":
+            yield
+            return
+        self._base().set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self._base().set_attn_implementation(before)
+
+
+def select_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A cache holding only batch rows ``rows`` of ``cache`` (one row per suffix that continues it)."""
+    out = DynamicCache()
+    for n, layer in enumerate(cache.layers):
+        out.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), n)
+    return out
 
 
 def build_prompts(builder: PromptBuilder, title_of, histories: Sequence[Sequence[str]],

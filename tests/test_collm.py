@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from collm_demo.collm import CoLLM, Projector, prompt_text
+from collm_demo.collm import CoLLM, Projector, pack, plan_prefix_batches, prompt_text
 from collm_demo.llm import load_llm
 from collm_demo.pipeline import CheckpointMismatch, load_projector, save_projector
 from conftest import TITLES
@@ -111,7 +111,7 @@ def test_shared_prefix_scoring_matches_full_prompts(tiny, with_cf):
     user, items = torch.randn(6), torch.randn(len(cand), 6)
     full = model.score(cand, user.expand(len(cand), -1) if with_cf else None, items if with_cf else None)
     shared = model.score_candidates(cand, user if with_cf else None, items if with_cf else None, batch_size=3)
-    torch.testing.assert_close(shared, full, atol=1e-4, rtol=0)
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
 
 
 def test_prompt_text_marks_slots_and_matches_the_paper_wording():
@@ -151,4 +151,69 @@ def test_grouped_shared_prefix_scoring_matches_full_prompts(tiny, with_cf):
     kwargs = dict(user_vecs=users if with_cf else None, item_vecs=items if with_cf else None)
     full = model.score(cand, **kwargs)
     shared = model.score_shared(cand, prefix_batch=2, suffix_batch=3, **kwargs)
-    torch.testing.assert_close(shared, full, atol=1e-4, rtol=0)
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ the batching plan and packing
+
+def test_plan_groups_equal_prefixes_and_bounds_batches():
+    keys = ["a", "b", "a", "c", "b", "a", "d"]
+    lengths = [5, 3, 5, 9, 3, 5, 1]
+    plan = plan_prefix_batches(keys, lengths, prefix_batch=2, suffix_batch=4)
+    # every prompt exactly once; a group is never split across batches
+    assert sorted(n for batch in plan for group in batch for n in group) == list(range(7))
+    assert plan == [[[6], [1, 4]], [[0, 2, 5], [3]]]  # by prefix length: d(1) b(3) | a(5) c(9)
+    for batch in plan:
+        assert len(batch) <= 2
+        assert len(batch) == 1 or sum(len(g) for g in batch) <= 4
+    assert plan_prefix_batches([], [], 2, 4) == []
+
+
+def test_pack_left_and_right_padding():
+    u, v = torch.ones(3), torch.full((3,), 2.0)
+    left = pack([[5, 6, 7], [8]], [[(1, u)], [(0, v)]], pad_id=0, left=True)
+    assert left.ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert left.mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert left.positions.tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert left.slot_rows.tolist() == [0, 1] and left.slot_cols.tolist() == [1, 2]
+    assert left.last.tolist() == [2, 2]
+    torch.testing.assert_close(left.cf, torch.stack([u, v]))
+    right = pack([[5, 6, 7], [8]], [[], [(0, v)]], pad_id=0, left=False, start=torch.tensor([4, 10]))
+    assert right.ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert right.positions[0].tolist() == [4, 5, 6] and right.positions[1, 0] == 10
+    assert right.last.tolist() == [2, 0] and right.slot_cols.tolist() == [0]
+    assert pack([[1]], [[]], 0, True).cf is None
+
+
+# ------------------------------------------------------------------ inspect: the teaching path
+
+@pytest.mark.parametrize("with_cf", [False, True])
+def test_inspect_score_equals_score_and_score_shared(tiny, with_cf):
+    _, model = tiny
+    user, items = torch.randn(6), torch.randn(3, 6)
+    cand = [model.builder.build(["Heat", "Jaws"], [1, 0], t, with_cf) for t in ("Babe", "Fargo", "Toy Story")]
+    kwargs = dict(user_vecs=user.expand(3, -1), item_vecs=items) if with_cf else {}
+    full = model.score(cand, **kwargs)
+    shared = model.score_shared(cand, **kwargs)
+    for n, prompt in enumerate(cand):
+        seen = model.inspect(prompt, user if with_cf else None, items[n] if with_cf else None)
+        assert abs(seen.score - float(full[n])) < 1e-5 and abs(seen.score - float(shared[n])) < 1e-5
+        assert abs(torch.sigmoid(torch.tensor(seen.diff)) - seen.score) < 1e-6
+        assert len(seen.top) == 5 and 0 < seen.p_yes < 1 and seen.attentions is None
+
+
+def test_inspect_returns_attentions_and_hidden_states(tiny):
+    llm, model = tiny
+    prompt = model.builder.build(["Heat"], [1], "Babe", True)
+    user, item = torch.randn(6), torch.randn(6)
+    plain = model.inspect(prompt, user, item)
+    seen = model.inspect(prompt, user, item, attentions=True, hidden_states=True)
+    layers, heads = llm.model.config.num_hidden_layers, llm.model.config.num_attention_heads
+    assert len(seen.attentions) == layers and seen.attentions[0].shape == (heads, len(prompt), len(prompt))
+    torch.testing.assert_close(seen.attentions[1].sum(-1), torch.ones(heads, len(prompt)))
+    assert len(seen.hidden_states) == layers + 1
+    with torch.no_grad():  # layer 0 holds the token embeddings with the CF tokens written in
+        torch.testing.assert_close(seen.hidden_states[0][prompt.user_slot], model.projector(user))
+        torch.testing.assert_close(seen.hidden_states[0][prompt.item_pos], model.projector(item))
+    assert abs(seen.score - plain.score) < 1e-5  # the eager kernel gives the same answer
+    assert model._base().config._attn_implementation == llm.model.config._attn_implementation

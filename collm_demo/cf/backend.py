@@ -1,0 +1,104 @@
+"""What the rest of the project knows about a CF backend: one frozen value per backend.
+
+Names, labels and colours for people; file names in a checkpoint folder; keys in the manifest
+and in ``assets/results.json``. No other module spells ``cf_<name>.safetensors`` or
+``collm_<name>``: they ask the backend's value (``collm_demo.cf.backend(name)``).
+
+MF came first and keeps its historical keys (``collm``, stage ``cf`` / ``projector``, layout
+``embedding_map.json``) so the shipped checkpoints and results stay readable; every other
+backend follows the ``<thing>_<name>`` rule. Those two rules live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Methods that are not a CF backend: the LLM alone (without / with stage-1 LoRA), and MF scored
+# the paper's way (users unseen in training left at the no-information vector).
+LLM_METHODS = {"zero_shot": ("Zero-shot LLM", "#BE4BDB"),
+               "text_only": ("Text-only LoRA (TALLRec)", "#F08C00")}
+MF_NO_FOLDIN = "mf_no_foldin"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # key on the command line (--cf), in file names and results: "mf", "lightgcn", ...
+    short: str  # in sentences and chart legends: "MF"
+    label: str  # in selectors: "MF (matrix factorisation)"
+    blurb: str  # completes "The collaborative-filtering model (MF) ...": how its vectors are made
+    colour: str  # CoLLM with this backend, in charts
+    colour_alone: str  # the CF model alone, in charts
+    vector_note: str = ""  # what the exported vectors carry beyond the taste dimensions
+    # Trains the model from a Dataset (the `train --stage cf` of this backend): (dataset, cfg, log) ->
+    # (train interactions used, CFModel, info). None = vectors come from `import-embeddings`.
+    trainer: Callable[..., Any] | None = None
+    imported: bool = False
+
+    @property
+    def legacy(self) -> bool:
+        """MF's files and keys predate the naming rule and keep their old names."""
+        return self.name == "mf"
+
+    # ---- files in a checkpoint folder
+    @property
+    def cf_file(self) -> str:
+        return f"cf_{self.name}.safetensors"
+
+    @property
+    def projector_file(self) -> str:
+        return f"projector_{self.name}.safetensors"
+
+    def layout_path(self, default: Path) -> Path:
+        """The embedding-map layout next to ``default`` (``assets/embedding_map.json`` for MF)."""
+        return default if self.legacy else default.with_name(f"{default.stem}_{self.name}{default.suffix}")
+
+    @property
+    def ceiling_file(self) -> str:
+        return "fusion_ceiling.json" if self.legacy else f"fusion_ceiling_{self.name}.json"
+
+    # ---- keys in the manifest and the results
+    @property
+    def cf_stage(self) -> str:
+        return "cf" if self.legacy else f"cf_{self.name}"
+
+    @property
+    def projector_stage(self) -> str:
+        return "projector" if self.legacy else f"projector_{self.name}"
+
+    @property
+    def alone_key(self) -> str:
+        return self.name
+
+    @property
+    def collm_key(self) -> str:
+        return "collm" if self.legacy else f"collm_{self.name}"
+
+    @property
+    def extra_methods(self) -> tuple[str, ...]:
+        """Reference rows offered with this backend (the paper's handling of new users, for MF)."""
+        return (MF_NO_FOLDIN,) if self.legacy else ()
+
+    @property
+    def alone_label(self) -> str:
+        return f"{self.short}{', imported' if self.imported else ''} (CF alone)"
+
+    @property
+    def collm_label(self) -> str:
+        if self.legacy:
+            return "CoLLM (LoRA + CF tokens)"
+        return f"CoLLM-{self.short}" + (" (imported vectors)" if self.imported else "")
+
+    @property
+    def cli_flag(self) -> str:
+        """The ``--cf`` option a command needs for this backend ('' for the default)."""
+        return "" if self.legacy else f" --cf {self.name}"
+
+    @classmethod
+    def imported_vectors(cls, name: str) -> "Backend":
+        """The description of vectors brought in with ``import-embeddings`` under ``name``."""
+        return cls(name=name, short=name.upper() if len(name) <= 4 else name, label=f"{name} (imported)",
+                   blurb="was made outside this project and imported (one vector per user and per movie)",
+                   colour="#0C8599", colour_alone="#99E9F2", imported=True)
