@@ -2,9 +2,9 @@
 
     python app.py                      # http://127.0.0.1:7860 (GRADIO_SERVER_PORT / GRADIO_SERVER_NAME to change)
 
-Configuration by environment (see collm_demo/ui/state.py): COLLM_CHECKPOINTS (default
-checkpoints/), COLLM_LLM, COLLM_DATA, COLLM_RESULTS (default assets/results.json),
-COLLM_LAYOUT (default assets/embedding_map.json), COLLM_BF16, COLLM_THREADS.
+Configuration by environment: the table in collm_demo/config.py (``SETTINGS``, printed in the
+README), read once by ``AppConfig.from_env``: COLLM_CHECKPOINTS, COLLM_LLM, COLLM_DATA, COLLM_CF,
+COLLM_RESULTS, COLLM_LAYOUT, COLLM_BF16, COLLM_THREADS, COLLM_MAX_QUEUE, COLLM_CACHE, COLLM_OFFLINE.
 
 ``from app import demo`` gives the Blocks without launching it. The model loads once per
 process, in the background, while the page is being built.
@@ -12,15 +12,13 @@ process, in the background, while the page is being built.
 
 from __future__ import annotations
 
-import os
-
 from collm_demo.ui import build_demo, launch_kwargs
 
 demo = build_demo()
 
 
 def main() -> None:
-    demo.launch(server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **launch_kwargs())
+    demo.launch(**launch_kwargs())  # gradio reads GRADIO_SERVER_PORT / GRADIO_SERVER_NAME itself
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Evaluation speed and the precision check behind it.
 
-    python benchmarks/bench_eval.py [--rows 400] [--method text_only]
+    python -m benchmarks.bench_eval [--rows 400] [--method text_only] [--save]
 
 Scores the same seeded subset of test rows three ways and prints time and AUC:
   1. float32, batches in data order (the naive way);
@@ -8,6 +8,8 @@ Scores the same seeded subset of test rows three ways and prints time and AUC:
   3. bf16 autocast, sorted (what `evaluate` uses).
 bf16 is only acceptable if its AUC stays within 1e-3 of float32; the script prints the
 difference and the extrapolated time for the full test split, for all three LLM methods.
+``--save`` writes the figures to benchmarks/results/bench_eval.json and regenerates the
+table in docs/performance.md. Run from the repository root.
 """
 
 from __future__ import annotations
@@ -15,15 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from collm_demo.config import CHECKPOINT_DIR  # noqa: E402
-from collm_demo.pipeline import load_pipeline  # noqa: E402
+from collm_demo.config import CHECKPOINT_DIR
+from collm_demo.pipeline import load_pipeline
 
 
 def main() -> None:
@@ -31,6 +30,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--method", default="collm")
     parser.add_argument("--checkpoints", default=str(CHECKPOINT_DIR))
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/bench_eval.json and regenerate docs/performance.md")
     args = parser.parse_args()
     pipeline = load_pipeline(args.checkpoints)
     test = pipeline.dataset.split("test")
@@ -73,6 +74,18 @@ def main() -> None:
     print(f"extrapolated full test split, 3 LLM methods: naive {3 * base_t / len(rows) * full / 60:.1f} min, "
           f"evaluate's way {3 * bf_t / len(rows) * full / 60:.1f} min")
     print(f"SPEED-UP sorted+bf16 over naive fp32: {base_t / bf_t:.2f}x")
+    if args.save:
+        from benchmarks.report import save
+
+        save("bench_eval", {
+            "rows": len(rows), "method": args.method, "test_rows": full, "threads": torch.get_num_threads(),
+            "seconds": {name: round(r[0], 2) for name, r in results.items()},
+            "auc": {name: round(r[1], 4) for name, r in results.items()},
+            "naive_full_min": round(3 * base_t / len(rows) * full / 60, 1),
+            "evaluate_way_full_min": round(3 * bf_t / len(rows) * full / 60, 1),
+            "bf16_fp32_auc_diff": round(abs(bf_auc - base_auc), 4),
+            "bf16_fp32_max_score_diff": round(float((bf_scores - base_scores).abs().max()), 4),
+            "speedup": round(base_t / bf_t, 2)}, sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Scoring latency: naive full-prompt batches vs shared-prefix (KV cache) for one user.
 
-    python benchmarks/bench_scoring.py [--repeats 3] [--checkpoints checkpoints]
+    python -m benchmarks.bench_scoring [--repeats 3] [--checkpoints checkpoints] [--save]
 
 For K = 1, 10, 20, 50 candidates and both modes (CF off / on) prints the median latency
 of naive batched full-prompt scoring, of shared-prefix scoring, and their ratio; then
 the median time of the app's "compare on and off" (both modes, shared prefix) for
 20 candidates. Also checks that both paths give the same scores (max |diff|).
-All numbers come from this one run; ratios are printed last.
+All numbers come from this one run; ratios are printed last. ``--save`` writes them to
+benchmarks/results/bench_scoring.json and regenerates the table in docs/performance.md.
+Run from the repository root.
 """
 
 from __future__ import annotations
@@ -15,14 +17,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from collm_demo.config import CHECKPOINT_DIR  # noqa: E402
-from collm_demo.pipeline import load_pipeline  # noqa: E402
+from collm_demo.config import CHECKPOINT_DIR
+from collm_demo.pipeline import load_pipeline
 
 
 def median_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -40,6 +39,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoints", default=str(CHECKPOINT_DIR))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/bench_scoring.json and regenerate docs/performance.md")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,6 +102,19 @@ def main() -> None:
     for k, mode, _, _, ratio, _ in results:
         if k == 20:
             print(f"RATIO K=20 CF {mode.strip()}: {ratio:.2f}x (goal >= 3)")
+    if args.save:
+        from benchmarks.report import save
+
+        ratio = {"off": {}, "on": {}}
+        for k, mode, _, _, r, _ in results:
+            ratio[mode.strip()][str(k)] = round(r, 2)
+        save("bench_scoring", {
+            "precision": "bf16", "threads": torch.get_num_threads(), "repeats": args.repeats, "ratio": ratio,
+            "rows": [{"k": k, "cf": mode.strip(), "naive_s": round(n, 4), "shared_s": round(s, 4),
+                      "max_abs_diff": diff} for k, mode, n, s, _, diff in results],
+            "max_abs_diff": round(max(r[5] for r in results), 4),
+            "compare_median_s": {p: round(statistics.median(t), 2) for p, t in compare_times.items()}},
+            sys.argv[1:])
 
 
 if __name__ == "__main__":

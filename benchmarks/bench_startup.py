@@ -1,15 +1,18 @@
 """Start-up time and memory of the app.
 
-    python benchmarks/bench_startup.py
+    python -m benchmarks.bench_startup [--save]
 
 Measures, from process start to the first answered /compare request:
   * first start: an empty conversion cache (the GGUF is dequantised into safetensors);
   * warm start: the converted cache exists (the normal case), twice.
-The server's peak RSS (VmHWM) is read from /proc after the first request. Printed last.
+The server's peak RSS (VmHWM) is read from /proc after the first request. Printed last;
+``--save`` writes benchmarks/results/bench_startup.json and regenerates the table in
+docs/performance.md. Run from the repository root (it imports tests/_launch.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -17,10 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._server import AppServer, rss_mb  # noqa: E402
-from collm_demo import assets  # noqa: E402
+from collm_demo import assets
+from tests._launch import AppServer, rss_mb
 
 
 def start_once(env: dict) -> tuple[float, float]:
@@ -32,6 +33,10 @@ def start_once(env: dict) -> tuple[float, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/bench_startup.json and regenerate docs/performance.md")
+    args = parser.parse_args()
     assets.require("llm"), assets.require("data")
     real_cache = assets.cache_dir()
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,6 +55,14 @@ def main() -> None:
     best = min(w[0] for w in warm)
     print(f"\nFIRST START {first:.1f} s | WARM START {best:.1f} s (goal < 10 s) | "
           f"PEAK RSS {max(w[1] for w in warm):.0f} MB (goal < 2500 MB), threads {os.cpu_count()} CPUs")
+    if args.save:
+        from benchmarks.report import save
+
+        save("bench_startup", {
+            "first_start_s": round(first, 1), "warm_start_s": round(best, 1),
+            "warm_starts_s": [round(w[0], 1) for w in warm],
+            "warm_peak_rss_gb": round(max(w[1] for w in warm) / 1000, 2),
+            "first_start_peak_rss_gb": round(first_rss / 1000, 2)}, sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Load test of /compare: many concurrent gradio_client clients against one app on loopback.
 
-    python benchmarks/load_compare.py [--clients 16] [--requests 10] [--rounds 2]
+    python -m benchmarks.load_compare [--clients 16] [--requests 10] [--rounds 2] [--save]
 
 Every request must succeed and equal the serial result for the same input (within 1e-5),
 whatever else is queued and in whatever order requests arrive; the server's RSS must grow
-by less than 150 MB over all requests. The figures are printed last.
+by less than 150 MB over all requests. The figures are printed last; ``--save`` writes them
+to benchmarks/results/load_compare.json and regenerates the table in docs/performance.md.
+Run from the repository root (it imports tests/_launch.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,8 @@ import random
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._server import AppServer, rss_mb  # noqa: E402
+from tests._launch import AppServer, rss_mb
 
 INPUTS = [("1", "1, 50, 100"), ("13", "181, 258, 286, 294"), ("42", "7, 9"), ("7", "50"),
           ("92", "1, 2, 3, 4, 5, 6"), ("200", "172, 173, 174"), ("303", "50, 1"), ("450", "313, 300, 288"),
@@ -37,6 +36,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=10, help="per client per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--log", default=None)
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/load_compare.json and regenerate docs/performance.md")
     args = parser.parse_args()
     with AppServer(log_path=args.log) as server:
         client = server.client()
@@ -95,6 +96,15 @@ def main() -> int:
           f"(growth {rss_end - rss_start:+.0f} MB, must be < 150); peak {peak:.0f} MB")
     passed = ok == total and worst <= 1e-5 and rss_end - rss_start < 150
     print("LOAD TEST", "PASSED" if passed else "FAILED")
+    if args.save:
+        from benchmarks.report import save
+
+        save("load_compare", {
+            "clients": args.clients, "requests": args.requests, "rounds": args.rounds, "total": total, "ok": ok,
+            "seconds": round(elapsed, 1), "requests_per_s": round(total / elapsed, 2),
+            "latency_median_s": round(latencies[len(latencies) // 2], 2) if latencies else None,
+            "max_diff": worst, "order_diff": order_diff, "rss_start_mb": round(rss_start),
+            "rss_end_mb": round(rss_end), "peak_rss_mb": round(peak), "passed": passed}, sys.argv[1:])
     return 0 if passed else 1
 
 

@@ -1,4 +1,9 @@
-"""Command line: python -m collm_demo {fetch,train,evaluate,import-embeddings,embedding-map,ceiling}."""
+"""Command line: python -m collm_demo {fetch,train,evaluate,import-embeddings,embedding-map,ceiling,settings}.
+
+Each subcommand is one ``cmd_<name>(args)`` function. A user's mistake (a bad path, data that
+cannot be read, checkpoints that do not fit) is a ``CoLLMError``: printed on one line, exit
+status 2, no traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,184 @@ import json
 import sys
 from pathlib import Path
 
-from .config import CHECKPOINT_DIR, RESULTS_PATH, QuickConfig, TrainConfig
+from .config import (
+    ASSETS_DIR,
+    CEILING_ROWS,
+    CHECKPOINT_DIR,
+    DEFAULT_CF,
+    DEVICES,
+    PRECISIONS,
+    PROJECT_ROOT,
+    PROTOCOLS,
+    QUICK_ROWS,
+    RESULTS_PATH,
+    ProtocolConfig,
+    QuickConfig,
+    TrainConfig,
+    settings_table,
+    torchrun_env,
+)
+from .errors import CoLLMError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def foldin_strength(text: str) -> float | str:
+    """--projector-foldin-l2: a positive number, or 'cf' for the CF model's own strength."""
+    if text == "cf":
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'cf', got {text!r}") from None
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The training configuration, with the command line's overrides (those it has and was given)."""
     cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
-    for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim"):
+    for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim", "batch_size", "grad_accum",
+                 "lora_dropout", "device", "precision"):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
+    for flag in ("gradient_checkpointing", "load_bf16"):
+        if getattr(args, flag, False):
+            setattr(cfg, flag, True)
     foldin = getattr(args, "projector_foldin_l2", None)
     if foldin is not None:
         cfg.projector_foldin_l2 = None if foldin == "cf" else foldin
     return cfg
 
 
-def foldin_strength(text: str) -> float | str:
-    """--projector-foldin-l2: a positive number, or 'cf' for the CF model's own strength."""
-    from .foldin import parse_l2
+def runtime(args: argparse.Namespace):
+    """The device and precision ``--device`` / ``--precision`` ask for (``auto``: see device.py)."""
+    from .device import Runtime
 
-    if text == "cf":
-        return text
-    try:
-        return parse_l2(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'cf', got {text!r}") from None
+    return Runtime.choose(args.device, args.precision)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m collm_demo", description=__doc__)
+def protocol(args: argparse.Namespace) -> ProtocolConfig:
+    return ProtocolConfig.named(args.protocol)
+
+
+# ------------------------------------------------------------------------ commands
+
+def cmd_fetch(args) -> int:
+    from . import assets
+
+    assets.fetch("data", verify=args.verify)
+    assets.fetch("llm", verify=args.verify)
+    assets.ensure_converted_llm()
+    print(f"assets ready in {assets.cache_dir()}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from . import train
+
+    stages = list(train.STAGES) if args.stage == "all" else [args.stage]
+    manifest = train.run(stages, train_config(args), Path(args.checkpoints), args.llm, args.data, args.quick,
+                         args.argv, cf_name=args.cf, protocol=protocol(args))
+    if (torchrun_env() or (0,))[0] == 0:  # under torchrun: rank 0 speaks for all
+        print(json.dumps({k: v for k, v in manifest["stages"].items() if k.split("_")[0] in stages},
+                         indent=1, default=str)[:4000])
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import evaluate
+
+    out = Path(args.out) if args.out else (Path(args.checkpoints) / "results_quick.json" if args.quick else RESULTS_PATH)
+    max_rows = args.max_rows if args.max_rows is not None else (QUICK_ROWS if args.quick else None)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    evaluate.run(Path(args.checkpoints), out, args.llm, args.data, methods, max_rows, cf_name=args.cf,
+                 seed=args.seed, write_readme=not (args.no_readme or args.quick or args.max_rows), argv=args.argv,
+                 runtime=runtime(args), protocol=protocol(args))
+    return 0
+
+
+def cmd_import_embeddings(args) -> int:
+    from . import train
+    from .cf import backend, import_embeddings, trainable_backends
+    from .checkpoints import read_manifest, record_cf, write_manifest
+    from .data import load_dataset
+    from .errors import InputError
+
+    if args.name in trainable_backends():
+        raise InputError(f"--name {args.name!r} is taken by a built-in CF model; choose another name")
+    dataset = load_dataset(args.data, protocol(args))
+    cf = import_embeddings(args.users, args.items, set(dataset.interactions["user"]), set(dataset.items.index),
+                           args.user_ids, args.item_ids, args.name)
+    out = Path(args.checkpoints)
+    out.mkdir(parents=True, exist_ok=True)
+    cf.save(out / backend(args.name).cf_file)
+    manifest = read_manifest(out)
+    record_cf(manifest, args.name, cf, source=[args.users, args.items])
+    write_manifest(manifest, out)
+    print(f"imported {len(cf.user_ids)} users and {len(cf.item_ids)} items, dim {cf.dim} → {out}")
+    if not args.no_train:
+        train.run(["projector"], train_config(args), out, args.llm, args.data, args.quick, args.argv,
+                  cf_name=args.name, protocol=protocol(args))
+    return 0
+
+
+def cmd_embedding_map(args) -> int:
+    from . import embedding_map
+
+    embedding_map.run(Path(args.checkpoints), args.llm, args.data, quick=args.quick, cf_name=args.cf,
+                      runtime=runtime(args), protocol=protocol(args))
+    return 0
+
+
+def cmd_ceiling(args) -> int:
+    from . import ceiling
+    from .cf import backend
+
+    name = backend(args.cf).ceiling_file
+    out = Path(args.out) if args.out else (Path(args.checkpoints) / name if args.quick else ASSETS_DIR / name)
+    rows = args.rows if args.rows is not None else (QUICK_ROWS if args.quick else CEILING_ROWS)
+    ceiling.run(Path(args.checkpoints), out, args.llm, args.data, args.cf, rows, train_config(args), args.argv,
+                runtime=runtime(args), protocol=protocol(args))
+    return 0
+
+
+def cmd_settings(args) -> int:
+    from .markers import replace_block
+
+    if args.readme:
+        readme = PROJECT_ROOT / "README.md"
+        if not replace_block(readme, "settings", settings_table()):
+            raise CoLLMError(f"{readme} has no settings block (<!-- settings:start --> … <!-- settings:end -->)")
+        print(f"settings table written into {readme}")
+    else:
+        print(settings_table())
+    return 0
+
+
+COMMANDS = {"fetch": cmd_fetch, "train": cmd_train, "evaluate": cmd_evaluate,
+            "import-embeddings": cmd_import_embeddings, "embedding-map": cmd_embedding_map,
+            "ceiling": cmd_ceiling, "settings": cmd_settings}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m collm_demo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_fetch = sub.add_parser("fetch", help="download + verify the embedded LLM and data, convert the LLM once")
@@ -48,22 +201,33 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--checkpoints", default=str(CHECKPOINT_DIR), help="checkpoint folder")
     common.add_argument("--quick", action="store_true", help="tiny slice of the same code, for tests")
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--cf", default="mf", help="CF backend: mf, lightgcn, or a name given to import-embeddings")
+    common.add_argument("--cf", default=DEFAULT_CF, help="CF backend: mf, lightgcn, sasrec, or a name given to import-embeddings")
+    common.add_argument("--protocol", choices=PROTOCOLS, default="global",
+                        help="global: time-sorted 80/10/10 (default); collm-ml1m: the CoLLM paper's monthly ML-1M split")
+    common.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where the LLM runs (auto: CUDA if present, then MPS, else the CPU)")
+    common.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="fp32 or bf16 autocast (auto: bf16 only where the hardware computes it natively)")
 
     p_train = sub.add_parser("train", parents=[common], help="train CF / LoRA / projector")
     p_train.add_argument("--stage", choices=["cf", "lora", "projector", "all"], default="all")
-    p_train.add_argument("--lora-rows", type=int, default=None)
-    p_train.add_argument("--projector-rows", type=int, default=None)
-    p_train.add_argument("--lora-lr", type=float, default=None)
-    p_train.add_argument("--projector-lr", type=float, default=None)
-    p_train.add_argument("--cf-dim", type=int, default=None)
+    p_train.add_argument("--lora-rows", type=positive_int, default=None)
+    p_train.add_argument("--projector-rows", type=positive_int, default=None)
+    p_train.add_argument("--lora-lr", type=positive_float, default=None)
+    p_train.add_argument("--projector-lr", type=positive_float, default=None)
+    p_train.add_argument("--cf-dim", type=positive_int, default=None)
+    p_train.add_argument("--batch-size", type=positive_int, default=None, help="rows per micro-batch (per process under torchrun)")
+    p_train.add_argument("--grad-accum", type=positive_int, default=None, help="micro-batches per optimiser step")
+    p_train.add_argument("--lora-dropout", type=float, default=None)
+    p_train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (large LLMs)")
+    p_train.add_argument("--load-bf16", action="store_true", help="keep the frozen base weights in bf16 (large LLMs)")
     p_train.add_argument("--projector-foldin-l2", type=foldin_strength, default=None,
                          help="fold-in strength of the user vectors stage 2 trains on (default 1.0; 'cf': the CF "
                               "model's own, tuned for scoring alone)")
 
     p_eval = sub.add_parser("evaluate", parents=[common], help="AUC/UAUC on the test split, all/warm/cold")
     p_eval.add_argument("--out", default=None, help=f"results file (default {RESULTS_PATH}; --quick: checkpoints/results_quick.json)")
-    p_eval.add_argument("--max-rows", type=int, default=None, help="evaluate a seeded subset of test rows")
+    p_eval.add_argument("--max-rows", type=positive_int, default=None, help="evaluate a seeded subset of test rows")
     p_eval.add_argument("--methods", default=None,
                         help="comma-separated; default mf,mf_no_foldin,zero_shot,text_only,collm (or <cf>,collm_<cf> with --cf)")
     p_eval.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
@@ -78,81 +242,44 @@ def main(argv: list[str] | None = None) -> int:
     p_imp.add_argument("--user-ids", default=None, help="ids of the user rows (.json list or .txt lines)")
     p_imp.add_argument("--item-ids", default=None, help="ids of the item rows (.json list or .txt lines)")
     p_imp.add_argument("--no-train", action="store_true", help="only validate and save the vectors")
-    p_imp.add_argument("--projector-rows", type=int, default=None)
-    p_imp.add_argument("--projector-lr", type=float, default=None)
+    p_imp.add_argument("--projector-rows", type=positive_int, default=None)
+    p_imp.add_argument("--projector-lr", type=positive_float, default=None)
 
     p_ceil = sub.add_parser("ceiling", parents=[common],
                             help="how much the text adds on top of CF: cross-fitted fusion on held-out valid rows")
-    p_ceil.add_argument("--rows", type=int, default=None, help="held-out valid rows to score (default 1600; --quick 48)")
+    p_ceil.add_argument("--rows", type=positive_int, default=None,
+                        help=f"held-out valid rows to score (default {CEILING_ROWS}; --quick {QUICK_ROWS})")
     p_ceil.add_argument("--out", default=None, help="report file (default assets/fusion_ceiling[_<cf>].json; "
                                                     "--quick: checkpoints folder)")
 
-    args = parser.parse_args(argv)
-    if args.command == "fetch":
-        from . import assets
+    p_set = sub.add_parser("settings", help="the table of environment variables (the README's settings table)")
+    p_set.add_argument("--readme", action="store_true", help="write it into README.md between its markers")
+    return parser
 
-        assets.fetch("data", verify=args.verify)
-        assets.fetch("llm", verify=args.verify)
-        assets.ensure_converted_llm()
-        print(f"assets ready in {assets.cache_dir()}")
-        return 0
-    if args.command == "train":
-        from . import train
 
-        cfg = train_config(args)
-        stages = list(train.STAGES) if args.stage == "all" else [args.stage]
-        manifest = train.run(stages, cfg, Path(args.checkpoints), args.llm, args.data, args.quick, argv,
-                             cf_name=args.cf)
-        print(json.dumps({k: v for k, v in manifest["stages"].items() if k.split("_")[0] in stages},
-                         indent=1, default=str)[:4000])
-        return 0
-    if args.command == "evaluate":
-        from . import evaluate
+def check_paths(args) -> None:
+    """The folders a command was given, checked before anything heavy is imported or loaded."""
+    from .errors import CheckpointError, DataError
 
-        out = Path(args.out) if args.out else (Path(args.checkpoints) / "results_quick.json" if args.quick else RESULTS_PATH)
-        max_rows = args.max_rows if args.max_rows is not None else (48 if args.quick else None)
-        methods = args.methods.split(",") if args.methods else None
-        evaluate.run(Path(args.checkpoints), out, args.llm, args.data, methods, max_rows, cf_name=args.cf,
-                     seed=args.seed, write_readme=not (args.no_readme or args.quick or args.max_rows), argv=argv)
-        return 0
-    if args.command == "import-embeddings":
-        from . import train
-        from .cf.imported import import_embeddings
-        from .data import load_dataset
-        from .pipeline import read_manifest, write_manifest
+    data = getattr(args, "data", None)
+    if data is not None and not Path(data).is_dir():
+        raise DataError(f"data path {data} " + ("is not a folder" if Path(data).exists() else "does not exist"))
+    checkpoints = getattr(args, "checkpoints", None)
+    if checkpoints is not None and Path(checkpoints).exists() and not Path(checkpoints).is_dir():
+        raise CheckpointError(f"checkpoint folder {checkpoints} is a file, not a folder")
 
-        if args.name in train.CF_TRAINERS:
-            raise SystemExit(f"--name {args.name!r} is taken by a built-in CF model; choose another name")
-        dataset = load_dataset(args.data)
-        cf = import_embeddings(args.users, args.items, set(dataset.interactions["user"]), set(dataset.items.index),
-                               args.user_ids, args.item_ids, args.name)
-        out = Path(args.checkpoints)
-        out.mkdir(parents=True, exist_ok=True)
-        cf.save(out / f"cf_{args.name}.safetensors")
-        manifest = read_manifest(out)
-        manifest.setdefault("cf", {})[args.name] = {
-            "file": f"cf_{args.name}.safetensors", "kind": cf.kind, "vector_dim": cf.dim,
-            "users": len(cf.user_ids), "items": len(cf.item_ids), "source": [args.users, args.items]}
-        write_manifest(manifest, out)
-        print(f"imported {len(cf.user_ids)} users and {len(cf.item_ids)} items, dim {cf.dim} → {out}")
-        if not args.no_train:
-            train.run(["projector"], train_config(args), out, args.llm, args.data, args.quick, argv, cf_name=args.name)
-        return 0
-    if args.command == "embedding-map":
-        from . import embedding_map
 
-        embedding_map.run(Path(args.checkpoints), args.llm, args.data, quick=args.quick, cf_name=args.cf)
-        return 0
-    if args.command == "ceiling":
-        from . import ceiling
-        from .config import ASSETS_DIR
-
-        name = "fusion_ceiling.json" if args.cf == "mf" else f"fusion_ceiling_{args.cf}.json"
-        out = Path(args.out) if args.out else (Path(args.checkpoints) / name if args.quick else ASSETS_DIR / name)
-        rows = args.rows if args.rows is not None else (48 if args.quick else 1600)
-        ceiling.run(Path(args.checkpoints), out, args.llm, args.data, args.cf, rows, train_config(args), argv)
-        return 0
-    return 2
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        check_paths(args)
+        return COMMANDS[args.command](args)
+    except CoLLMError as err:
+        message = " ".join(str(err).split())  # one line, whatever the cause wrote
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

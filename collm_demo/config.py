@@ -19,6 +19,8 @@ RESULTS_PATH = ASSETS_DIR / "results.json"
 LAYOUT_PATH = ASSETS_DIR / "embedding_map.json"  # MF's; other backends: embedding_map_<name>.json
 DEFAULT_LLM = "embedded:SmolLM2-135M-Instruct"
 DEFAULT_CF = "mf"
+DEVICES = ("auto", "cpu", "cuda", "mps")  # --device / COLLM_DEVICE (see device.py)
+PRECISIONS = ("auto", "fp32", "bf16")  # --precision / COLLM_PRECISION
 
 # --- the model (CoLLM's design; changing these changes the checkpoints' shapes)
 PROJECTOR_EXPAND = 10  # projector: Linear(d -> 10 d) -> ReLU -> Linear(10 d -> hidden), as in the paper
@@ -41,8 +43,10 @@ SETTINGS = (
     ("COLLM_RESULTS", "`assets/results.json`", "evaluation results shown on the Warm vs cold tab"),
     ("COLLM_LAYOUT", "`assets/embedding_map.json`", "embedding-map layout (other backends: "
                                                    "`embedding_map_<name>.json` beside it)"),
-    ("COLLM_BF16", "`0` (float32)", "`1`: score with bf16 autocast in the app (coarser P(Yes); slower on CPUs "
-                                    "without bf16 units)"),
+    ("COLLM_DEVICE", "`auto`", "where the app runs the LLM: `auto` (CUDA if present, then MPS, else the CPU), "
+                               "`cpu`, `cuda`, `mps` (the CLI's `--device`)"),
+    ("COLLM_PRECISION", "`auto`", "`fp32` or `bf16` autocast; `auto` = bf16 only where the hardware computes it "
+                                  "natively (the CLI's `--precision`)"),
     ("COLLM_THREADS", "torch's default", "CPU threads for torch in the app"),
     ("COLLM_MAX_QUEUE", "`64`", "requests that may wait in the app's queue before new ones are refused"),
     ("COLLM_CACHE", "`~/.cache/collm_demo`", "where fetched assets and the converted LLM live (~700 MB)"),
@@ -62,8 +66,12 @@ def offline() -> bool:
     return os.environ.get("COLLM_OFFLINE", "").strip() == "1"
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes")
+def torchrun_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by ``torchrun`` with more than one process."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"]))
 
 
 @dataclass
@@ -76,7 +84,8 @@ class AppConfig:
     results_path: Path = RESULTS_PATH
     layout_path: Path = LAYOUT_PATH
     cf_name: str = DEFAULT_CF
-    bf16: bool = False  # float32 by default: bf16 logits would make P(Yes) move in ~0.015 steps
+    device: str = "auto"  # see device.py
+    precision: str = "auto"  # bf16 only where native; the answer head stays float32 either way
     threads: int | None = None
     max_queue: int = 64
 
@@ -89,7 +98,8 @@ class AppConfig:
                    results_path=Path(env.get("COLLM_RESULTS") or RESULTS_PATH),
                    layout_path=Path(env.get("COLLM_LAYOUT") or LAYOUT_PATH),
                    cf_name=env.get("COLLM_CF") or DEFAULT_CF,
-                   bf16=_flag(env.get("COLLM_BF16")),
+                   device=(env.get("COLLM_DEVICE") or "auto").strip().lower(),
+                   precision=(env.get("COLLM_PRECISION") or "auto").strip().lower(),
                    threads=int(env["COLLM_THREADS"]) if env.get("COLLM_THREADS", "").strip() else None,
                    max_queue=int(env.get("COLLM_MAX_QUEUE") or 64))
 
@@ -101,12 +111,33 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
+PROTOCOLS = ("global", "collm-ml1m")  # --protocol
+
+
 @dataclass
 class ProtocolConfig:
+    name: str = "global"  # "global": time-sorted 80/10/10; "collm-ml1m": the paper's monthly split (below)
     positive_rating: float = 4.0  # label = 1 iff rating >= this (CoLLM's choice for MovieLens)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # global time split train/valid/test
     history_len: int = 10  # at most this many interactions strictly before a row are shown
     warm_min: int = 3  # warm = user AND item each have >= this many train interactions
+    # The paper's ML-1M protocol (its public preprocessing): months counted from the data's first
+    # month; months 14-23 train, 24-28 valid, 29-33 test, the rest dropped; the history holds
+    # only liked items; rows with an empty history are kept.
+    month_splits: tuple[tuple[int, int], ...] = ()  # inclusive (first, last) month of train, valid, test
+    history_positive_only: bool = False
+    keep_empty_history: bool = False
+
+    @classmethod
+    def named(cls, name: str) -> ProtocolConfig:
+        if name == "global":
+            return cls()
+        if name == "collm-ml1m":
+            return cls(name=name, month_splits=((14, 23), (24, 28), (29, 33)), history_positive_only=True,
+                       keep_empty_history=True)
+        from .errors import InputError
+
+        raise InputError(f"protocol {name!r} is not one of {', '.join(PROTOCOLS)}")
 
 
 @dataclass
@@ -140,7 +171,12 @@ class TrainConfig:
     eval_every: int = 30  # optimiser steps between early-stopping checks
     eval_rows: int = 400  # fixed early-stopping subset of valid rows (never trained on)
     patience: int = 4  # early-stopping checks without improvement before stopping
-    bf16: bool = True  # CPU autocast: 2.5x faster on a CPU with bf16 units, AUC within 0.001 (measured)
+    # --- where and how (see device.py): "auto" = CUDA if present; bf16 only where the hardware has it
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; the answer head stays float32)
+    # --- memory options for a large LLM (a 7B model on a 24 GB card needs all three)
+    load_bf16: bool = False  # keep the frozen base weights in bf16 (half the memory of float32)
+    gradient_checkpointing: bool = False  # recompute activations in backward instead of storing them
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ProtocolConfig
+from .assets import require
+from .config import ProtocolConfig, TrainConfig
+from .errors import DataError
 
 SPLITS = ("train", "valid", "test")
 ML100K_GENRES = [
@@ -32,9 +34,6 @@ ML100K_GENRES = [
     "Romance", "Sci-Fi", "Thriller", "War", "Western",
 ]
 
-
-class DataError(ValueError):
-    """A data file is malformed; the message names the file, line and reason."""
 
 
 @dataclass
@@ -224,16 +223,13 @@ def detect_format(folder: Path) -> str:
 def load_interactions(path: str | os.PathLike | None = None) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     """Load (name, interactions, items). ``None`` = the embedded ML-100K (fetched if needed)."""
     if path is None:
-        path = os.environ.get("COLLM_DATA") or None
-    if path is None:
-        from .assets import require
-
         folder = require("data")
         inter, items = _load_recbole(folder, "ml-100k")
         return "ml-100k", *_finish(inter, items, str(folder / "ml-100k.inter"), first_line=2)
     folder = Path(path)
     if not folder.is_dir():
-        raise DataError(f"data path {folder} is not a folder")
+        raise DataError(f"data path {folder} does not exist" if not folder.exists()
+                        else f"data path {folder} is not a folder")
     fmt = detect_format(folder)
     if fmt == "recbole":
         stem = next(folder.glob("*.inter")).stem
@@ -267,12 +263,36 @@ def split_by_time(inter: pd.DataFrame, fractions: tuple[float, float, float]) ->
     return inter
 
 
+def month_index(timestamps: pd.Series) -> np.ndarray:
+    """Months since the data's first month (the paper: (year − first year) × 12 + month, shifted to 0)."""
+    when = pd.to_datetime(timestamps, unit="s", utc=True)
+    months = (when.dt.year * 12 + when.dt.month).to_numpy()
+    return months - months.min()
+
+
+def split_by_month(inter: pd.DataFrame, month_splits: tuple[tuple[int, int], ...]) -> pd.DataFrame:
+    """CoLLM's ML-1M split: each split is a range of months; rows in no range are dropped."""
+    inter = inter.sort_values(["timestamp", "user", "item"], kind="stable").reset_index(drop=True)
+    months = month_index(inter["timestamp"])
+    split = np.full(len(inter), None, dtype=object)
+    for name, (first, last) in zip(SPLITS, month_splits):
+        split[(months >= first) & (months <= last)] = name
+    inter["split"] = split
+    return inter[inter["split"].notna()].reset_index(drop=True)
+
+
 def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
                    protocol: ProtocolConfig | None = None) -> Dataset:
     protocol = protocol or ProtocolConfig()
     inter = inter.copy()
     inter["label"] = (inter["rating"] >= protocol.positive_rating).astype(np.int64)
-    inter = split_by_time(inter, protocol.split)
+    if protocol.month_splits:
+        inter = split_by_month(inter, protocol.month_splits)
+        if not len(inter):
+            raise DataError(f"{name}: no interaction falls in the months of protocol {protocol.name!r} "
+                            f"({protocol.month_splits})")
+    else:
+        inter = split_by_time(inter, protocol.split)
     train = inter[inter["split"] == "train"]
     user_train = train["user"].value_counts()
     item_train = train["item"].value_counts()
@@ -289,9 +309,17 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
         its = group["item"].tolist()
         labs = group["label"].tolist()
         start = 0  # first index of the current equal-timestamp block
+        liked_at = [n for n, y in enumerate(labs) if y]  # positions of the liked interactions
+        liked_before = np.cumsum([0] + labs)  # liked_before[j] = liked interactions among the first j
         for j in range(len(idx)):
             if j > 0 and stamps[j] != stamps[j - 1]:
                 start = j
+            if protocol.history_positive_only:
+                count = int(liked_before[start])
+                earlier = liked_at[max(0, count - k): count]
+                hist_items[idx[j]] = tuple(its[n] for n in earlier)
+                hist_labels[idx[j]] = tuple(1 for _ in earlier)
+                continue
             lo = max(0, start - k)
             hist_items[idx[j]] = tuple(its[lo:start])
             hist_labels[idx[j]] = tuple(labs[lo:start])
@@ -303,7 +331,7 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
     inter["cold_item"] = inter["item_train_count"] < protocol.warm_min
     inter["warm"] = ~(inter["cold_user"] | inter["cold_item"])
     has_history = inter["history_items"].map(len) > 0
-    rows = inter[has_history].reset_index(drop=True)
+    rows = inter[has_history | protocol.keep_empty_history].reset_index(drop=True)
 
     counts: dict = {"interactions": int(len(inter)), "users": int(inter["user"].nunique()),
                     "items": int(len(items)), "dropped_no_history": {}, "splits": {}}
@@ -335,3 +363,36 @@ def format_counts(counts: dict) -> str:
                      f"{counts['dropped_no_history'][split]}), positive rate {c['positive_rate']}, "
                      f"warm {c['warm']}, cold {c['cold']} (cold user {c['cold_user']}, cold item {c['cold_item']})")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ which rows train what
+
+def sample_rows(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """A seeded random sample of ``n`` rows (all of them, shuffled, when there are fewer).
+    A seeded sample of k rows is the first k rows of one fixed permutation of ``rows``."""
+    if n >= len(rows):
+        return rows.sample(frac=1.0, random_state=seed)
+    return rows.sample(n=n, random_state=seed)
+
+
+def early_stop_rows(dataset: Dataset, cfg: TrainConfig) -> pd.DataFrame:
+    """The fixed sample of valid rows both LLM stages early-stop on (never trained on)."""
+    return sample_rows(dataset.split("valid"), cfg.eval_rows, cfg.seed + 1)
+
+
+def lora_rows(dataset: Dataset, cfg: TrainConfig, n: int | None = None) -> pd.DataFrame:
+    """Stage 1's rows: a seeded sample of train rows, spread over many users (the last train rows
+    come from very few users)."""
+    return sample_rows(dataset.split("train"), cfg.lora_rows if n is None else n, cfg.seed)
+
+
+def projector_pool(dataset: Dataset, cfg: TrainConfig) -> pd.DataFrame:
+    """Valid rows minus the early-stop rows: what stage 2 draws from. The CF model has seen the
+    labels of train rows, so their CF vectors "know" the answer; valid rows are unseen by it and
+    are distributed like test rows (most of their users are new and folded in)."""
+    return dataset.split("valid").drop(index=early_stop_rows(dataset, cfg).index)
+
+
+def projector_rows(dataset: Dataset, cfg: TrainConfig, n: int | None = None) -> pd.DataFrame:
+    """Stage 2's rows: a seeded sample of ``projector_pool``."""
+    return sample_rows(projector_pool(dataset, cfg), cfg.projector_rows if n is None else n, cfg.seed)

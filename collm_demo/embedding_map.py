@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ASSETS_DIR, CHECKPOINT_DIR
+from .cf import backend
+from .config import CHECKPOINT_DIR, LAYOUT_PATH, ProtocolConfig
+from .device import Runtime
+from .errors import CheckpointError
+from .pipeline import load_pipeline
 
-LAYOUT_PATH = ASSETS_DIR / "embedding_map.json"
 GENRE_WORDS = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
                "Drama", "Fantasy", "Film", "Noir", "Horror", "Musical", "Mystery", "Romance",
                "Sci", "Fi", "Thriller", "War", "Western", "movie", "film", "love", "star", "king"]
@@ -57,11 +60,13 @@ def mapped_tokens(pipeline, items: list[str] | None = None, users: list[str] | N
     cf, projector = pipeline.cf, pipeline.model.projector
     items = cf.item_ids if items is None else items
     users = cf.user_ids if users is None else users
-    return (projector(cf.item_vectors(items)).numpy(), projector(cf.user_vectors(users)).numpy())
+    device = next(projector.parameters()).device
+    return (projector(cf.item_vectors(items).to(device)).cpu().numpy(),
+            projector(cf.user_vectors(users).to(device)).cpu().numpy())
 
 
 def word_embeddings(pipeline) -> np.ndarray:
-    return pipeline.model.llm.get_input_embeddings().weight.detach().float().numpy()
+    return pipeline.model.llm.get_input_embeddings().weight.detach().float().cpu().numpy()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -130,8 +135,7 @@ def compute_layout(pipeline, n_words: int = 3000, seed: int = 0) -> dict:
 
 def layout_path_for(cf_name: str, base: Path = LAYOUT_PATH) -> Path:
     """MF's layout is ``embedding_map.json``; another backend's is ``embedding_map_<name>.json``."""
-    base = Path(base)
-    return base if cf_name == "mf" else base.with_name(f"{base.stem}_{cf_name}{base.suffix}")
+    return backend(cf_name).layout_path(Path(base))
 
 
 def load_layout(path: Path = LAYOUT_PATH) -> dict | None:
@@ -159,12 +163,11 @@ def place(pipeline, layout: dict, vectors: np.ndarray, k: int = 10) -> np.ndarra
 
 
 def run(checkpoint_dir: Path = CHECKPOINT_DIR, llm_name: str | None = None, data_path: str | None = None,
-        quick: bool = False, out: Path | None = None, cf_name: str = "mf") -> Path:
-    from .pipeline import load_pipeline
-
-    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name)
+        quick: bool = False, out: Path | None = None, cf_name: str = "mf", runtime: Runtime | None = None,
+        protocol: ProtocolConfig | None = None) -> Path:
+    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, protocol=protocol)
     if not pipeline.has_projector:
-        raise ValueError(f"the embedding map needs a trained CF model and projector: {pipeline.notice}")
+        raise CheckpointError(f"the embedding map needs a trained CF model and projector: {pipeline.notice}")
     layout = compute_layout(pipeline, n_words=300 if quick else 3000)
     out = out or layout_path_for(cf_name, Path(checkpoint_dir) / "embedding_map_quick.json" if quick else LAYOUT_PATH)
     out.parent.mkdir(parents=True, exist_ok=True)

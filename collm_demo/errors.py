@@ -27,7 +27,3 @@ class CheckpointError(CoLLMError):
 
 class InputError(CoLLMError):
     """Bad input to the app or the API (ids, tables, options)."""
-
-
-# The name used before the hierarchy existed (tests and older code catch it).
-CheckpointMismatch = CheckpointError

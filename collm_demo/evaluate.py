@@ -1,14 +1,14 @@
 """Evaluation on the test split: AUC and UAUC on all / warm / cold rows for every method.
 
 UAUC = mean per-user AUC over users with both classes among the evaluated rows.
-Scores come from ``Pipeline.score_rows`` (batched by length, no gradients, bf16 autocast:
-measured within 0.001 AUC of float32).
+Scores come from ``Pipeline.score_rows`` (shared prefixes, no gradients, bf16 autocast:
+measured within 0.001 AUC of float32). The Markdown table is written into the README between
+its ``results`` markers.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import sys
 import time
@@ -19,15 +19,17 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from .config import PROJECT_ROOT
-from .pipeline import load_pipeline, read_manifest, write_manifest
+from .cf import backend, method_label
+from .cf.backend import LLM_METHODS, MF_NO_FOLDIN
+from .checkpoints import read_manifest, write_manifest
+from .config import PROJECT_ROOT, ProtocolConfig
+from .device import Runtime
+from .distributed import init_ranks
+from .errors import CheckpointError
+from .markers import replace_block
+from .pipeline import load_pipeline
 
 SLICES = ("all", "warm", "cold")
-METHOD_LABELS = {"mf": "MF (CF alone)", "mf_no_foldin": "MF, no fold-in (paper's handling of new users)",
-                 "zero_shot": "Zero-shot LLM", "text_only": "Text-only LoRA (TALLRec)",
-                 "collm": "CoLLM (LoRA + CF tokens)", "lightgcn": "LightGCN (CF alone)",
-                 "collm_lightgcn": "CoLLM-LightGCN", "sasrec": "SASRec (CF alone)", "collm_sasrec": "CoLLM-SASRec",
-                 "svd": "SVD, imported (CF alone)", "collm_svd": "CoLLM-SVD (imported vectors)"}
 
 
 def auc_uauc(frame: pd.DataFrame, column: str) -> dict:
@@ -44,16 +46,29 @@ def metrics_by_slice(frame: pd.DataFrame, column: str) -> dict:
             "cold": auc_uauc(frame[~frame["warm"]], column)}
 
 
-MAIN_METHODS = ("mf", "mf_no_foldin", "zero_shot", "text_only", "collm")
+def main_methods() -> tuple[str, ...]:
+    """The first table's rows: the default backend with its reference rows, and the LLM alone."""
+    mf = backend("mf")
+    return (mf.alone_key, *mf.extra_methods, "zero_shot", "text_only", mf.collm_key)
+
+
+def default_methods(cf_name: str) -> list[str]:
+    """What ``evaluate`` scores without ``--methods``: every row for the default backend; for
+    another backend its two rows (the LLM-only rows do not depend on the CF backend)."""
+    spec = backend(cf_name)
+    return list(main_methods()) if spec.legacy else [spec.alone_key, spec.collm_key]
+
+
+def is_alone_key(key: str) -> bool:
+    """A CF model alone (not an LLM row, not a CoLLM row, not a reference row)."""
+    return key not in LLM_METHODS and key != MF_NO_FOLDIN and not key.startswith("collm")
 
 
 def backend_pairs(methods: dict) -> list[tuple[str, str]]:
     """(CF alone, CoLLM with it) result keys for every backend evaluated: mf/collm, x/collm_x."""
-    pairs = [("mf", "collm")] if "mf" in methods and "collm" in methods else []
-    for key in methods:
-        if key.startswith("collm_") and key[len("collm_"):] in methods:
-            pairs.append((key[len("collm_"):], key))
-    return pairs
+    alone_of = {backend(k).collm_key: k for k in methods if is_alone_key(k)}
+    pairs = [(alone_of[k], k) for k in methods if k in alone_of]  # in the order the CoLLM rows were added
+    return sorted(pairs, key=lambda pair: not backend(pair[0]).legacy)  # the default backend first
 
 
 def results_table(results: dict) -> str:
@@ -61,17 +76,17 @@ def results_table(results: dict) -> str:
     methods = results["methods"]
     lines = ["| method | all AUC | all UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC |",
              "|---|---|---|---|---|---|---|"]
+    main = main_methods()
     pairs = backend_pairs(methods)
     # a backend evaluated alone whose CoLLM row is missing (e.g. its projector awaits retraining)
-    unpaired = [m for m in methods if m not in MAIN_METHODS and not m.startswith("collm_")
-                and f"collm_{m}" not in methods]
+    unpaired = [m for m in methods if m not in main and is_alone_key(m) and backend(m).collm_key not in methods]
     side_by_side = len(pairs) > 1 or bool(unpaired)
-    for method in [m for m in MAIN_METHODS if m in methods] + [m for m in methods if m not in MAIN_METHODS]:
-        if method not in MAIN_METHODS and side_by_side:
+    for method in [m for m in main if m in methods] + [m for m in methods if m not in main]:
+        if method not in main and side_by_side:
             continue  # other backends go in the side-by-side table below
         slices = methods[method]
         cells = [f"{slices[s]['auc']:.4f} | {slices[s]['uauc']:.4f}" for s in SLICES]
-        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
     n = {s: methods[next(iter(methods))][s]["n"] for s in SLICES}
     lines.append("")
     lines.append(f"Test rows: all {n['all']}, warm {n['warm']}, cold {n['cold']}.")
@@ -82,52 +97,53 @@ def results_table(results: dict) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for alone, collm in pairs:
             a, c = methods[alone], methods[collm]
-            name = METHOD_LABELS.get(alone, alone).replace(" (CF alone)", "")
+            name = method_label(alone).replace(" (CF alone)", "")
             lines.append(f"| {name} | {a['all']['auc']:.4f} ({a['all']['uauc']:.4f}) | {a['warm']['auc']:.4f} | "
                          f"{a['cold']['auc']:.4f} | {c['all']['auc']:.4f} ({c['all']['uauc']:.4f}) | "
                          f"{c['warm']['auc']:.4f} | {c['cold']['auc']:.4f} | "
                          f"{c['all']['auc'] - a['all']['auc']:+.4f} |")
         for alone in unpaired:
             a = methods[alone]
-            name = METHOD_LABELS.get(alone, alone).replace(" (CF alone)", "")
+            name = method_label(alone).replace(" (CF alone)", "")
             lines.append(f"| {name} | {a['all']['auc']:.4f} ({a['all']['uauc']:.4f}) | {a['warm']['auc']:.4f} | "
                          f"{a['cold']['auc']:.4f} | — | — | — | no CoLLM row: projector not evaluated |")
     return "\n".join(lines)
 
 
 def update_readme(results: dict, readme: Path = PROJECT_ROOT / "README.md") -> None:
-    if not readme.exists():
-        return
-    text = readme.read_text()
-    block = f"<!-- results:start -->\n{results_table(results)}\n<!-- results:end -->"
-    new = re.sub(r"<!-- results:start -->.*?<!-- results:end -->", lambda _: block, text, flags=re.S)
-    readme.write_text(new)
+    replace_block(readme, "results", results_table(results))
 
 
 def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path: str | None = None,
         methods: list[str] | None = None, max_rows: int | None = None, seed: int = 0,
-        write_readme: bool = True, argv: list[str] | None = None, cf_name: str = "mf") -> dict:
-    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name)
+        write_readme: bool = True, argv: list[str] | None = None, cf_name: str = "mf",
+        runtime: Runtime | None = None, protocol: ProtocolConfig | None = None) -> dict:
+    runtime = runtime or Runtime.choose()
+    ranks = init_ranks(runtime.device.type)  # under torchrun: each process scores its share of the batches
+    pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, ranks=ranks,
+                             protocol=protocol)
     if pipeline.notice:
         print(pipeline.notice, file=sys.stderr)
     rows = pipeline.dataset.split("test")
     if max_rows is not None and max_rows < len(rows):
         rows = rows.sample(n=max_rows, random_state=seed).sort_index()
     frame = rows[["user", "item", "label", "warm", "cold_user", "cold_item"]].copy()
-    if not methods:
-        methods = (["mf", "mf_no_foldin", "zero_shot", "text_only", "collm"] if cf_name == "mf"
-                   else [pipeline.cf_method, pipeline.collm_method])
+    methods = methods or default_methods(cf_name)
     previous = json.loads(out.read_text()) if out.exists() else {}
-    results: dict = {"protocol": {"data": pipeline.dataset.name, "split": "test",
+    results: dict = {"protocol": {"data": pipeline.dataset.name, "split": "test", "name": pipeline.dataset.protocol.name,
                                   "rows": int(len(rows)), "subset": max_rows is not None,
                                   "counts": pipeline.dataset.counts["splits"]["test"],
-                                  "llm": pipeline.llm.name, "checkpoints": str(checkpoint_dir)},
+                                  "llm": pipeline.llm.name, "checkpoints": str(checkpoint_dir),
+                                  "runtime": runtime.describe() | {"processes": ranks.world}},
                      "methods": {}, "timing_s": {}}
     if previous.get("protocol", {}).get("rows") == len(rows) and previous.get("protocol", {}).get("data") == pipeline.dataset.name:
         # same test rows: keep the other backends' rows (each backend is evaluated by its own command)
         results["methods"] = {k: v for k, v in previous.get("methods", {}).items() if k not in methods}
         results["timing_s"] = {k: v for k, v in previous.get("timing_s", {}).items() if k not in methods}
         results["commands"] = previous.get("commands", {})
+    if not set(methods) & set(pipeline.available_methods()):
+        raise CheckpointError(f"none of the methods {', '.join(methods)} can run with {checkpoint_dir} "
+                              f"(available: {', '.join(pipeline.available_methods())}); {pipeline.notice}")
     for method in methods:
         if method not in pipeline.available_methods():
             print(f"[evaluate] skipping {method}: not available ({pipeline.notice})", file=sys.stderr)
@@ -142,10 +158,13 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
         results["methods"][method] = metrics_by_slice(frame, method)
         print(f"[evaluate] {method}: {json.dumps(results['methods'][method])} "
               f"({results['timing_s'][method]} s)", file=sys.stderr, flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")  # after every method: partial results survive
+        if ranks.is_main:  # after every method: partial results survive
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2) + "\n")
     command = "python -m collm_demo " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     results.setdefault("commands", {}).update({m: command for m in methods if m in results["methods"]})
+    if not ranks.is_main:
+        return results
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(results_table(results))
     if write_readme and max_rows is None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-DEFAULT_LLM = "embedded:SmolLM2-135M-Instruct"
+from .assets import ensure_converted_llm
+from .config import DEFAULT_LLM
+from .errors import AssetError
 
 
 @dataclass
@@ -20,7 +21,12 @@ class LoadedLLM:
 
 
 def resolve_llm_name(name: str | None) -> str:
-    return name or os.environ.get("COLLM_LLM") or DEFAULT_LLM
+    """``None`` means the embedded default."""
+    return name or DEFAULT_LLM
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
 def load_llm(name: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedLLM:
@@ -31,16 +37,16 @@ def load_llm(name: str | None = None, dtype: torch.dtype = torch.float32) -> Loa
 
     name = resolve_llm_name(name)
     if name.startswith("embedded:"):
-        from .assets import ensure_converted_llm
-
         path: str | Path = ensure_converted_llm()
     else:
         path = name
+        if _looks_like_path(name) and not Path(name).expanduser().is_dir():
+            raise AssetError(f"LLM folder {name} does not exist (give a local model folder or a Hugging Face id)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
-        raise ValueError(f"could not load the LLM {name!r}: {err}") from err
+        raise AssetError(f"could not load the LLM {name!r}: {str(err).splitlines()[0][:300]}") from err
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)  # the LLM itself is never tuned
@@ -53,5 +59,5 @@ def answer_token_ids(tokenizer) -> tuple[int, int]:
     yes = tokenizer.encode(" Yes", add_special_tokens=False)
     no = tokenizer.encode(" No", add_special_tokens=False)
     if not yes or not no or yes[0] == no[0]:
-        raise ValueError("the tokenizer cannot tell ' Yes' from ' No'")
+        raise AssetError("the tokenizer cannot tell ' Yes' from ' No'")
     return yes[0], no[0]

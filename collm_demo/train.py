@@ -1,15 +1,16 @@
-"""Training: stage `cf` (MF), stage `lora` (stage 1, text-only), stage `projector` (stage 2).
+"""Training: stage `cf` (the CF model), stage `lora` (stage 1, text-only), stage `projector` (stage 2).
 
-Which rows train what (and why):
-* MF is fit on every train interaction; early stopping on valid AUC.
-* Stage 1 (LoRA, text-only prompts) trains on a seeded random sample of train rows,
-  spread over many users (the last train rows come from very few users).
-* Stage 2 (projector) trains on valid rows. MF has seen the labels of train rows, so their
-  CF vectors "know" the answer; a projector fit there learns to trust CF more than it
-  deserves on unseen rows. Valid rows are unseen by MF and are distributed like test rows
-  (most of their users are new and are folded in from their history).
-* Early stopping for both LLM stages uses one fixed sample of valid rows that is never
-  trained on.
+Which rows train what (the rules live in ``data.py``):
+* the CF model is fit on every train interaction; early stopping on valid AUC;
+* stage 1 (LoRA, text-only prompts) trains on a seeded random sample of train rows;
+* stage 2 (projector) trains on valid rows minus the early-stop rows: the CF model has seen
+  the labels of train rows, so their CF vectors "know" the answer;
+* both LLM stages early-stop on one fixed sample of valid rows that is never trained on.
+
+``run`` is the orchestrator; each stage is one function that returns its manifest record.
+Under ``torchrun`` the two LLM stages run data-parallel (``distributed.py``): the same global
+batches in the same order as one process, gradients of the trainable parameters all-reduced,
+scores for early stopping merged, only rank 0 writing.
 """
 
 from __future__ import annotations
@@ -23,32 +24,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from peft import LoraConfig, get_peft_model
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from .cf.mf import train_mf
+from .cf import backend, trainable_backends
+from .checkpoints import read_manifest, record_cf, save_projector, write_manifest
 from .collm import CoLLM, Projector
-from .config import CHECKPOINT_DIR, TrainConfig
-from .data import Dataset, load_dataset
-from .foldin import user_l2
-from .llm import load_llm
-from .pipeline import Pipeline, load_pipeline, read_manifest, save_projector, write_manifest
+from .config import CHECKPOINT_DIR, LORA_TARGETS, ProtocolConfig, TrainConfig
+from .data import Dataset, early_stop_rows, format_counts, load_dataset, lora_rows, projector_rows
+from .device import Runtime
+from .distributed import Ranks, init_ranks
+from .errors import CheckpointError, InputError
+from .llm import LoadedLLM, load_llm
+from .pipeline import Pipeline, load_pipeline
+from .trainer import EarlyStopping
 
 STAGES = ("cf", "lora", "projector")
 
 
+_QUIET = {"quiet": False}  # under torchrun only rank 0 logs
+
+
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def sample_rows(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    if n >= len(rows):
-        return rows.sample(frac=1.0, random_state=seed)
-    return rows.sample(n=n, random_state=seed)
-
-
-def early_stop_rows(dataset: Dataset, cfg: TrainConfig) -> pd.DataFrame:
-    return sample_rows(dataset.split("valid"), cfg.eval_rows, cfg.seed + 1)
+    if not _QUIET["quiet"]:
+        print(message, file=sys.stderr, flush=True)
 
 
 def cosine_with_warmup(optimiser, total_steps: int, warmup_frac: float):
@@ -66,13 +66,16 @@ def cosine_with_warmup(optimiser, total_steps: int, warmup_frac: float):
 def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parameter],
                     rows: pd.DataFrame, eval_rows: pd.DataFrame, cfg: TrainConfig, lr: float,
                     weight_decay: float) -> dict:
-    """One pass over ``rows`` (batch × grad-accum), early stopping on ``eval_rows`` AUC.
-    The best parameters (by early-stopping AUC) are restored at the end."""
+    """One pass over ``rows`` (batch × grad-accum), early stopping on ``eval_rows`` AUC every
+    ``cfg.eval_every`` optimiser steps. The best parameters are restored at the end.
+    With N ranks a micro-batch is ``batch_size × N`` rows, each rank computing its share."""
     model: CoLLM = pipeline.model
-    method = pipeline.collm_method if stage == "projector" else "text_only"
+    ranks = pipeline.ranks
     with_cf = stage == "projector"
+    method = pipeline.collm_method if with_cf else "text_only"
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps = max(1, math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum)))
+    global_batch = cfg.batch_size * ranks.world
+    steps = max(1, math.ceil(len(rows) / (global_batch * cfg.grad_accum)))
     scheduler = cosine_with_warmup(optimiser, steps, cfg.warmup_frac)
     labels_eval = eval_rows["label"].to_numpy()
 
@@ -82,165 +85,183 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
         model.train()
         return float(roc_auc_score(labels_eval, scores.numpy()))
 
+    def restore(saved: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for param, value in zip(params, saved):
+                param.copy_(value)
+
     start_auc = evaluate()
-    best = {"auc": start_auc, "step": 0, "state": [p.detach().clone() for p in params]}
+    stopper = EarlyStopping(cfg.patience, snapshot=lambda: [p.detach().clone() for p in params],
+                            restore=restore, best_metric=start_auc)
     history = [{"step": 0, "valid_auc": round(start_auc, 4)}]
-    log(f"[{stage}] {len(rows)} rows, {steps} optimiser steps; early-stop AUC before training {start_auc:.4f}")
+    log(f"[{stage}] {len(rows)} rows, {steps} optimiser steps; early-stop AUC before training {start_auc:.4f}"
+        + (f"; {ranks.world} ranks × {cfg.batch_size} rows per micro-batch" if ranks.active else ""))
+    trainable = {id(p) for p in params}
+    for param in model.parameters():  # everything else stays frozen (DDP reduces exactly ``params``)
+        if id(param) not in trainable:
+            param.requires_grad_(False)
     model.train()
-    started, seen, step, bad_checks = time.time(), 0, 0, 0
-    batches = [rows.iloc[s: s + cfg.batch_size] for s in range(0, len(rows), cfg.batch_size)]
-    bar = tqdm(batches, desc=f"{stage}", unit="batch", file=sys.stderr, mininterval=5)
+    trained = ranks.wrap(model)
+    started, seen, step = time.time(), 0, 0
+    batches = [rows.iloc[s: s + global_batch] for s in range(0, len(rows), global_batch)]
+    bar = tqdm(batches, desc=f"{stage}", unit="batch", file=sys.stderr, mininterval=5, disable=not ranks.is_main)
     running = None
     for n, batch in enumerate(bar, 1):
-        prompts = pipeline.prompts(batch, with_cf)
-        users = items = None
-        if with_cf:
-            users, items = pipeline.cf_vectors(batch, for_tokens=True)
-        with model.autocast():
-            logits = model(prompts, users, items)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), torch.tensor(batch["label"].to_numpy(), dtype=torch.float32))
+        boundary = n % cfg.grad_accum == 0 or n == len(batches)
+        share, weight = ranks.share(batch)
+        users, items = pipeline.cf_vectors(share, for_tokens=True) if with_cf else (None, None)
+        labels = torch.tensor(share["label"].to_numpy(), dtype=torch.float32, device=model.device)
+        with ranks.no_sync(trained, accumulate=not boundary), model.autocast():
+            logits = trained(pipeline.prompts(share, with_cf), users, items).float()
+        if ranks.active:  # this rank's sum over the global micro-batch's size: DDP's mean is the global mean
+            per_row = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+            loss = (per_row * weight.to(per_row.device)).sum() * ranks.world / len(batch)
+        else:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
         (loss / cfg.grad_accum).backward()
         seen += len(batch)
         value = float(loss.detach())
         running = value if running is None else 0.9 * running + 0.1 * value
-        if n % cfg.grad_accum == 0 or n == len(batches):
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimiser.step()
-            scheduler.step()
-            optimiser.zero_grad()
-            step += 1
-            bar.set_postfix(loss=f"{running:.4f}", rows_per_s=f"{seen / (time.time() - started):.2f}")
-            if step % cfg.eval_every == 0 or n == len(batches):
-                auc = evaluate()
-                history.append({"step": step, "valid_auc": round(auc, 4), "loss": round(running, 4)})
-                log(f"[{stage}] step {step}/{steps}: loss {running:.4f}, early-stop AUC {auc:.4f} "
-                    f"(best {best['auc']:.4f}), {seen / (time.time() - started):.2f} rows/s")
-                if auc > best["auc"]:
-                    best = {"auc": auc, "step": step, "state": [p.detach().clone() for p in params]}
-                    bad_checks = 0
-                else:
-                    bad_checks += 1
-                    if bad_checks >= cfg.patience:
-                        log(f"[{stage}] early stop at step {step}")
-                        break
+        if not boundary:
+            continue
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        scheduler.step()
+        optimiser.zero_grad()
+        step += 1
+        bar.set_postfix(loss=f"{running:.4f}", rows_per_s=f"{seen / (time.time() - started):.2f}")
+        if step % cfg.eval_every == 0 or n == len(batches):
+            auc = evaluate()
+            history.append({"step": step, "valid_auc": round(auc, 4), "loss": round(running, 4)})
+            log(f"[{stage}] step {step}/{steps}: loss {running:.4f}, early-stop AUC {auc:.4f} "
+                f"(best {stopper.best_metric:.4f}), {seen / (time.time() - started):.2f} rows/s")
+            if stopper.observe(step, auc):
+                log(f"[{stage}] early stop at step {step}")
+                break
     bar.close()
-    with torch.no_grad():
-        for param, saved in zip(params, best["state"]):
-            param.copy_(saved)
+    stopper.restore_best()
     model.eval()
     wall = time.time() - started
-    return {"rows_seen": seen, "optimiser_steps": step, "best_step": best["step"],
-            "valid_auc_before": round(start_auc, 4), "valid_auc_best": round(best["auc"], 4),
+    return {"rows_seen": seen, "optimiser_steps": step, "best_step": stopper.best_step,
+            "valid_auc_before": round(start_auc, 4), "valid_auc_best": round(stopper.best_metric, 4),
             "wall_s": round(wall, 1), "rows_per_s": round(seen / wall, 2), "history": history}
 
 
-CF_TRAINERS = ("mf", "lightgcn", "sasrec")  # trained by the `cf` stage; other names come from import-embeddings
+# ------------------------------------------------------------------------------ stages
+
+def stage_cf(cf_name: str, dataset: Dataset, cfg: TrainConfig, out_dir: Path, manifest: dict, ranks: Ranks) -> dict:
+    """The CF model (cheap: every rank fits the same one from the same seed; rank 0 saves it)."""
+    spec = backend(cf_name)
+    if spec.trainer is None:
+        raise InputError(f"unknown CF model {cf_name!r}: the cf stage trains one of {', '.join(trainable_backends())}; "
+                         "bring other vectors with `python -m collm_demo import-embeddings`")
+    train, cf, info = spec.trainer(dataset, cfg, log)
+    if ranks.is_main:
+        cf.save(out_dir / spec.cf_file)
+    record_cf(manifest, cf_name, cf, latent_dim=cfg.cf_dim, train_rows=int(len(train)),
+              weight_decay=cfg.cf_weight_decay)
+    return info | {"rows_per_s": round(len(train) * len(info["history"]) / max(info["wall_s"], 1e-9), 1)}
 
 
-def train_cf_model(name: str, dataset: Dataset, cfg: TrainConfig):
-    train = dataset.interactions[dataset.interactions["split"] == "train"]
-    common = dict(dim=cfg.cf_dim, epochs=cfg.cf_epochs, lr=cfg.cf_lr, weight_decay=cfg.cf_weight_decay,
-                  patience=cfg.cf_patience, seed=cfg.seed, log=log)
-    if name == "mf":
-        return train, *train_mf(train, dataset.split("valid"), **common)
-    if name == "lightgcn":
-        from .cf.lightgcn import train_lightgcn
+def stage_lora(llm: LoadedLLM, dataset: Dataset, cfg: TrainConfig, out_dir: Path, eval_rows: pd.DataFrame,
+               runtime: Runtime, ranks: Ranks) -> dict:
+    """Stage 1: LoRA on the text-only prompt; saved to ``out_dir/lora``; ``llm`` left plain."""
+    base = load_pipeline(out_dir, llm=llm, dataset=dataset, runtime=runtime, with_lora=False, ranks=ranks)
+    lora_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(LORA_TARGETS), bias="none", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(llm.model, lora_cfg)
+    pipeline = Pipeline(dataset, llm, CoLLM(peft_model, llm.tokenizer, base.model.projector, runtime=runtime),
+                        base.cf, base.manifest, True, "", base.cf_name, ranks)
+    params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+    for param in params:
+        param.requires_grad_(True)
+    info = train_llm_stage(pipeline, "lora", params, lora_rows(dataset, cfg), eval_rows, cfg, cfg.lora_lr, 0.0)
+    if ranks.is_main:
+        peft_model.save_pretrained(str(out_dir / "lora"), safe_serialization=True)
+    llm.model = peft_model.unload()  # back to the plain LLM for the next stage
+    for param in llm.model.parameters():
+        param.requires_grad_(False)
+    return info | {"rows_from": "train (seeded random sample)",
+                   "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                            "target_modules": list(LORA_TARGETS)}}
 
-        return train, *train_lightgcn(train, dataset.split("valid"), **common)
-    if name == "sasrec":
-        from .cf.sasrec import train_sasrec
 
-        common |= {"lr": 1e-3}  # Adam on a transformer: the MF learning rate is too high
-        return train, *train_sasrec(dataset.split("train"), dataset.split("valid"), **common)
-    raise ValueError(f"unknown CF model {name!r}: the cf stage trains one of {CF_TRAINERS}; "
-                     "bring other vectors with `python -m collm_demo import-embeddings`")
+def stage_projector(cf_name: str, llm: LoadedLLM, dataset: Dataset, cfg: TrainConfig, out_dir: Path,
+                    eval_rows: pd.DataFrame, runtime: Runtime, ranks: Ranks) -> dict:
+    """Stage 2: only the projector trains, on the CF prompt, LLM and LoRA frozen."""
+    base = load_pipeline(out_dir, llm=llm, dataset=dataset, runtime=runtime, cf_name=cf_name, ranks=ranks)
+    if base.cf is None:
+        raise CheckpointError(f"stage 'projector' needs a CF model in {out_dir}: run the 'cf' stage first")
+    if not base.has_lora:
+        log("[projector] warning: no stage-1 LoRA found; stage 2 on the base LLM")
+    torch.manual_seed(cfg.seed)
+    foldin_l2 = cfg.projector_foldin_l2 if cfg.projector_foldin_l2 is not None else base.cf.foldin_l2
+    projector = Projector(base.cf.dim, llm.hidden_size, foldin_l2=foldin_l2).to(runtime.device)
+    pipeline = Pipeline(dataset, llm, CoLLM(base.model.llm, llm.tokenizer, projector, runtime=runtime), base.cf,
+                        base.manifest, base.has_lora, "", cf_name, ranks)
+    info = train_llm_stage(pipeline, "projector", list(projector.parameters()), projector_rows(dataset, cfg),
+                           eval_rows, cfg, cfg.projector_lr, cfg.projector_weight_decay)
+    spec = backend(cf_name)
+    if ranks.is_main:
+        save_projector(projector.cpu(), out_dir / spec.projector_file, cf_name)
+    return info | {"rows_from": "valid minus the early-stop rows (seeded random sample)",
+                   "projector": {"cf": cf_name, "cf_dim": base.cf.dim, "hidden": projector.expand * base.cf.dim,
+                                 "user_foldin_l2": foldin_l2, "out": llm.hidden_size, "file": spec.projector_file}}
+
+
+def load_for_training(llm_name: str | None, cfg: TrainConfig, runtime: Runtime) -> LoadedLLM:
+    """The frozen base, with the memory options a large model needs."""
+    llm = load_llm(llm_name, dtype=torch.bfloat16 if cfg.load_bf16 else torch.float32)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad: the CF tokens are written
+        # out of place (``CoLLM.embed``), so gradients still reach the projector through them.
+        llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return llm
 
 
 def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm_name: str | None = None,
         data_path: str | None = None, quick: bool = False, argv: list[str] | None = None,
-        cf_name: str = "mf") -> dict:
+        cf_name: str = "mf", protocol: ProtocolConfig | None = None) -> dict:
+    """Train ``stages`` in order into ``out_dir``; the manifest is written after each stage (by rank 0)."""
+    runtime = Runtime.choose(cfg.device, cfg.precision)
+    ranks = init_ranks(runtime.device.type)
+    if runtime.device.type == "cuda" and ranks.active:
+        runtime = Runtime(torch.device("cuda", ranks.local_rank), runtime.precision)
+    _QUIET["quiet"] = not ranks.is_main
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"checkpoint folder {out_dir} is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(data_path)
-    from .data import format_counts
-
+    dataset = load_dataset(data_path, protocol)
     log(f"[data] {dataset.name}\n{format_counts(dataset.counts)}")
+    log(f"[runtime] {runtime}" + (f", {ranks.world} processes" if ranks.active else ""))
+    spec = backend(cf_name)
     manifest = read_manifest(out_dir)
     manifest.setdefault("stages", {})
-    manifest["command"] = "python -m collm_demo " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    manifest["seed"] = cfg.seed
-    manifest["quick"] = quick
-    manifest["data"] = {"name": dataset.name, "protocol": vars(dataset.protocol) | {"split": list(dataset.protocol.split)},
-                        "counts": dataset.counts}
-    manifest["config"] = cfg.to_dict()
+    command = "python -m collm_demo " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    manifest |= {"command": command, "seed": cfg.seed, "quick": quick,
+                 "data": {"name": dataset.name, "protocol": vars(dataset.protocol) | {"split": list(dataset.protocol.split)},
+                          "counts": dataset.counts},
+                 "config": cfg.to_dict(), "runtime": runtime.describe() | {"processes": ranks.world}}
     eval_rows = early_stop_rows(dataset, cfg)
     manifest["early_stop_rows"] = {"split": "valid", "n": int(len(eval_rows)), "seed": cfg.seed + 1}
 
-    stage_key = {"cf": "cf" if cf_name == "mf" else f"cf_{cf_name}",
-                 "projector": "projector" if cf_name == "mf" else f"projector_{cf_name}", "lora": "lora"}
-    if "cf" in stages:
-        train, cf, info = train_cf_model(cf_name, dataset, cfg)
-        cf.save(out_dir / f"cf_{cf_name}.safetensors")
-        manifest.setdefault("cf", {})[cf_name] = {
-            "file": f"cf_{cf_name}.safetensors", "kind": cf_name, "latent_dim": cfg.cf_dim,
-            "vector_dim": cf.dim, "users": len(cf.user_ids), "items": len(cf.item_ids),
-            "train_rows": int(len(train)), "weight_decay": cfg.cf_weight_decay}
-        manifest["stages"][stage_key["cf"]] = info | {"command": manifest["command"],
-            "rows_per_s": round(len(train) * len(info["history"]) / max(info["wall_s"], 1e-9), 1)}
-        write_manifest(manifest, out_dir)
+    def record(key: str, info: dict) -> None:
+        manifest["stages"][key] = {**info, "command": command, "runtime": manifest["runtime"]}
+        if ranks.is_main:
+            write_manifest(manifest, out_dir)
+        ranks.barrier()  # the next stage reads what rank 0 has just written
 
+    if "cf" in stages:
+        record(spec.cf_stage, stage_cf(cf_name, dataset, cfg, out_dir, manifest, ranks))
     if "lora" in stages or "projector" in stages:
-        llm = load_llm(llm_name)
+        llm = load_for_training(llm_name, cfg, runtime)
         manifest["llm"] = {"name": llm.name, "hidden_size": llm.hidden_size,
                            "layers": int(llm.model.config.num_hidden_layers)}
-
     if "lora" in stages:
-        from peft import LoraConfig, get_peft_model
-
-        pipeline = load_pipeline(out_dir, llm=llm, dataset=dataset, bf16=cfg.bf16, with_lora=False)
-        lora_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              target_modules=["q_proj", "v_proj"], bias="none", task_type="CAUSAL_LM")
-        peft_model = get_peft_model(llm.model, lora_cfg)
-        pipeline.model.llm = peft_model
-        pipeline.has_lora = True
-        params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
-        for param in params:
-            param.requires_grad_(True)
-        rows = sample_rows(dataset.split("train"), cfg.lora_rows, cfg.seed)
-        info = train_llm_stage(pipeline, "lora", params, rows, eval_rows, cfg, cfg.lora_lr, 0.0)
-        peft_model.save_pretrained(str(out_dir / "lora"), safe_serialization=True)
-        manifest["stages"]["lora"] = info | {"command": manifest["command"], "rows_from": "train (seeded random sample)",
-                                             "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha,
-                                                      "dropout": cfg.lora_dropout,
-                                                      "target_modules": ["q_proj", "v_proj"]}}
-        write_manifest(manifest, out_dir)
-        llm.model = peft_model.unload()  # back to the plain LLM for the next stage
-        for param in llm.model.parameters():
-            param.requires_grad_(False)
-
+        record("lora", stage_lora(llm, dataset, cfg, out_dir, eval_rows, runtime, ranks))
     if "projector" in stages:
-        pipeline = load_pipeline(out_dir, llm=llm, dataset=dataset, bf16=cfg.bf16, cf_name=cf_name)
-        if pipeline.cf is None:
-            raise ValueError(f"stage 'projector' needs a CF model in {out_dir}: run the 'cf' stage first")
-        if not pipeline.has_lora:
-            log("[projector] warning: no stage-1 LoRA found; stage 2 on the base LLM")
-        torch.manual_seed(cfg.seed)
-        foldin_l2 = cfg.projector_foldin_l2 if cfg.projector_foldin_l2 is not None else user_l2(pipeline.cf)
-        projector = Projector(pipeline.cf.dim, llm.hidden_size, foldin_l2=foldin_l2)
-        pipeline.model.projector = projector
-        params = list(projector.parameters())
-        pool = dataset.split("valid").drop(index=eval_rows.index)
-        rows = sample_rows(pool, cfg.projector_rows, cfg.seed)
-        info = train_llm_stage(pipeline, "projector", params, rows, eval_rows, cfg,
-                               cfg.projector_lr, cfg.projector_weight_decay)
-        save_projector(projector, out_dir / f"projector_{cf_name}.safetensors", cf_name)
-        manifest["stages"][stage_key["projector"]] = info | {
-            "command": manifest["command"], "rows_from": "valid minus the early-stop rows (seeded random sample)",
-            "projector": {"cf": cf_name, "cf_dim": pipeline.cf.dim, "hidden": 10 * pipeline.cf.dim,
-                          "user_foldin_l2": foldin_l2,
-                          "out": llm.hidden_size, "file": f"projector_{cf_name}.safetensors"}}
-        write_manifest(manifest, out_dir)
+        record(spec.projector_stage, stage_projector(cf_name, llm, dataset, cfg, out_dir, eval_rows, runtime, ranks))
     return manifest

@@ -1,6 +1,6 @@
 """CF vectors made outside this project: scikit-learn's TruncatedSVD on the train matrix.
 
-    python examples/svd_embeddings.py --out /tmp/svd        # writes users.npy, items.npy + id lists
+    python -m examples.svd_embeddings --out /tmp/svd        # from the repo root: users.npy, items.npy + id lists
     python -m collm_demo import-embeddings --name svd \\
         --users /tmp/svd/users.npy --user-ids /tmp/svd/user_ids.json \\
         --items /tmp/svd/items.npy --item-ids /tmp/svd/item_ids.json
@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.sparse import csr_matrix
 from sklearn.decomposition import TruncatedSVD
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from collm_demo.data import load_dataset  # noqa: E402
+from collm_demo.data import load_dataset
 
 
 def main() -> None:

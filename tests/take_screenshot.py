@@ -1,6 +1,6 @@
 """Take the README screenshot: the Recommend tab after the first example is scored.
 
-    .venv/bin/python tests/take_screenshot.py [out.png]      # default assets/screenshot.png
+    .venv/bin/python -m tests.take_screenshot [out.png]      # from the repository root; default assets/screenshot.png
 
 Uses the same configuration as the app tests (see ui_support: the project's checkpoints and
 assets when present). Not a test (no ``test_`` prefix); rerun it after real training.
@@ -11,10 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import ui_support  # noqa: E402
+from tests import ui_support  # run as a module from the root: the root (app.py, collm_demo) is on sys.path
 
 
 def main(out: Path) -> None:

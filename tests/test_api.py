@@ -55,10 +55,10 @@ def test_compare_with_each_cf_backend(client):
 
     state = ui_support.state()
     default = client.predict(user_id="1", item_ids="1, 50", api_name="/compare")
-    for name in state.backends():
+    for name in state.hub.backends():
         out = client.predict(user_id="1", item_ids="1, 50", cf_model=name, api_name="/compare")
         assert [o["score_text"] for o in out] == [o["score_text"] for o in default]
-        if name == state.backends()[0]:
+        if name == state.hub.backends()[0]:
             assert out == default
     with pytest.raises(AppError, match="not available; this app has"):
         client.predict(user_id="1", item_ids="1", cf_model="no-such-model", api_name="/compare")

@@ -1,4 +1,5 @@
-"""Other CF backends: LightGCN learns planted structure; imported vectors are validated and used."""
+"""Other CF backends end to end: imported vectors train a projector, the app switches backend, other data
+formats run the whole pipeline (the CF models themselves: test_cf_backends.py)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import save_file
-from sklearn.metrics import roc_auc_score
 
 from collm_demo.__main__ import main
-from collm_demo.cf.imported import import_embeddings
-from collm_demo.cf.lightgcn import train_lightgcn
+from collm_demo.checkpoints import read_manifest
 from collm_demo.data import load_dataset
-from collm_demo.pipeline import load_pipeline, read_manifest
-from conftest import TITLES, synthetic_ratings, write_ml1m, write_ml100k
-
-
-def test_lightgcn_recovers_planted_structure(tmp_path):
-    ds = load_dataset(write_ml100k(tmp_path / "d", synthetic_ratings(n_users=120, per_user=10, seed=3)))
-    train = ds.interactions[ds.interactions["split"] == "train"]
-    cf, info = train_lightgcn(train, ds.split("valid"), dim=8, epochs=60, lr=0.05, weight_decay=1e-3,
-                              patience=10, batch_size=64, log=lambda _: None)
-    test = ds.split("test")
-    test = test[~test["cold_user"]]
-    scores = cf.score_vectors(cf.user_vectors(test["user"].tolist()), cf.item_vectors(test["item"].tolist()))
-    assert roc_auc_score(test["label"], scores.numpy()) > 0.9
-    assert cf.dim == 10 and cf.kind == "lightgcn"
+from collm_demo.pipeline import load_pipeline
+from conftest import TITLES, synthetic_ratings, write_ml1m
 
 
 @pytest.fixture
@@ -41,47 +27,6 @@ def vectors(tmp_path, tiny_data_dir):
     (tmp_path / "user_ids.json").write_text(json.dumps(users))
     (tmp_path / "item_ids.txt").write_text("\n".join(items))
     return ds, tmp_path, users, items
-
-
-def test_import_validates_shapes_dtypes_values_and_ids(vectors):
-    ds, folder, users, items = vectors
-    known_u, known_i = set(ds.interactions["user"]), set(ds.items.index)
-    cf = import_embeddings(folder / "users.npy", folder / "items.npy", known_u, known_i,
-                           folder / "user_ids.json", folder / "item_ids.txt", "toy")
-    assert cf.dim == 5 and cf.user_ids == users and cf.kind == "imported:toy"
-    np.save(folder / "bad.npy", np.full((len(users), 5), np.nan, dtype=np.float32))
-    with pytest.raises(ValueError, match="NaN"):
-        import_embeddings(folder / "bad.npy", folder / "items.npy", known_u, known_i,
-                          folder / "user_ids.json", folder / "item_ids.txt")
-    np.save(folder / "ints.npy", np.ones((len(users), 5), dtype=np.int64))
-    with pytest.raises(ValueError, match="floating point"):
-        import_embeddings(folder / "ints.npy", folder / "items.npy", known_u, known_i,
-                          folder / "user_ids.json", folder / "item_ids.txt")
-    np.save(folder / "wrongdim.npy", np.ones((len(items), 4), dtype=np.float32))
-    with pytest.raises(ValueError, match="dim 5 but item vectors have dim 4"):
-        import_embeddings(folder / "users.npy", folder / "wrongdim.npy", known_u, known_i,
-                          folder / "user_ids.json", folder / "item_ids.txt")
-    (folder / "unknown.json").write_text(json.dumps(["nobody"] + users[1:]))
-    with pytest.raises(ValueError, match="not in the dataset"):
-        import_embeddings(folder / "users.npy", folder / "items.npy", known_u, known_i,
-                          folder / "unknown.json", folder / "item_ids.txt")
-    (folder / "short.json").write_text(json.dumps(users[:-1]))
-    with pytest.raises(ValueError, match="ids"):
-        import_embeddings(folder / "users.npy", folder / "items.npy", known_u, known_i,
-                          folder / "short.json", folder / "item_ids.txt")
-    (folder / "evil.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1,), }" + b" " * 40 + b"\n")
-    with pytest.raises(ValueError):
-        import_embeddings(folder / "evil.npy", folder / "items.npy", known_u, known_i,
-                          folder / "user_ids.json", folder / "item_ids.txt")
-
-
-def test_safetensors_with_ids_in_metadata(vectors, tmp_path):
-    ds, folder, users, items = vectors
-    save_file({"embeddings": np.load(folder / "users.npy")}, str(tmp_path / "u.safetensors"),
-              metadata={"ids": json.dumps(users)})
-    cf = import_embeddings(tmp_path / "u.safetensors", folder / "items.npy", set(ds.interactions["user"]),
-                           set(ds.items.index), item_ids_path=folder / "item_ids.txt")
-    assert torch.equal(cf.user_table, torch.from_numpy(np.load(folder / "users.npy")))
 
 
 def test_import_command_trains_only_the_projector(vectors, tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
@@ -105,32 +50,14 @@ def test_import_command_trains_only_the_projector(vectors, tiny_checkpoints, tin
     assert set(json.loads(out.read_text())["methods"]) == {"toy", "collm_toy"}
 
 
-def test_sasrec_learns_from_histories_and_round_trips(tmp_path):
-    from collm_demo.cf import load_cf
-    from collm_demo.cf.sasrec import train_sasrec
-
-    ds = load_dataset(write_ml100k(tmp_path / "d", synthetic_ratings(n_users=150, per_user=10, seed=4)))
-    cf, info = train_sasrec(ds.split("train"), ds.split("valid"), dim=16, epochs=60, lr=5e-3, patience=8,
-                            batch_size=64, log=lambda _: None)
-    test = ds.split("test")
-    test = test[test["history_items"].map(len) >= 3]
-    users = cf.row_user_vectors(test["user"].tolist(), test["history_items"].tolist(), test["history_labels"].tolist())
-    scores = cf.score_vectors(users, cf.item_vectors(test["item"].tolist()))
-    assert roc_auc_score(test["label"], scores.numpy()) > 0.85  # new users need no fold-in
-    cf.save(tmp_path / "s.safetensors")
-    back = load_cf(tmp_path / "s.safetensors")
-    again = back.row_user_vectors(test["user"].tolist(), test["history_items"].tolist(), test["history_labels"].tolist())
-    torch.testing.assert_close(again, users)
-    assert torch.equal(back.row_user_vectors(["x"], [[]], [[]])[0], torch.cat([torch.zeros(16), torch.ones(1)]))
-
-
 def test_app_switches_cf_backend(vectors, tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
     """The app's CF-model selector: same LLM and LoRA, the other backend's CF file and projector;
     scores, walkthrough and map inputs follow the backend the result was scored with."""
     import shutil
 
+    from collm_demo.config import AppConfig
     from collm_demo.ui import core, embedding, explain, recommend
-    from collm_demo.ui.state import AppConfig, AppState
+    from collm_demo.ui.state import AppState
 
     _, folder, users, _ = vectors
     ckpt = tmp_path / "ckpt"
@@ -146,8 +73,10 @@ def test_app_switches_cf_backend(vectors, tiny_checkpoints, tiny_llm_dir, tiny_d
     state = AppState(AppConfig(checkpoint_dir=ckpt, llm=str(tiny_llm_dir), data=str(tiny_data_dir),
                                layout_path=tmp_path / "none.json", results_path=tmp_path / "none.json"),
                      pipeline=base)
-    assert state.backends() == ["mf", "sasrec", "toy"]
-    assert [name for _, name in state.backend_choices()] == ["mf", "sasrec", "toy"]
+    assert state.hub.backends() == ["mf", "sasrec", "toy"]
+    choices = state.hub.backend_choices()
+    assert [name for _, name in choices] == ["mf", "sasrec", "toy"]
+    assert choices[1][0].startswith("SASRec (sequential)") and choices[2][0].startswith("toy (imported)")
     toy = state.pipeline("toy")
     assert toy.cf_name == "toy" and toy.cf.dim == 5 and base.cf.dim != 5
     assert toy.model.llm is base.model.llm  # nothing of the LLM is copied
@@ -155,35 +84,38 @@ def test_app_switches_cf_backend(vectors, tiny_checkpoints, tiny_llm_dir, tiny_d
 
     user = users[0]
     table, _ = recommend.load_history(state, "user", user)
-    candidates = state.item_ids[:4]
+    candidates = state.catalog.item_ids[:4]
     by_mf = recommend.score(state, "user", user, table, candidates)
     by_toy = recommend.score(state, "user", user, table, candidates, cf="toy")
-    assert by_mf["cf"] == "mf" and by_toy["cf"] == "toy" and "toy" in by_toy["cf_mode"]
+    assert by_mf.cf == "mf" and by_toy.cf == "toy" and "toy (imported)" in by_toy.cf_mode
     # The text prompt has no CF slot: identical without CF; with CF the tokens differ.
-    assert [r["score_text"] for r in by_mf["rows"]] == [r["score_text"] for r in by_toy["rows"]]
-    assert [r["score_cf"] for r in by_mf["rows"]] != [r["score_cf"] for r in by_toy["rows"]]
+    assert [r.score_text for r in by_mf.rows] == [r.score_text for r in by_toy.rows]
+    assert [r.score_cf for r in by_mf.rows] != [r.score_cf for r in by_toy.rows]
     # ... and they are exactly the engine's CoLLM-toy scores for this user's rows.
-    profile = core.Profile.from_dict(by_toy["profile"])
+    profile = by_toy.profile
     uvec, _ = core.user_vector(state, profile, "toy")
     prompts = [toy.model.builder.build([state.dataset.title(i) for i in profile.items], profile.labels,
                                        state.dataset.title(c), True) for c in candidates]
     direct = toy.model.score(prompts, uvec.expand(len(candidates), -1), toy.cf.item_vectors(candidates))
-    assert torch.allclose(direct, torch.tensor([r["score_cf"] for r in by_toy["rows"]]), atol=1e-4)
+    assert torch.allclose(direct, torch.tensor([r.score_cf for r in by_toy.rows]), atol=1e-4)
 
     walk = explain.explain(state, by_toy, candidates[0])
     assert walk["step1_table"]["dims"].tolist() == [5, 5]
     assert "Linear 5→50" in walk["step2_md"]
     frame, _ = embedding.token_report(state, by_toy, candidates[0])
     assert len(frame) == 8
-    why = embedding.unavailable(state, "toy")
+    why = core.map_unavailable(state, "toy")
     assert "embedding-map --cf toy" in why  # no layout for this backend: says how to make one
 
     api = core.compare(state, user, ",".join(candidates), "toy")
-    assert [r["score_cf"] for r in api] == [round(r["score_cf"], 6) for r in by_toy["rows"]]
+    assert [r["score_cf"] for r in api] == [round(r.score_cf, 6) for r in by_toy.rows]
+    # The walkthrough's score is the ranking's (CoLLM.inspect: the same path and float32 head).
+    inspected = core.answer_logits(state, profile, candidates[0], True, "toy")
+    assert inspected.score == pytest.approx(by_toy.rows[0].score_cf, abs=1e-4)
     # SASRec's user vector is the encoding of the history shown, as in the evaluation, even for a
     # user it has a stored vector for.
     sasrec = state.pipeline("sasrec")
-    known = next(u for u in sasrec.cf.user_ids if u in state.users and state.users[u].n_pretest)
+    known = next(u for u in sasrec.cf.user_ids if u in state.catalog.users and state.catalog.users[u].n_pretest)
     real = core.real_profile(state, known)
     vec, why = core.user_vector(state, real, "sasrec")
     assert "encoded by the sequential model" in why
@@ -194,6 +126,57 @@ def test_app_switches_cf_backend(vectors, tiny_checkpoints, tiny_llm_dir, tiny_d
         core.compare(state, user, candidates[0], "nope")
     with pytest.raises(core.InputError, match="cf_model must be a name"):
         core.compare(state, user, candidates[0], 3)
+
+
+def test_catalog_is_built_from_the_dataset_alone(tiny_data_dir):
+    """Users, items, histories and warm flags come from a Dataset, no model; warm uses the protocol's threshold."""
+    from collm_demo.ui.catalog import Catalog
+
+    ds = load_dataset(tiny_data_dir)
+    catalog = Catalog(ds)
+    assert catalog.warm_min == ds.protocol.warm_min
+    user = catalog.default_user()
+    info = catalog.users[user]
+    assert info.warm == (info.n_train >= ds.protocol.warm_min)
+    hist = catalog.real_history(user)
+    assert 0 < len(hist) <= ds.protocol.history_len and (hist["timestamp"] < catalog.test_start).all()
+    assert set(catalog.true_labels(user)) == set(catalog.test_items(user)["item"].astype(str))
+    assert all(catalog.item_warm(i) == (catalog.item_train.get(i, 0) >= catalog.warm_min) for i in catalog.item_ids)
+
+
+def test_memoize_keys_on_the_arguments():
+    from collm_demo.ui.memo import memoize
+    from collm_demo.ui.values import Profile
+
+    class Owner:
+        pass
+
+    calls = []
+
+    @memoize(8, ignore=("progress",))
+    def work(owner, profile, cf=None, progress=None):
+        calls.append((profile, cf))
+        return len(calls)
+
+    owner, other = Owner(), Owner()
+    a = Profile("user", "1", ["1", "2"], [1, 0], ["2000-01-01", "2000-01-02"])
+    b = Profile("user", "1", ("1", "2"), (1, 0))  # the same history: dates are shown, not identity
+    assert work(owner, a) == work(owner, b, None, progress=print) == work(owner, b, cf=None) == 1
+    assert work(owner, a, "lightgcn") == 2 and work(other, a) == 3  # other arguments, other owner: computed
+    assert work(owner, Profile("edited", "1", a.items, a.labels)) == 4
+
+
+def test_refused_checkpoints_fall_back_to_zero_shot(tiny_llm_dir, tiny_data_dir, tmp_path):
+    """Any CoLLMError from the checkpoints (here an unreadable manifest) runs the plain LLM, with a notice."""
+    from collm_demo.config import AppConfig
+    from collm_demo.ui.state import AppState
+
+    (tmp_path / "manifest.json").write_text("{not json")
+    state = AppState(AppConfig(checkpoint_dir=tmp_path, llm=str(tiny_llm_dir), data=str(tiny_data_dir),
+                               layout_path=tmp_path / "none.json", results_path=tmp_path / "none.json"))
+    pipe = state.pipeline()
+    assert pipe.cf is None and not pipe.has_lora
+    assert "were refused" in state.hub.notice and "zero-shot" in state.hub.notice
 
 
 def test_results_table_puts_backends_side_by_side():
@@ -231,8 +214,9 @@ def test_other_data_formats_run_the_whole_pipeline(fmt, tiny_llm_dir, tmp_path, 
     """A MovieLens-1M folder and a CSV pair: load, protocol, all training stages, evaluation
     (every method's rows) and the app (state, scoring, page built), with no fetch at all."""
     from collm_demo import assets
+    from collm_demo.config import AppConfig
     from collm_demo.ui import build_demo, recommend
-    from collm_demo.ui.state import AppConfig, AppState
+    from collm_demo.ui.state import AppState
 
     def no_fetch(*args, **kwargs):
         raise AssertionError("nothing may be fetched when --data and --llm are given")
@@ -254,10 +238,10 @@ def test_other_data_formats_run_the_whole_pipeline(fmt, tiny_llm_dir, tmp_path, 
     pipeline = load_pipeline(ckpt, str(tiny_llm_dir), str(data), bf16=False)
     state = AppState(AppConfig(checkpoint_dir=ckpt, llm=str(tiny_llm_dir), data=str(data),
                                layout_path=tmp_path / "none.json", results_path=out), pipeline=pipeline)
-    user = state.default_user()
+    user = state.catalog.default_user()
     table, _ = recommend.load_history(state, "user", user)
-    scored = recommend.score(state, "user", user, table, state.item_ids[:3])
-    assert [r["title"] for r in scored["rows"]] == TITLES[:3]
-    assert all(r["score_cf"] is not None for r in scored["rows"])
+    scored = recommend.score(state, "user", user, table, state.catalog.item_ids[:3])
+    assert [r.title for r in scored.rows] == TITLES[:3]
+    assert all(r.score_cf is not None for r in scored.rows)
     demo = build_demo(state)
     assert any(fn.api_name == "compare" for fn in demo.fns.values())

@@ -88,9 +88,9 @@ def test_recommend_flow(page, app_state):
     shot(page, "01_first_load")
 
     # pick another warm user with test items through the searchable dropdown
-    default = app_state.default_user()
-    user = next(u for _, u in app_state.user_choices()
-                if u != default and app_state.users[u].warm and app_state.users[u].n_test >= 5)
+    default = app_state.catalog.default_user()
+    user = next(u for _, u in app_state.catalog.user_choices()
+                if u != default and app_state.catalog.users[u].warm and app_state.catalog.users[u].n_test >= 5)
     box = page.locator("#user-dropdown input")
     box.click()
     box.fill("")
@@ -158,13 +158,13 @@ def test_other_tabs(page):
 
 def test_cf_backend_selector(page, app_state):
     """Switching the CF model re-scores with its tokens; the map and the walkthrough follow."""
-    choices = app_state.backend_choices()
+    choices = app_state.hub.backend_choices()
     if len(choices) < 2:
         pytest.skip("only one CF backend is trained in these checkpoints")
     first = app_state.pipeline()
     label, name = choices[1]
     other = app_state.pipeline(name)
-    from collm_demo.ui.core import cf_name
+    from collm_demo.ui.views import cf_label as cf_name
 
     wait_summary(page, f"CF model: {cf_name(first)}")
     box = page.locator("#cf-model input")
@@ -174,7 +174,7 @@ def test_cf_backend_selector(page, app_state):
     wait_summary(page, f"Top picks — CoLLM ({cf_name(other)} tokens)")
     wait_idle(page)
     page.get_by_role("tab", name="Embedding space").click()
-    expected = (f"Mapped {cf_name(other)} tokens" if app_state.layout(name) is not None
+    expected = (f"Mapped {cf_name(other)} tokens" if app_state.assets.layout(name) is not None
                 else f"No embedding-map layout for the {cf_name(other)} tokens")
     page.wait_for_function(f"() => document.querySelector('#tab-embedding').innerText.includes({expected!r})",
                            timeout=STEP_TIMEOUT)

@@ -10,8 +10,7 @@ import pytest
 from collm_demo.__main__ import main
 from collm_demo.ceiling import cross_fitted_fusion, fusion_report, held_out_valid_rows
 from collm_demo.config import QuickConfig
-from collm_demo.data import load_dataset
-from collm_demo.train import early_stop_rows, sample_rows
+from collm_demo.data import early_stop_rows, load_dataset, sample_rows
 from conftest import synthetic_ratings, write_ml100k
 
 

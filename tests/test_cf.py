@@ -1,24 +1,18 @@
-"""MF learns planted structure; CF checkpoints round-trip; unknown ids get defined vectors."""
+"""MF learns planted structure; CF checkpoints round-trip; unknown ids get defined vectors; fold-in
+maths and its strength; the shared epoch loop with early stopping."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from collm_demo.cf import load_cf, train_mf
-from collm_demo.cf.base import CFModel
+from collm_demo.cf import CFModel, load_cf, train_mf
+from collm_demo.cf.foldin import DEFAULT_L2, L2_GRID, fold_in, parse_l2, tune_l2
 from collm_demo.data import load_dataset
-from collm_demo.foldin import (
-    DEFAULT_L2,
-    L2_GRID,
-    fold_in,
-    fold_in_item,
-    fold_in_user,
-    tune_user_l2,
-    user_l2,
-    user_vectors_for_rows,
-)
+from collm_demo.errors import InputError
+from collm_demo.trainer import fit_epochs
 from conftest import synthetic_ratings, write_ml100k
 
 
@@ -41,8 +35,8 @@ def test_mf_recovers_planted_structure(planted):
     # new users are folded in from their history: the taste groups are recovered too
     cold = test[test["cold_user"]]
     if len(cold) and cold["label"].nunique() == 2:
-        vecs = user_vectors_for_rows(cf, cold["user"].tolist(), cold["history_items"].tolist(),
-                                     cold["history_labels"].tolist())
+        vecs = cf.row_user_vectors(cold["user"].tolist(), cold["history_items"].tolist(),
+                                   cold["history_labels"].tolist())
         scores = cf.score_vectors(vecs, cf.item_vectors(cold["item"].tolist()))
         assert roc_auc_score(cold["label"], scores.numpy()) > 0.8
 
@@ -67,15 +61,22 @@ def test_unknown_ids_get_the_no_information_vector(planted):
 
 def test_fold_in_without_interactions_is_the_prior_and_with_them_follows_labels(planted):
     _, cf, _ = planted
-    assert torch.allclose(fold_in_user(cf, [], []), cf.default_user)
+    assert torch.equal(cf.fold_in_user([], []), cf.default_user)
     even = [i for i in cf.item_ids if int(i) % 2 == 0]
     odd = [i for i in cf.item_ids if int(i) % 2 == 1]
-    user = fold_in_user(cf, even[:3] + odd[:3], [1, 1, 1, 0, 0, 0])
+    user = cf.fold_in_user(even[:3] + odd[:3], [1, 1, 1, 0, 0, 0])
+    # the same vector as a prompt row of a user unseen in training with that history
+    assert torch.equal(user, cf.row_user_vectors(["nobody"], [even[:3] + odd[:3]], [[1, 1, 1, 0, 0, 0]])[0])
+    assert torch.equal(cf.history_user_vector(even[:3] + odd[:3], [1, 1, 1, 0, 0, 0]), user)
     s_even = cf.score_vectors(user.expand(len(even), -1), cf.item_vectors(even)).mean()
     s_odd = cf.score_vectors(user.expand(len(odd), -1), cf.item_vectors(odd)).mean()
     assert s_even > s_odd + 0.2
-    item = fold_in_item(cf, [], [])
-    assert torch.equal(item, cf.default_item)
+    assert torch.equal(cf.fold_in_item([], []), cf.default_item)
+    raters = cf.user_ids[:4] + ["nobody"]  # a user unseen in training is masked out
+    liked, disliked = cf.fold_in_item(raters, [1] * 5), cf.fold_in_item(raters, [0] * 5)
+    users = cf.user_vectors(raters[:4])
+    assert (cf.score_vectors(users, liked.expand(4, -1)) > cf.score_vectors(users, disliked.expand(4, -1))).all()
+    assert torch.equal(cf.fold_in_item(raters[:4], [1] * 4), liked)
 
 
 def test_fold_in_strength_is_tuned_on_valid_and_travels_with_the_model(planted, tmp_path):
@@ -88,22 +89,22 @@ def test_fold_in_strength_is_tuned_on_valid_and_travels_with_the_model(planted, 
     # planted, so pinning users at the popularity-only prior (a huge L2) must lose
     rows = ds.split("test").copy()
     rows["user"] = "new-" + rows["user"].astype(str)
-    best, aucs = tune_user_l2(cf, rows, grid=(0.1, 1.0, 1e6))
+    best, aucs = cf.tune_foldin_l2(rows, grid=(0.1, 1.0, 1e6))
     assert best != 1e6 and aucs[best] == max(aucs.values()) > aucs[1e6] + 0.1
-    users = user_vectors_for_rows(cf, rows["user"].tolist(), rows["history_items"].tolist(),
-                                  rows["history_labels"].tolist(), l2=best)
+    users = cf.row_user_vectors(rows["user"].tolist(), rows["history_items"].tolist(),
+                                rows["history_labels"].tolist(), l2=best)
     scores = cf.score_vectors(users, cf.item_vectors(rows["item"].tolist())).numpy()
-    assert round(roc_auc_score(rows["label"], scores), 4) == aucs[best]
+    assert round(roc_auc_score(rows["label"], scores), 4) == aucs[best] == round(cf.auc(rows, l2=best), 4)
     # the model's own strength is the default everywhere, and survives save/load
     cf.save(tmp_path / "cf.safetensors")
     back = load_cf(tmp_path / "cf.safetensors")
-    assert user_l2(back) == cf.meta["foldin_l2"]
+    assert back.foldin_l2 == cf.meta["foldin_l2"] and back.kind == "mf"
     items, labels = rows["history_items"].iloc[0], rows["history_labels"].iloc[0]
-    assert torch.equal(fold_in_user(back, items, labels), fold_in_user(cf, items, labels, l2=user_l2(cf)))
-    if user_l2(cf) != DEFAULT_L2:
-        assert not torch.equal(fold_in_user(back, items, labels), fold_in_user(cf, items, labels, l2=DEFAULT_L2))
+    assert torch.equal(back.fold_in_user(items, labels), cf.fold_in_user(items, labels, l2=cf.foldin_l2))
+    if cf.foldin_l2 != DEFAULT_L2:
+        assert not torch.equal(back.fold_in_user(items, labels), cf.fold_in_user(items, labels, l2=DEFAULT_L2))
     # vectors from elsewhere (no tuned strength in their meta) use the documented default
-    assert user_l2(CFModel(["u"], ["i"], torch.zeros(1, 3), torch.zeros(1, 3))) == DEFAULT_L2
+    assert CFModel(["u"], ["i"], torch.zeros(1, 3), torch.zeros(1, 3)).foldin_l2 == DEFAULT_L2
 
 
 def test_fold_in_is_deterministic_and_masked():
@@ -124,3 +125,47 @@ def test_cf_model_validates_its_input():
         CFModel(["u"], ["i"], torch.zeros(1, 3), torch.zeros(1, 4))
     with pytest.raises(ValueError, match="NaN"):
         CFModel(["u"], ["i"], torch.full((1, 3), float("nan")), torch.zeros(1, 3))
+
+
+def test_tune_l2_keeps_the_best_rounded_auc_and_breaks_ties_towards_the_stronger_pull():
+    aucs = {0.3: 0.70001, 1.0: 0.71, 3.0: 0.70996, 10.0: 0.6}
+    best, table = tune_l2(aucs.__getitem__, grid=tuple(aucs))
+    assert best == 3.0 and table == {0.3: 0.7, 1.0: 0.71, 3.0: 0.71, 10.0: 0.6}  # 0.71 twice: the stronger
+    assert tune_l2(lambda l2: 0.5, grid=(30.0, 0.3))[0] == 30.0
+    assert tune_l2(lambda l2: -l2, grid=L2_GRID)[0] == min(L2_GRID)
+
+
+def test_parse_l2_accepts_positive_numbers_only():
+    assert parse_l2("2.5") == 2.5 and parse_l2(5) == 5.0
+    for bad in ("0", "-1", "nan", "inf", "x", None):
+        with pytest.raises(InputError, match="positive number"):
+            parse_l2(bad)
+
+
+def test_fit_epochs_stops_early_and_puts_the_best_epoch_back():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(10, 2), torch.randn(10)
+    aucs = iter([0.6, 0.7, 0.65, 0.69, 0.9])  # best at epoch 2, then two checks without improvement
+    weights, seen, log = [], [], []
+
+    def losses(rows):
+        seen.append(rows.tolist())
+        loss = torch.nn.functional.mse_loss(model(x[rows]).squeeze(-1), y[rows])
+        return loss, loss + 0.0 * model.weight.sum()
+
+    def evaluate():
+        assert not model.training
+        weights.append(model.weight.detach().clone())
+        return next(aucs)
+
+    fit = fit_epochs(model, optimiser, 10, losses, evaluate, epochs=10, batch_size=4, patience=2, seed=3,
+                     name="toy", log=log.append)
+    assert fit["best_epoch"] == 2 and fit["valid_auc"] == 0.7 and [h["epoch"] for h in fit["history"]] == [1, 2, 3, 4]
+    assert torch.equal(model.weight, weights[1]) and not model.training
+    assert log[0].startswith("[toy] epoch 1: train loss ") and log[0].endswith("valid AUC 0.6000")
+    # one seeded permutation per epoch, cut into minibatches
+    rng = np.random.default_rng(3)
+    assert seen[:3] == [p.tolist() for p in torch.from_numpy(rng.permutation(10)).split(4)]
+    assert sorted(sum(seen[3:6], [])) == list(range(10))

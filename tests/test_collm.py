@@ -6,9 +6,10 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from collm_demo.checkpoints import load_projector, save_projector
 from collm_demo.collm import CoLLM, Projector, pack, plan_prefix_batches, prompt_text
+from collm_demo.errors import CheckpointError
 from collm_demo.llm import load_llm
-from collm_demo.pipeline import CheckpointMismatch, load_projector, save_projector
 from conftest import TITLES
 
 HISTORIES = [(["Heat", "Jaws"], [1, 0]), (["Toy Story"], [1]),
@@ -128,9 +129,9 @@ def test_projector_round_trip_and_mismatch(tmp_path):
     back = load_projector(tmp_path / "p.safetensors", hidden_size=32, cf_dim=6)
     x = torch.randn(4, 6)
     torch.testing.assert_close(back(x), projector(x))
-    with pytest.raises(CheckpointMismatch, match="hidden size 32.*hidden size 576"):
+    with pytest.raises(CheckpointError, match="hidden size 32.*hidden size 576"):
         load_projector(tmp_path / "p.safetensors", hidden_size=576, cf_dim=6)
-    with pytest.raises(CheckpointMismatch, match="dim 6.*dim 66"):
+    with pytest.raises(CheckpointError, match="dim 6.*dim 66"):
         load_projector(tmp_path / "p.safetensors", hidden_size=32, cf_dim=66)
 
 

@@ -124,3 +124,48 @@ def test_embedded_ml100k_protocol():
     assert ds.counts["interactions"] == 100_000
     assert ds.items["year"].isna().sum() >= 1  # RecBole's 'unkonwn' year becomes NA
     check_protocol(ds)
+
+
+# ------------------------------------------------------------------ the paper's ML-1M protocol
+
+def test_collm_ml1m_protocol_splits_by_month_and_keeps_liked_histories(tmp_path):
+    import pandas as pd
+
+    from collm_demo.config import ProtocolConfig
+    from collm_demo.data import month_index
+
+    first = pd.Timestamp("2000-04-15", tz="UTC")
+    rows = []
+    for month in range(36):  # 2000-04 .. 2003-03: months 0..35
+        stamp = int((first + pd.DateOffset(months=month)).timestamp())
+        for user in (1, 2, 3):
+            item = 1 + (month + user) % 12
+            rows.append((user, item, 5 if (month + user) % 3 else 2, stamp + user))
+    folder = write_ml1m(tmp_path / "ml1m", rows)
+    dataset = load_dataset(folder, ProtocolConfig.named("collm-ml1m"))
+    inter = dataset.interactions
+    months = month_index(pd.Series([r[3] for r in rows]))
+    assert sorted(set(months)) == list(range(36))
+    kept = inter.assign(month=month_index(inter["timestamp"]) + 14)  # the kept rows start at month 14
+    assert kept.groupby("split")["month"].agg(["min", "max"]).to_dict("index") == {
+        "train": {"min": 14, "max": 23}, "valid": {"min": 24, "max": 28}, "test": {"min": 29, "max": 33}}
+    assert len(inter) == 3 * 20  # months 0-13 and 34-35 dropped
+    # every kept row is a protocol row, empty histories included; histories hold liked items only
+    assert len(dataset.rows) == len(inter) and dataset.counts["dropped_no_history"]["train"] == 0
+    firsts = dataset.rows.sort_values("timestamp").groupby("user").head(1)
+    assert (firsts["history_items"].map(len) == 0).all()  # each user's first kept row: kept, history empty
+    assert all(set(labels) <= {1} for labels in dataset.rows["history_labels"])
+    user1 = dataset.rows[dataset.rows["user"] == "1"].sort_values("timestamp")
+    liked = [i for i, y in zip(user1["item"], user1["label"]) if y]
+    assert user1["history_items"].iloc[-1] == tuple(liked[:-1][-10:] if user1["label"].iloc[-1] else liked[-10:])
+
+
+def test_checkpoints_are_not_scored_under_another_protocol(tiny_data_dir):
+    from collm_demo.errors import CheckpointError
+    from collm_demo.pipeline import check_protocol
+
+    dataset = load_dataset(tiny_data_dir)
+    check_protocol({}, dataset)  # no manifest: nothing to check
+    check_protocol({"data": {"protocol": {"split": [0.8, 0.1, 0.1]}}}, dataset)  # recorded before names: global
+    with pytest.raises(CheckpointError, match="protocol 'collm-ml1m'.*--protocol collm-ml1m"):
+        check_protocol({"data": {"protocol": {"name": "collm-ml1m"}}}, dataset)

@@ -54,10 +54,8 @@ def test_same_request_same_scores_whatever_the_company_and_order(app_state):
 def test_server_keeps_serving_after_bad_requests_and_refuses_overflow_clearly():
     """A queue of size 1 in front of one worker: a burst gets 'Queue is full! Please try
     again.' for the overflow, every admitted request succeeds, and the server goes on."""
+    from _launch import AppServer
     from gradio_client.exceptions import AppError
-
-    sys.path.insert(0, str(ROOT))
-    from benchmarks._server import AppServer
 
     ui_support.configure()
     with AppServer(env={"COLLM_MAX_QUEUE": "1", "COLLM_THREADS": "1"}) as server:
@@ -88,7 +86,7 @@ def test_server_keeps_serving_after_bad_requests_and_refuses_overflow_clearly():
 def test_load_script_small():
     """benchmarks/load_compare.py with a small count: all succeed, equal serial results, RSS bounded."""
     ui_support.configure()
-    proc = subprocess.run([sys.executable, "benchmarks/load_compare.py", "--clients", "4", "--requests", "3",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.load_compare", "--clients", "4", "--requests", "3",
                            "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env=os.environ | {"COLLM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

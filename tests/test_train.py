@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from collm_demo.__main__ import main
-from collm_demo.pipeline import CheckpointMismatch, load_pipeline, read_manifest, write_manifest
+from collm_demo.checkpoints import read_manifest, write_manifest
+from collm_demo.errors import CheckpointError
+from collm_demo.pipeline import load_pipeline
 
 
 def test_quick_training_writes_every_checkpoint_and_a_manifest(tiny_checkpoints, tiny_llm_dir):
@@ -62,9 +64,9 @@ def test_cf_tokens_are_folded_in_as_the_projector_was_trained(tiny_checkpoints, 
                                                                tmp_path):
     """MF alone folds unseen users in with its own tuned strength; CoLLM's user token with the
     strength its projector was trained on (recorded in the projector file)."""
+    from collm_demo.cf.foldin import DEFAULT_L2
+    from collm_demo.checkpoints import load_projector, save_projector
     from collm_demo.config import QuickConfig
-    from collm_demo.foldin import DEFAULT_L2, user_l2
-    from collm_demo.pipeline import load_projector, save_projector
 
     pipeline = load_pipeline(tiny_checkpoints, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
     assert pipeline.token_foldin_l2() == QuickConfig().projector_foldin_l2
@@ -79,7 +81,7 @@ def test_cf_tokens_are_folded_in_as_the_projector_was_trained(tiny_checkpoints, 
     expected_collm = pipeline.model.score_shared(pipeline.prompts(rows, True), token_users, items)
     torch.testing.assert_close(pipeline.score_rows(rows, "collm"), expected_collm)
     torch.testing.assert_close(pipeline.score_rows(rows, "mf"), pipeline.cf.score_vectors(cf_users, items))
-    assert user_l2(pipeline.cf) == 30.0
+    assert pipeline.cf.foldin_l2 == 30.0
     # the strength survives save/load; a file from before it was recorded was trained with the default
     projector = pipeline.model.projector
     save_projector(projector, tmp_path / "p.safetensors", "mf")
@@ -92,7 +94,7 @@ def test_cf_tokens_are_folded_in_as_the_projector_was_trained(tiny_checkpoints, 
     for bad in ("-1", "nan", "strong"):
         projector.foldin_l2 = bad
         save_projector(projector, tmp_path / "bad.safetensors", "mf")
-        with pytest.raises(CheckpointMismatch, match="fold-in strength"):
+        with pytest.raises(CheckpointError, match="fold-in strength"):
             load_projector(tmp_path / "bad.safetensors", projector.hidden_size, projector.cf_dim)
 
 
@@ -140,12 +142,12 @@ def test_manifest_mismatch_is_refused_before_weights(tiny_checkpoints, tiny_llm_
     manifest = read_manifest(copy)
     manifest["llm"]["hidden_size"] = 576
     write_manifest(manifest, copy)
-    with pytest.raises(CheckpointMismatch, match="hidden size 576.*hidden size 32"):
+    with pytest.raises(CheckpointError, match="hidden size 576.*hidden size 32"):
         load_pipeline(copy, str(tiny_llm_dir), str(tiny_data_dir))
     manifest["llm"]["hidden_size"] = 32
     manifest["cf"]["mf"]["items"] = 999
     write_manifest(manifest, copy)
-    with pytest.raises(CheckpointMismatch, match="999 items"):
+    with pytest.raises(CheckpointError, match="999 items"):
         load_pipeline(copy, str(tiny_llm_dir), str(tiny_data_dir))
 
 

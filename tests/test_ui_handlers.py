@@ -6,18 +6,17 @@ repeated calls are free.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import torch
 import ui_support
 
-from collm_demo.foldin import user_l2
+from collm_demo.config import MAX_CANDIDATES, AppConfig
+from collm_demo.errors import InputError
 from collm_demo.ui import core, embedding, explain, recommend, warm_cold
-from collm_demo.ui.core import InputError, Profile
-from collm_demo.ui.state import MAX_CANDIDATES, AppConfig, AppState
+from collm_demo.ui.state import AppState
+from collm_demo.ui.values import Profile, ScoredResult, focus_choices
 
 pytestmark = pytest.mark.integration
 
@@ -29,28 +28,28 @@ def app_state():
 
 @pytest.fixture(scope="module")
 def user(app_state):
-    return app_state.default_user()
+    return app_state.catalog.default_user()
 
 
 @pytest.fixture(scope="module")
 def scored(app_state, user):
     table, _ = recommend.load_history(app_state, "user", user)
     cands = recommend.candidate_set(app_state, "test", 4, "user", user, table, seed=0)
-    rated = set(app_state.test_items(user)["item"])
-    cold = [i for i in app_state.item_ids if not app_state.item_warm(i) and i not in rated][:1]
+    rated = set(app_state.catalog.test_items(user)["item"])
+    cold = [i for i in app_state.catalog.item_ids if not app_state.catalog.item_warm(i) and i not in rated][:1]
     return recommend.score(app_state, "user", user, table, cands + cold)
 
 
 # ------------------------------------------------------------------- state / history
 
 def test_users_and_histories(app_state, user):
-    choices = app_state.user_choices()
+    choices = app_state.catalog.user_choices()
     assert choices and all(label.startswith("user ") for label, _ in choices)
-    info = app_state.users[user]
+    info = app_state.catalog.users[user]
     assert info.warm and info.n_test >= 10
-    hist = app_state.real_history(user)
+    hist = app_state.catalog.real_history(user)
     assert 0 < len(hist) <= 10
-    assert (hist["timestamp"] < app_state.test_start).all()  # honest: nothing from the test period
+    assert (hist["timestamp"] < app_state.catalog.test_start).all()  # honest: nothing from the test period
     assert hist["timestamp"].is_monotonic_increasing
 
 
@@ -94,7 +93,7 @@ def test_add_remove_and_limit(app_state):
     assert len(warnings) == 1 and "kept the latest 10" in warnings[0] and "dropped the 2 oldest" in warnings[0]
     # a table edited to more than 10 rows is cut the same way, and the status line says so
     too_long = pd.concat([full, longer.tail(2)], ignore_index=True)
-    assert core.profile_from_inputs(app_state, "composed", None, too_long).items == list(too_long["id"])[-10:]
+    assert list(core.profile_from_inputs(app_state, "composed", None, too_long).items) == list(too_long["id"])[-10:]
     assert "kept the latest 10" in recommend.history_status(app_state, "composed", None, too_long)
     with pytest.raises(InputError, match="Unknown movie"):
         recommend.add_to_history(app_state, full, ["999999"], "liked")
@@ -103,12 +102,12 @@ def test_add_remove_and_limit(app_state):
 def test_candidate_sets(app_state, user):
     table, _ = recommend.load_history(app_state, "user", user)
     test = recommend.candidate_set(app_state, "test", 5, "user", user, table, seed=1)
-    assert len(test) == 5 and set(test) <= set(app_state.test_items(user)["item"])
+    assert len(test) == 5 and set(test) <= set(app_state.catalog.test_items(user)["item"])
     popular = recommend.candidate_set(app_state, "popular", 5, "user", user, table)
-    assert all(app_state.item_warm(i) for i in popular)
+    assert all(app_state.catalog.item_warm(i) for i in popular)
     assert not set(popular) & set(table["id"])
     cold = recommend.candidate_set(app_state, "cold", 5, "user", user, table, seed=1)
-    assert len(cold) == 5 and not any(app_state.item_warm(i) for i in cold)
+    assert len(cold) == 5 and not any(app_state.catalog.item_warm(i) for i in cold)
     assert len(recommend.candidate_set(app_state, "random", 7, "user", user, table, seed=1)) == 7
     with pytest.raises(InputError, match="composed"):
         recommend.candidate_set(app_state, "test", 5, "composed", None, table)
@@ -117,24 +116,24 @@ def test_candidate_sets(app_state, user):
 # ----------------------------------------------------------------------- scoring
 
 def test_score_both_modes(app_state, scored):
-    rows = scored["rows"]
-    assert len(rows) == 5 and scored["cf_mode"] is not None
+    rows = scored.rows
+    assert isinstance(scored, ScoredResult) and len(rows) == 5 and scored.has_cf
     for r in rows:
-        assert 0 <= r["score_text"] <= 1 and 0 <= r["score_cf"] <= 1
-        assert r["delta"] == pytest.approx(r["score_cf"] - r["score_text"])
-    assert sum(r["label"] is not None for r in rows) >= 4  # the user's test items carry true labels
-    assert rows[-1]["warm"] is False and rows[-1]["label"] is None
-    json.dumps(scored)  # the gr.State value is plain data
+        assert 0 <= r.score_text <= 1 and 0 <= r.score_cf <= 1
+        assert r.delta == pytest.approx(r.score_cf - r.score_text)
+    assert sum(r.label is not None for r in rows) >= 4  # the user's test items carry true labels
+    assert rows[-1].warm is False and rows[-1].label is None
+    hash(scored)  # the gr.State value is a frozen value (and keys caches)
 
 
 def test_scores_match_the_plain_forward(app_state, scored):
     """Shared-prefix scores (the table) agree with one full forward per prompt (How it works)."""
-    profile = Profile.from_dict(scored["profile"])
-    row = scored["rows"][0]
-    text = core.answer_logits(app_state, profile, row["item"], False)
-    cf = core.answer_logits(app_state, profile, row["item"], True)
-    assert text["score"] == pytest.approx(row["score_text"], abs=2e-3)
-    assert cf["score"] == pytest.approx(row["score_cf"], abs=2e-3)
+    profile = scored.profile
+    row = scored.rows[0]
+    text = core.answer_logits(app_state, profile, row.item, False)
+    cf = core.answer_logits(app_state, profile, row.item, True)
+    assert text.score == pytest.approx(row.score_text, abs=2e-3)
+    assert cf.score == pytest.approx(row.score_cf, abs=2e-3)
 
 
 def test_results_table_sorting_and_toggle(app_state, scored):
@@ -156,7 +155,7 @@ def test_delta_chart_and_prompts(app_state, scored):
     assert isinstance(fig, go.Figure) and fig.layout.height >= 280
     names = {t.name for t in fig.data}
     assert any("warm" in n for n in names) and any("cold" in n for n in names)
-    choices, first = recommend.focus_choices(scored, True)
+    choices, first = focus_choices(scored, True)
     assert len(choices) == 5
     text, cf = recommend.prompts_html(app_state, scored, first, True)
     assert "slot" not in text and "used for the ranking" not in text
@@ -167,22 +166,22 @@ def test_delta_chart_and_prompts(app_state, scored):
 def test_composed_user_is_folded_in(app_state):
     table = core.history_frame(app_state, [("50", 1, ""), ("181", 1, ""), ("313", 0, "")])
     result = recommend.score(app_state, "composed", None, table, ["172", "1"])
-    assert result["profile"]["kind"] == "composed"
-    assert "folded in" in result["vector_source"]
-    assert all(r["label"] is None for r in result["rows"])
-    vec, _ = core.user_vector(app_state, Profile.from_dict(result["profile"]))
+    assert result.profile.kind == "composed"
+    assert "folded in" in result.vector_source
+    assert all(r.label is None for r in result.rows)
+    vec, _ = core.user_vector(app_state, result.profile)
     default = app_state.pipeline().cf.default_user
     assert not torch.allclose(vec, default)  # the history moved it away from the no-information vector
     # the CF token is made from the fold-in the projector was trained on; MF alone uses its own
     pipe = app_state.pipeline()
-    profile = Profile.from_dict(result["profile"])
+    profile = result.profile
     token_vec, _ = core.user_vector(app_state, profile, for_tokens=True)
     expected = pipe.cf.row_user_vectors(["x"], [profile.items], [profile.labels], l2=pipe.token_foldin_l2())[0]
     torch.testing.assert_close(token_vec, expected)
-    if pipe.token_foldin_l2() != user_l2(pipe.cf):
+    if pipe.token_foldin_l2() != pipe.cf.foldin_l2:
         assert not torch.allclose(token_vec, vec)
         walk = explain.explain(app_state, result, "172")
-        assert f"strength {user_l2(pipe.cf):g}" in walk["step1_md"]
+        assert f"strength {pipe.cf.foldin_l2:g}" in walk["step1_md"]
         assert f"uses {pipe.token_foldin_l2():g}" in walk["step1_md"]
 
 
@@ -221,28 +220,28 @@ def test_compare_bad_input(app_state, user_id, items, message):
 # ------------------------------------------------------------------- other tabs
 
 def test_embedding_map(app_state, scored):
-    fig, caption = embedding.map_figure(app_state, scored, "warm", True, scored["rows"][0]["item"])
+    fig, caption = embedding.map_figure(app_state, scored, "warm", True, scored.rows[0].item)
     assert fig.layout.height == embedding.MAP_HEIGHT
     names = [t.name for t in fig.data]
     assert "candidates" in names and "vocabulary words" in names and "warm items" in names
     assert "UMAP" in caption
     fig, _ = embedding.map_figure(app_state, scored, "genre", False, None)
     assert "vocabulary words" not in [t.name for t in fig.data]
-    frame, text = embedding.token_report(app_state, scored, scored["rows"][0]["item"])
+    frame, text = embedding.token_report(app_state, scored, scored.rows[0].item)
     assert len(frame) == 8 and frame.iloc[:, 2].between(-1, 1).all()
     assert "typical word embedding" in text
 
 
 def test_composed_user_is_placed(app_state):
     profile = Profile("composed", None, ["50", "172"], [1, 1])
-    (x, y), how = embedding.user_position(app_state, profile)
+    (x, y), how = core.user_position(app_state, profile)
     assert "placed" in how
-    xs = [p["x"] for p in app_state.layout()["points"]]
+    xs = [p["x"] for p in app_state.assets.layout()["points"]]
     assert min(xs) - 1 <= x <= max(xs) + 1
 
 
 def test_results_and_missing_results(app_state):
-    results = app_state.results()
+    results = app_state.assets.results()
     frame = warm_cold.results_frame(results)
     assert list(frame.columns)[:3] == ["method", "all AUC", "all UAUC"] and len(frame) >= 1
     fig = warm_cold.results_figure(results)
@@ -268,7 +267,7 @@ def test_cold_start_simulator(app_state, scored):
 
 
 def test_explain_walkthrough(app_state, scored):
-    item = scored["rows"][0]["item"]
+    item = scored.rows[0].item
     data = explain.explain(app_state, scored, item)
     assert set(explain.OUTPUT_KEYS) <= set(data)
     assert list(data["step1_table"]["vector"])[0].startswith("user")
@@ -276,7 +275,7 @@ def test_explain_walkthrough(app_state, scored):
     assert "position" in data["step3_md"] and 'class="tok tok-user"' in data["step3_html"]
     table = data["step4_table"]
     assert len(table) == 2
-    assert table["score = sigmoid(Yes − No)"].iloc[1] == pytest.approx(scored["rows"][0]["score_cf"], abs=2e-3)
+    assert table["score = sigmoid(Yes − No)"].iloc[1] == pytest.approx(scored.rows[0].score_cf, abs=2e-3)
     assert "rank" in data["step5_md"]
 
 
@@ -294,16 +293,16 @@ def test_app_starts_without_checkpoints(tmp_path):
                                results_path=tmp_path / "none.json"))
     pipe = state.pipeline()
     assert not pipe.has_projector and not pipe.has_lora
-    assert "zero-shot" in state.notice and "python -m collm_demo train" in state.notice
-    user = state.default_user()
+    assert "zero-shot" in state.hub.notice and "python -m collm_demo train" in state.hub.notice
+    user = state.catalog.default_user()
     table, _ = recommend.load_history(state, "user", user)
     result = recommend.score(state, "user", user, table, ["1", "50"])
-    assert result["cf_mode"] is None and all(r["score_cf"] is None for r in result["rows"])
-    assert "zero-shot" in result["text_mode"]
+    assert not result.has_cf and all(r.score_cf is None for r in result.rows)
+    assert "zero-shot" in result.text_mode
     frame = recommend.results_table(result, recommend.SORT_CHOICES[0], True)
     assert frame[recommend.COL_CF].isna().all() and frame[recommend.COL_TEXT].is_monotonic_decreasing
     assert "No projector" in recommend.summary(state, result, True)
-    assert embedding.unavailable(state) is not None
+    assert core.map_unavailable(state) is not None
     fig, caption = embedding.map_figure(state, result)
     assert "projector" in caption
     with pytest.raises(InputError):

@@ -47,7 +47,11 @@ def _run(args: list[str], what: str, timeout: int = 1800) -> None:
 
 
 def _has_projector(folder: Path) -> bool:
-    return (folder / "cf_mf.safetensors").exists() and (folder / "projector_mf.safetensors").exists()
+    from collm_demo.cf import backend
+    from collm_demo.config import DEFAULT_CF
+
+    spec = backend(DEFAULT_CF)
+    return (folder / spec.cf_file).exists() and (folder / spec.projector_file).exists()
 
 
 def checkpoints_dir() -> Path:

@@ -10,7 +10,9 @@ No-information vectors. Users and items unseen in training get a fixed, document
 vector instead of a random one: ``default_user`` / ``default_item``. For MF with biases
 these are "zero taste, zero bias" (so an unseen user is scored by item popularity alone
 and an unseen item by the user's bias alone). A user unseen in training but with a
-known history is *folded in* (see ``foldin.py``) starting from that default.
+known history is *folded in* (the maths: ``foldin.py``; the policy: here) starting from
+that default. A model whose user vector *is* an encoding of the history (SASRec) says so
+with ``encodes_history`` and overrides the two user-vector methods.
 """
 
 from __future__ import annotations
@@ -19,14 +21,21 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+from sklearn.metrics import roc_auc_score
+
+from .foldin import DEFAULT_L2, L2_GRID, fold_in, tune_l2
 
 
 class CFModel:
     """User and item vectors with id maps; the only thing CoLLM needs from a CF model."""
 
     kind = "vectors"
+    # The user vector is an encoding of the history: no stored vector is used for a prompt row
+    # and fold-in does not apply (callers ask this, never the kind).
+    encodes_history: bool = False
 
     def __init__(self, user_ids: Sequence[str], item_ids: Sequence[str], user_table: torch.Tensor,
                  item_table: torch.Tensor, global_bias: float = 0.0,
@@ -78,19 +87,76 @@ class CFModel:
         """(n, dim); items unseen in training get ``default_item``."""
         return self._lookup(items, self.item_index, self.item_table, self.default_item)
 
-    def row_user_vectors(self, users: Sequence[str], histories: Sequence[Sequence[str]],
-                         history_labels: Sequence[Sequence[int]], l2: float | None = None) -> torch.Tensor:
-        """The user vector for a prompt row: the trained vector for users seen in training, else
-        folded in from the row's own history with strength ``l2`` (None: the model's own, see
-        foldin.py). Sequential models override this (their user vector *is* an encoding of the
-        history, and ``l2`` does not apply)."""
-        from ..foldin import user_vectors_for_rows
-
-        return user_vectors_for_rows(self, users, histories, history_labels, l2=l2)
-
     def score_vectors(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         """The CF model's own like-probability for paired vectors."""
         return torch.sigmoid((user_vecs * item_vecs).sum(-1) + self.global_bias)
+
+    # ------------------------------------------------------------------ fold-in (the policy)
+    @property
+    def foldin_l2(self) -> float:
+        """The fold-in strength for this model's users: tuned on valid at training time, else the default."""
+        return float(self.meta.get("foldin_l2", DEFAULT_L2))
+
+    def _fold_in_histories(self, histories: Sequence[Sequence[str]], history_labels: Sequence[Sequence[int]],
+                           l2: float) -> torch.Tensor:
+        """One folded-in user vector per history, (len(histories), dim); items unseen in training
+        are masked out, an empty history gives ``default_user``."""
+        k = max(1, max(len(h) for h in histories))
+        others = torch.zeros(len(histories), k, self.dim)
+        labels = torch.zeros(len(histories), k)
+        mask = torch.zeros(len(histories), k)
+        for row, (history, marks) in enumerate(zip(histories, history_labels)):
+            items = [str(i) for i in history]
+            if not items:
+                continue
+            others[row, : len(items)] = self.item_vectors(items)
+            labels[row, : len(items)] = torch.tensor([float(v) for v in marks])
+            mask[row, : len(items)] = torch.tensor([1.0 if self.has_item(i) else 0.0 for i in items])
+        return fold_in(others, labels, mask, self.default_user, self.global_bias, l2=l2)
+
+    def row_user_vectors(self, users: Sequence[str], histories: Sequence[Sequence[str]],
+                         history_labels: Sequence[Sequence[int]], l2: float | None = None) -> torch.Tensor:
+        """The user vector for each prompt row: the trained vector for users seen in training, else
+        folded in from the row's own history (strictly earlier interactions) with strength ``l2``
+        (None: the model's own, ``foldin_l2``)."""
+        l2 = self.foldin_l2 if l2 is None else l2
+        out = self.user_vectors(users)
+        unknown = [n for n, u in enumerate(users) if not self.has_user(u)]
+        if unknown:
+            out[unknown] = self._fold_in_histories([histories[n] for n in unknown],
+                                                   [history_labels[n] for n in unknown], l2)
+        return out
+
+    def fold_in_user(self, items: Sequence[str], labels: Sequence[int], l2: float | None = None) -> torch.Tensor:
+        """One history (composed or edited in the app) folded in to a user vector (dim,)."""
+        return self._fold_in_histories([list(items)], [list(labels)], self.foldin_l2 if l2 is None else l2)[0]
+
+    def history_user_vector(self, items: Sequence[str], labels: Sequence[int], l2: float | None = None) -> torch.Tensor:
+        """The user vector of someone known only by this history (no stored vector), made the way
+        prompt rows make it: folded in here, encoded by a model that ``encodes_history``."""
+        return self.fold_in_user(items, labels, l2=l2)
+
+    def fold_in_item(self, users: Sequence[str], labels: Sequence[int], l2: float = DEFAULT_L2) -> torch.Tensor:
+        """Refit one item from k (user, label) interactions with the user vectors frozen."""
+        if not len(users):
+            return self.default_item.clone()
+        others = self.user_vectors(list(users)).unsqueeze(0)
+        mask = torch.tensor([[1.0 if self.has_user(u) else 0.0 for u in users]])
+        y = torch.tensor([[float(v) for v in labels]])
+        return fold_in(others, y, mask, self.default_item, self.global_bias, l2=l2)[0]
+
+    def auc(self, rows: pd.DataFrame, l2: float | None = None) -> float:
+        """AUC of the CF model alone on protocol rows (users as ``row_user_vectors`` makes them)."""
+        users = self.row_user_vectors(rows["user"].tolist(), rows["history_items"].tolist(),
+                                      rows["history_labels"].tolist(), l2=l2)
+        items = self.item_vectors(rows["item"].tolist())
+        return float(roc_auc_score(rows["label"].to_numpy(), self.score_vectors(users, items).numpy()))
+
+    def tune_foldin_l2(self, rows: pd.DataFrame, grid: Sequence[float] = L2_GRID) -> tuple[float, dict[float, float]]:
+        """The user fold-in strength with the best AUC of the CF model alone on ``rows`` (valid rows:
+        most of their users are unseen in training, so fold-in decides their score).
+        Returns (best l2, {l2: AUC}); ties go to the stronger pull."""
+        return tune_l2(lambda l2: self.auc(rows, l2=l2), grid)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -104,29 +170,12 @@ class CFModel:
         save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
-    def load(cls, path: str | Path) -> "CFModel":
-        return load_cf(path)
-
-
-def load_cf(path: str | Path) -> CFModel:
-    """Load any saved CF model (safetensors only: nothing is unpickled)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"CF checkpoint {path} does not exist")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    tensors = load_file(str(path))
-    if metadata.get("kind") == "sasrec":
-        from .sasrec import load_sequential
-
-        return load_sequential(tensors, metadata)
-    try:
-        user_ids = json.loads(metadata["user_ids"])
-        item_ids = json.loads(metadata["item_ids"])
-    except (KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a CF checkpoint of this project (missing id maps)") from err
-    return CFModel(user_ids, item_ids, tensors["user_table"], tensors["item_table"],
-                   float(tensors["global_bias"][0]), tensors["default_user"], tensors["default_item"],
-                   meta=json.loads(metadata.get("meta", "{}")) | {"kind": metadata.get("kind", "vectors")})
+    def from_file_parts(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> CFModel:
+        """The model ``save`` wrote, from the file's tensors and metadata (``collm_demo.cf.load_cf``
+        reads the file). A missing part raises KeyError, a bad one ValueError."""
+        kind = metadata.get("kind", "vectors")
+        model = cls(json.loads(metadata["user_ids"]), json.loads(metadata["item_ids"]), tensors["user_table"],
+                    tensors["item_table"], float(tensors["global_bias"][0]), tensors["default_user"],
+                    tensors["default_item"], meta=json.loads(metadata.get("meta", "{}")) | {"kind": kind})
+        model.kind = kind
+        return model

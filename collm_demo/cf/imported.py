@@ -15,62 +15,73 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
+from ..errors import DataError
 from .base import CFModel
 
 
 def _read_table(path: Path) -> tuple[np.ndarray, list[str] | None]:
-    if not path.exists():
-        raise ValueError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"{path}: not a plain numeric .npy array ({err})") from err
+        except (ValueError, OSError) as err:
+            raise DataError(f"{path}: not a plain numeric .npy array ({err})") from err
         return array, None
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="np") as handle:
+                keys = list(handle.keys())
+                key = "embeddings" if "embeddings" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise DataError(f"{path}: expected one tensor or one named 'embeddings', found {keys}")
+                meta = handle.metadata() or {}
+                ids = _id_list(json.loads(meta["ids"]), path) if "ids" in meta else None
+                return handle.get_tensor(key), ids
+        except (SafetensorError, OSError, json.JSONDecodeError) as err:
+            raise DataError(f"{path}: not a readable safetensors file with a JSON id list ({err})") from err
+    raise DataError(f"{path}: unsupported format (use .npy or .safetensors; pickles are never loaded)")
 
-        with safe_open(str(path), framework="np") as handle:
-            keys = list(handle.keys())
-            key = "embeddings" if "embeddings" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise ValueError(f"{path}: expected one tensor or one named 'embeddings', found {keys}")
-            meta = handle.metadata() or {}
-            ids = json.loads(meta["ids"]) if "ids" in meta else None
-            return handle.get_tensor(key), ids
-    raise ValueError(f"{path}: unsupported format (use .npy or .safetensors; pickles are never loaded)")
+
+def _id_list(ids, path: Path) -> list[str]:
+    if not isinstance(ids, list):
+        raise DataError(f"{path}: expected a JSON list of ids")
+    return [str(i) for i in ids]
 
 
 def _read_ids(path: Path) -> list[str]:
-    if not path.exists():
-        raise ValueError(f"{path}: id file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        text = path.read_text()
+        ids = json.loads(text) if path.suffix == ".json" else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a JSON list or a text file of ids ({err})") from err
     if path.suffix == ".json":
-        ids = json.loads(path.read_text())
-        if not isinstance(ids, list):
-            raise ValueError(f"{path}: expected a JSON list of ids")
-        return [str(i) for i in ids]
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return _id_list(ids, path)
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _validate(name: str, array: np.ndarray, ids: list[str] | None, known: set[str], path: Path) -> np.ndarray:
     if ids is None:
-        raise ValueError(f"{path}: no ids given for the {name} rows (pass --{name}-ids or put 'ids' in the safetensors metadata)")
+        raise DataError(f"{path}: no ids given for the {name} rows (pass --{name}-ids or put 'ids' in the safetensors metadata)")
     if array.ndim != 2:
-        raise ValueError(f"{path}: {name} vectors must be 2-D (count, dim), got shape {tuple(array.shape)}")
+        raise DataError(f"{path}: {name} vectors must be 2-D (count, dim), got shape {tuple(array.shape)}")
     if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{path}: {name} vectors must be floating point, got dtype {array.dtype}")
+        raise DataError(f"{path}: {name} vectors must be floating point, got dtype {array.dtype}")
     if not np.isfinite(array).all():
         bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
-        raise ValueError(f"{path}: {name} vectors contain NaN/inf (first at row {bad}, id {ids[bad] if bad < len(ids) else '?'})")
+        raise DataError(f"{path}: {name} vectors contain NaN/inf (first at row {bad}, id {ids[bad] if bad < len(ids) else '?'})")
     if len(ids) != array.shape[0]:
-        raise ValueError(f"{path}: {array.shape[0]} {name} vectors but {len(ids)} ids")
+        raise DataError(f"{path}: {array.shape[0]} {name} vectors but {len(ids)} ids")
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{path}: duplicate {name} id {dup!r}")
+        raise DataError(f"{path}: duplicate {name} id {dup!r}")
     unknown = [i for i in ids if i not in known]
     if unknown:
-        raise ValueError(f"{path}: {len(unknown)} {name} id(s) not in the dataset, e.g. {unknown[:5]}")
+        raise DataError(f"{path}: {len(unknown)} {name} id(s) not in the dataset, e.g. {unknown[:5]}")
     return array.astype(np.float32)
 
 
@@ -87,7 +98,7 @@ def import_embeddings(users_path: str | Path, items_path: str | Path, known_user
     users = _validate("user", users, u_ids, known_users, users_path)
     items = _validate("item", items, i_ids, known_items, items_path)
     if users.shape[1] != items.shape[1]:
-        raise ValueError(f"user vectors have dim {users.shape[1]} but item vectors have dim {items.shape[1]}")
+        raise DataError(f"user vectors have dim {users.shape[1]} but item vectors have dim {items.shape[1]}")
     model = CFModel(u_ids, i_ids, torch.from_numpy(users), torch.from_numpy(items), 0.0,
                     meta={"kind": f"imported:{name}", "users_file": users_path.name, "items_file": items_path.name})
     model.kind = f"imported:{name}"

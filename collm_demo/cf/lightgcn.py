@@ -8,12 +8,19 @@ explicit feedback), exported with the biases folded in exactly like MF.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import torch
 from torch import nn
 
+from ..trainer import cf_stage_args
 from .base import CFModel
 from .mf import IdMaps, export_with_biases, fit_cf
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from ..data import Dataset
 
 
 class LightGCN(nn.Module):
@@ -68,3 +75,9 @@ def train_lightgcn(train: pd.DataFrame, valid_rows: pd.DataFrame, dim: int = 64,
     meta = {"kind": "lightgcn", "dim": dim, "layers": layers, "train_rows": int(len(train))}
     return fit_cf(model, ids, train, valid_rows, "lightgcn", epochs, lr, weight_decay, patience, seed,
                   batch_size, meta, log)
+
+
+def train_stage(dataset: Dataset, cfg: TrainConfig, log=print) -> tuple[pd.DataFrame, CFModel, dict]:
+    """`train --stage cf` for LightGCN: the graph of every train interaction; early stopping on valid."""
+    train = dataset.interactions[dataset.interactions["split"] == "train"]
+    return train, *train_lightgcn(train, dataset.split("valid"), **cf_stage_args(cfg, log))

@@ -10,16 +10,19 @@ item [0…0, 1, 0] (scores by the user's bias alone).
 
 from __future__ import annotations
 
-import copy
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from ..trainer import cf_stage_args, fit_epochs
 from .base import CFModel
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from ..data import Dataset
 
 
 class MatrixFactorization(nn.Module):
@@ -63,14 +66,6 @@ def export_with_biases(user_emb: torch.Tensor, item_emb: torch.Tensor, user_bias
     return model
 
 
-def cf_auc(cf: CFModel, rows: pd.DataFrame) -> float:
-    """AUC of the CF model alone on protocol rows (unknown users folded in from history)."""
-    users = cf.row_user_vectors(rows["user"].tolist(), rows["history_items"].tolist(),
-                                rows["history_labels"].tolist())
-    items = cf.item_vectors(rows["item"].tolist())
-    return float(roc_auc_score(rows["label"].to_numpy(), cf.score_vectors(users, items).numpy()))
-
-
 class IdMaps:
     """Contiguous indices for the users and items seen in training."""
 
@@ -91,45 +86,27 @@ def fit_cf(model: nn.Module, ids: IdMaps, train: pd.DataFrame, valid_rows: pd.Da
     """BCE on train labels, Adam, L2 on the rows a batch touches (``model.l2``), early
     stopping on the valid AUC of the exported model. Shared by MF and LightGCN."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    start = time.time()
     users, items = ids.tensors(train)
     labels = torch.tensor(train["label"].to_numpy(), dtype=torch.float32)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    best = (-1.0, None, 0)
-    history = []
-    start = time.time()
-    for epoch in range(1, epochs + 1):
-        order = torch.from_numpy(rng.permutation(len(labels)))
-        total = 0.0
-        model.train()
-        for chunk in order.split(batch_size):
-            u, i, y = users[chunk], items[chunk], labels[chunk]
-            loss = nn.functional.binary_cross_entropy_with_logits(model(u, i), y)
-            optimiser.zero_grad()
-            (loss + weight_decay * model.l2(u, i)).backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(chunk)
-        model.eval()
-        auc = cf_auc(model.export(ids.user_ids, ids.item_ids, meta), valid_rows)
-        history.append({"epoch": epoch, "train_loss": round(total / len(labels), 4), "valid_auc": round(auc, 4)})
-        log(f"[{name}] epoch {epoch}: train loss {total / len(labels):.4f}  valid AUC {auc:.4f}")
-        if auc > best[0]:
-            best = (auc, copy.deepcopy(model.state_dict()), epoch)
-        elif epoch - best[2] >= patience:
-            break
-    model.load_state_dict(best[1])
-    # Epochs are chosen with the default fold-in strength; the strength itself is then tuned
-    # on the same valid rows and travels in the model's meta (see foldin.py). Imported here:
-    # foldin imports cf.base, so a top-level import would be circular through cf/__init__.
-    from ..foldin import tune_user_l2
 
-    exported = model.export(ids.user_ids, ids.item_ids, meta | {"best_epoch": best[2]})
-    foldin_l2, foldin_aucs = tune_user_l2(exported, valid_rows)
+    def losses(chunk):
+        u, i = users[chunk], items[chunk]
+        loss = nn.functional.binary_cross_entropy_with_logits(model(u, i), labels[chunk])
+        return loss, loss + weight_decay * model.l2(u, i)
+
+    fit = fit_epochs(model, optimiser, len(labels), losses,
+                     lambda: model.export(ids.user_ids, ids.item_ids, meta).auc(valid_rows),
+                     epochs, batch_size, patience, seed, name, log)
+    # Epochs are chosen with the default fold-in strength; the strength itself is then tuned
+    # on the same valid rows and travels in the model's meta (``CFModel.foldin_l2``).
+    exported = model.export(ids.user_ids, ids.item_ids, meta | {"best_epoch": fit["best_epoch"]})
+    foldin_l2, foldin_aucs = exported.tune_foldin_l2(valid_rows)
     exported.meta["foldin_l2"] = foldin_l2
     log(f"[{name}] user fold-in L2 {foldin_l2} (valid AUC by L2: {foldin_aucs})")
-    info = {"best_epoch": best[2], "valid_auc": round(best[0], 4), "history": history,
-            "foldin_l2": foldin_l2, "valid_auc_by_foldin_l2": {str(k): v for k, v in foldin_aucs.items()},
-            "valid_auc_tuned": foldin_aucs[foldin_l2], "wall_s": round(time.time() - start, 1)}
+    info = fit | {"foldin_l2": foldin_l2, "valid_auc_by_foldin_l2": {str(k): v for k, v in foldin_aucs.items()},
+                  "valid_auc_tuned": foldin_aucs[foldin_l2], "wall_s": round(time.time() - start, 1)}
     return exported, info
 
 
@@ -143,3 +120,9 @@ def train_mf(train: pd.DataFrame, valid_rows: pd.DataFrame, dim: int = 64, epoch
     meta = {"kind": "mf", "dim": dim, "train_rows": int(len(train))}
     return fit_cf(model, ids, train, valid_rows, "mf", epochs, lr, weight_decay, patience, seed,
                   batch_size, meta, log)
+
+
+def train_stage(dataset: Dataset, cfg: TrainConfig, log=print) -> tuple[pd.DataFrame, CFModel, dict]:
+    """`train --stage cf` for MF: every train interaction; early stopping on the valid rows."""
+    train = dataset.interactions[dataset.interactions["split"] == "train"]
+    return train, *train_mf(train, dataset.split("valid"), **cf_stage_args(cfg, log))

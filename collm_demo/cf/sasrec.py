@@ -13,18 +13,21 @@ Trained with BCE on the like/dislike label of every train row; early stopping on
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from ..trainer import cf_stage_args, fit_epochs
 from .base import CFModel
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from ..data import Dataset
 
 PAD, UNKNOWN = 0, 1  # item index 0 pads a short history, 1 stands for an item unseen in training
 
@@ -68,6 +71,7 @@ class SequentialCF(CFModel):
     """CFModel whose user vectors come from encoding a history."""
 
     kind = "sasrec"
+    encodes_history = True
 
     def __init__(self, encoder: SequenceEncoder, item_ids: Sequence[str], user_ids: Sequence[str],
                  user_table: torch.Tensor, meta: dict | None = None):
@@ -94,10 +98,14 @@ class SequentialCF(CFModel):
 
     @torch.no_grad()
     def row_user_vectors(self, users, histories, history_labels, l2=None) -> torch.Tensor:
+        """Every row's user vector is its history's encoding (``users`` and ``l2`` do not matter)."""
         if not len(histories):
             return torch.zeros(0, self.dim)
         h = self.encoder.encode(*self._batch(histories, history_labels))
         return torch.cat([h, torch.ones(len(h), 1)], 1)
+
+    def history_user_vector(self, items, labels, l2=None) -> torch.Tensor:
+        return self.row_user_vectors([None], [list(items)], [list(labels)])[0]
 
     def save(self, path) -> None:
         from safetensors.torch import save_file
@@ -129,7 +137,7 @@ def train_sasrec(train_rows: pd.DataFrame, valid_rows: pd.DataFrame, dim: int = 
                  lr: float = 1e-3, weight_decay: float = 1e-2, patience: int = 3, seed: int = 0,
                  batch_size: int = 256, log=print) -> tuple[SequentialCF, dict]:
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    start = time.time()
     item_ids = sorted(set(train_rows["item"]))
     encoder = SequenceEncoder(len(item_ids), dim)
     meta = {"kind": "sasrec", "dim": dim, "blocks": 2, "heads": 4, "max_len": 10, "train_rows": int(len(train_rows))}
@@ -138,30 +146,22 @@ def train_sasrec(train_rows: pd.DataFrame, valid_rows: pd.DataFrame, dim: int = 
     targets = torch.tensor([shell.index[i] for i in train_rows["item"]])
     labels = torch.tensor(train_rows["label"].to_numpy(), dtype=torch.float32)
     optimiser = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=weight_decay)
-    best, history, start = (-1.0, None, 0), [], time.time()
-    for epoch in range(1, epochs + 1):
-        encoder.train()
-        total = 0.0
-        for chunk in torch.from_numpy(rng.permutation(len(labels))).split(batch_size):
-            loss = nn.functional.binary_cross_entropy_with_logits(
-                encoder(hist_items[chunk], hist_labels[chunk], targets[chunk]), labels[chunk])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(chunk)
-        encoder.eval()
-        cf = SequentialCF(encoder, item_ids, ["_"], torch.zeros(1, dim + 1), meta)
-        users = cf.row_user_vectors(valid_rows["user"].tolist(), valid_rows["history_items"].tolist(),
-                                    valid_rows["history_labels"].tolist())
-        auc = float(roc_auc_score(valid_rows["label"], cf.score_vectors(users, cf.item_vectors(valid_rows["item"].tolist())).numpy()))
-        history.append({"epoch": epoch, "train_loss": round(total / len(labels), 4), "valid_auc": round(auc, 4)})
-        log(f"[sasrec] epoch {epoch}: train loss {total / len(labels):.4f}  valid AUC {auc:.4f}")
-        if auc > best[0]:
-            best = (auc, copy.deepcopy(encoder.state_dict()), epoch)
-        elif epoch - best[2] >= patience:
-            break
-    encoder.load_state_dict(best[1])
-    encoder.eval()
-    info = {"best_epoch": best[2], "valid_auc": round(best[0], 4), "history": history,
-            "wall_s": round(time.time() - start, 1)}
-    return _export(encoder, train_rows, item_ids, meta | {"best_epoch": best[2]}), info
+
+    def losses(chunk):
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            encoder(hist_items[chunk], hist_labels[chunk], targets[chunk]), labels[chunk])
+        return loss, loss
+
+    fit = fit_epochs(encoder, optimiser, len(labels), losses,
+                     lambda: SequentialCF(encoder, item_ids, ["_"], torch.zeros(1, dim + 1), meta).auc(valid_rows),
+                     epochs, batch_size, patience, seed, "sasrec", log)
+    info = fit | {"wall_s": round(time.time() - start, 1)}
+    return _export(encoder, train_rows, item_ids, meta | {"best_epoch": fit["best_epoch"]}), info
+
+
+def train_stage(dataset: Dataset, cfg: TrainConfig, log=print) -> tuple[pd.DataFrame, SequentialCF, dict]:
+    """`train --stage cf` for SASRec: every train row with its history, at its own learning rate
+    (Adam on a transformer: the MF one is too high); early stopping on the valid rows."""
+    train = dataset.interactions[dataset.interactions["split"] == "train"]
+    args = cf_stage_args(cfg, log) | {"lr": cfg.sasrec_lr}
+    return train, *train_sasrec(dataset.split("train"), dataset.split("valid"), **args)

@@ -1,24 +1,23 @@
-"""The Gradio app: one module per tab, shared state in ``state``, shared logic in ``core``.
+"""The Gradio app: one module per tab; what they share: ``state`` (config + ``hub`` models +
+``catalog`` users/items + ``assets`` files), ``core`` (logic), ``values`` (what tabs pass each
+other), ``views`` (presentation), ``memo`` (argument-keyed caches).
 
 ``build_demo()`` returns the ``gr.Blocks``; ``launch_kwargs()`` the theme and CSS that
 Gradio 6 takes in ``launch()``. Handlers are plain functions (see each tab module) so
-tests can call them without a server. The engine (``collm_demo`` outside ``ui``) never
-imports gradio.
+tests can call them without a server. Tabs never import each other. The engine
+(``collm_demo`` outside ``ui``) never imports gradio.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 
+from ..errors import CoLLMError, InputError
 from . import core, embedding, explain, recommend, warm_cold
-from .core import InputError
-from .state import AppState, get_state, set_state
+from .state import AppState, get_state
+from .views import cf_label
 
-MAX_QUEUE = int(os.environ.get("COLLM_MAX_QUEUE", "64"))  # waiting requests before "busy, try again"
-
-__all__ = ["build_demo", "launch_kwargs", "compare_api", "get_state", "set_state", "AppState", "InputError"]
+__all__ = ["build_demo", "launch_kwargs", "compare_api", "get_state", "AppState", "InputError"]
 
 CSS = """
 .gradio-container {width: 100% !important; max-width: 1320px !important; margin: 0 auto !important;}
@@ -57,42 +56,46 @@ the real thing on MovieLens-100K and shows every score **with and without** thos
 
 
 def gr_error(fn):
-    """Turn the handlers' InputError into gr.Error (shown as a toast, the event stops)."""
+    """The one place a user-facing error (any ``CoLLMError``) becomes gr.Error (a toast; the event stops)."""
     import gradio as gr
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except InputError as err:
+        except CoLLMError as err:
             raise gr.Error(str(err), print_exception=False) from err
     return wrapper
 
 
+@gr_error
 def compare_api(state: AppState, user_id: str, item_ids: str, cf_model: str | None = None) -> list[dict]:
     """The logic behind the /compare endpoint (raises gr.Error on bad input)."""
-    import gradio as gr
-
-    try:
-        return core.compare(state, user_id, item_ids, cf_model)
-    except InputError as err:
-        raise gr.Error(str(err), print_exception=False) from err
+    return core.compare(state, user_id, item_ids, cf_model)
 
 
 def status_line(state: AppState) -> str:
     pipe = state.pipeline()
     cf = pipe.cf
+    backends = state.hub.backends()
     parts = [f"LLM `{pipe.llm.name}`", f"data `{state.dataset.name}`",
-             f"CF model {core.cf_name(pipe) + ', ' + str(cf.dim) + '-dim vectors' if cf is not None else '—'}"
-             + (f" (also: {', '.join(state.backends()[1:])})" if len(state.backends()) > 1 else ""),
+             f"CF model {cf_label(pipe) + ', ' + str(cf.dim) + '-dim vectors' if cf is not None else '—'}"
+             + (f" (also: {', '.join(backends[1:])})" if len(backends) > 1 else ""),
              f"LoRA {'✓' if pipe.has_lora else '✗'}", f"projector {'✓' if pipe.has_projector else '✗'}",
              f"checkpoints `{state.config.checkpoint_dir}`",
-             "scores in " + ("bf16" if state.config.bf16 else "float32")]
+             f"runs on {pipe.model.device.type} in " + ("bf16 autocast" if pipe.model.runtime.bf16 else "float32")
+             + (f" (chosen by auto: {auto_reason(pipe.model.runtime)})" if state.config.precision == "auto" else "")]
     return " · ".join(parts)
 
 
+def auto_reason(runtime) -> str:
+    if runtime.bf16:
+        return "this hardware computes bf16 natively"
+    return "no native bf16 here" if runtime.device.type == "cpu" else "float32 on this device"
+
+
 def banner(state: AppState) -> str:
-    notice = state.notice
+    notice = state.hub.notice
     if not notice:
         return ""
     return (f"⚠️ **Not everything is trained.** {notice} Scores still work in the mode the loaded checkpoints "
@@ -136,7 +139,7 @@ def build_demo(state: AppState | None = None):
         def on_load(progress=gr.Progress()):
             progress(0.05, desc="loading the model (first visit after start-up only)")
             state.pipeline()
-            user = state.default_user()
+            user = state.catalog.default_user()
             table, note = recommend.load_history(state, "user", user)
             cands = recommend.candidate_set(state, "test", 20, "user", user, table, seed=0)
             text = banner(state)
@@ -158,7 +161,7 @@ def build_demo(state: AppState | None = None):
 
             user_id: a user id such as "1". item_ids: comma-separated item ids such as "1, 50, 100"
             (1 to 50, no duplicates). Returns one object per item, in the order given: id, title,
-            warm (the item has >= 3 training interactions), score_text (P(Yes) from the text-only
+            warm (the item has >= 3 training interactions, the protocol's threshold), score_text (P(Yes) from the text-only
             prompt), score_cf (P(Yes) with the CF tokens injected; null without a projector) and
             delta = score_cf - score_text. The user's history is their last <= 10 interactions before
             the test period. cf_model (optional): which CF model makes the tokens, e.g. "mf",
@@ -171,10 +174,9 @@ def build_demo(state: AppState | None = None):
     for fn in demo.fns.values():
         if fn.api_name != "compare":
             fn.api_visibility = "undocumented"
-    # One shared model: events run one at a time; at most MAX_QUEUE requests wait, the next
+    # One shared model: events run one at a time; at most max_queue requests wait, the next
     # ones are refused at once with Gradio's "queue is full" error (a clear "busy, try again").
-    demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
-    demo.state_ref = state  # for tests and app.py
+    demo.queue(default_concurrency_limit=1, max_size=state.config.max_queue)
     return demo
 
 
@@ -187,7 +189,3 @@ def launch_kwargs() -> dict:
                            font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
     return {"theme": theme, "css": CSS}
-
-
-def dumps(value) -> str:
-    return json.dumps(value, indent=1, default=str)

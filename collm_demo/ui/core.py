@@ -1,70 +1,60 @@
-"""What every tab shares: who the user is (a profile), their CF vector, and scoring.
+"""What every tab shares: who the user is (a profile), their CF vector, scoring, and the map.
 
 A *profile* is a history (items + liked/disliked) and where it came from: a real user's
 last <= 10 interactions before the test period, that history edited in the app, or a
 history composed from scratch. Its CF vector is the trained one for an unedited real user
-the CF model knows, and is otherwise folded in from the history (``foldin``); a sequential
-model (SASRec) always encodes the history itself, as in the evaluation.
+the CF model knows, and is otherwise made from the history the way the engine makes it for
+a prompt row (``CFModel.history_user_vector``: folded in, or encoded by a model that
+``encodes_history``).
 
 Scoring always runs both modes on the same candidates with the engine's shared-prefix
 ``score_candidates``: the text-only prompt (LoRA, no CF slots) and the CoLLM prompt (same
-LoRA, the two slots filled by the projected CF vectors).
+LoRA, the two slots filled by the projected CF vectors). The walkthrough's single prompt goes
+through ``CoLLM.inspect``, the same path and the same float32 head. Nothing here runs the LLM
+itself or takes a model lock: the engine does both. Results are memoised on their arguments
+(``memo.memoize``).
 """
 
 from __future__ import annotations
 
 import html
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..collm import ITEM_SLOT, USER_SLOT, prompt_text
-from ..foldin import user_l2
-from .state import MAX_CANDIDATES, AppState
+from ..collm import ITEM_SLOT, USER_SLOT, Inspection, prompt_text
+from ..config import MAX_CANDIDATES
+from ..embedding_map import nearest_words, place
+from ..errors import InputError
+from .memo import memoize
+from .state import AppState
+from .values import Profile, ScoredResult, ScoredRow
+from .views import cf_label
 
-
-class InputError(ValueError):
-    """A user-facing problem with the input; the UI turns it into ``gr.Error``."""
+__all__ = ["HISTORY_COLUMNS", "InputError", "Profile", "ScoredResult", "ScoredRow", "answer_logits", "compare",
+           "history_frame", "mode_names", "parse_cf", "parse_history", "parse_item_ids", "parse_user_id",
+           "profile_from_inputs", "profile_of", "prompt_html", "real_profile", "score_both", "trim_history",
+           "user_vector"]
 
 
 # ------------------------------------------------------------------------- profiles
-
-@dataclass
-class Profile:
-    kind: str  # "user" (a real user's unedited history), "edited" (a real user's, edited), "composed"
-    user: str | None
-    items: list[str]
-    labels: list[int]
-    dates: list[str] = field(default_factory=list)
-
-    def key(self) -> tuple:
-        return (self.kind, self.user, tuple(self.items), tuple(int(y) for y in self.labels))
-
-    def describe(self) -> str:
-        if self.kind == "user":
-            return f"user {self.user}"
-        if self.kind == "edited":
-            return f"user {self.user} (edited history)"
-        return "your composed user"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Profile":
-        return cls(**data)
-
 
 HISTORY_COLUMNS = ["id", "title", "year", "genres", "liked", "date"]
 
 
 def real_profile(state: AppState, user: str) -> Profile:
-    hist = state.real_history(user)
+    hist = state.catalog.real_history(user)
     dates = [pd.Timestamp(int(t), unit="s").strftime("%Y-%m-%d") for t in hist["timestamp"]]
     return Profile("user", user, [str(i) for i in hist["item"]], [int(y) for y in hist["label"]], dates)
+
+
+def profile_of(state: AppState, result: ScoredResult | None) -> Profile:
+    """The profile a result was scored for; before any scoring, the default user's."""
+    if result:
+        return result.profile
+    return real_profile(state, state.catalog.default_user())
 
 
 def history_frame(state: AppState, profile_or_rows) -> pd.DataFrame:
@@ -79,7 +69,7 @@ def history_frame(state: AppState, profile_or_rows) -> pd.DataFrame:
     for item, label, date in rows:
         year = items.at[item, "year"] if item in items.index else pd.NA
         genres = items.at[item, "genres"] if item in items.index else ""
-        out.append([item, state.item_title.get(item, f"item {item}"), "" if pd.isna(year) else str(int(year)),
+        out.append([item, state.catalog.item_title.get(item, f"item {item}"), "" if pd.isna(year) else str(int(year)),
                     str(genres).replace("|", ", "), bool(label), date])
     return pd.DataFrame(out, columns=HISTORY_COLUMNS)
 
@@ -124,32 +114,17 @@ def profile_from_inputs(state: AppState, source: str, user: str | None, table) -
     """The profile the UI's inputs describe. An edited real history becomes 'edited'.
     A table longer than the prompt's limit is cut to its latest 10 rows (``trim_history``)."""
     rows, _ = trim_history(state, parse_history(table))
-    unknown = [i for i, _, _ in rows if i not in state.item_title]
+    unknown = [i for i, _, _ in rows if i not in state.catalog.item_title]
     if unknown:
         raise InputError(f"Unknown movie id(s) in the history table: {', '.join(unknown[:5])}")
     if source == "composed" or not user:
         return Profile("composed", None, [i for i, _, _ in rows], [y for _, y, _ in rows],
                        ["" for _ in rows])
     real = real_profile(state, user)
-    items, labels = [i for i, _, _ in rows], [y for _, y, _ in rows]
-    if items == real.items and labels == real.labels:
+    edited = Profile("edited", user, [i for i, _, _ in rows], [y for _, y, _ in rows], [d for _, _, d in rows])
+    if edited.items == real.items and edited.labels == real.labels:
         return real
-    return Profile("edited", user, items, labels, [d for _, _, d in rows])
-
-
-def cf_name(pipe) -> str:
-    """'MF', 'LightGCN', ... for the loaded CF model."""
-    if pipe.cf is None:
-        return "CF"
-    kind = str(pipe.cf.meta.get("kind") or getattr(pipe.cf, "kind", "") or "CF")
-    if kind.startswith("imported:"):
-        return f"{kind.split(':', 1)[1]} (imported)"
-    return {"mf": "MF", "lightgcn": "LightGCN", "sasrec": "SASRec", "vectors": "CF"}.get(kind.lower(), kind)
-
-
-def result_cf(result: dict | None) -> str | None:
-    """The CF backend a scored result was computed with (None = the app's default)."""
-    return (result or {}).get("cf")
+    return edited
 
 
 def user_vector(state: AppState, profile: Profile, cf: str | None = None,
@@ -161,40 +136,49 @@ def user_vector(state: AppState, profile: Profile, cf: str | None = None,
     The two differ only for folded-in profiles, and only when the two strengths differ.
     """
     pipe = state.pipeline(cf)
-    cf = pipe.cf
-    if cf is None:
+    if pipe.cf is None:
         return None, "no CF model is loaded, so there is no CF vector"
-    # The strength actually used (one cache entry when both uses agree).
     token_l2 = pipe.token_foldin_l2() if for_tokens else None
-    l2 = token_l2 if token_l2 is not None else user_l2(cf)
-
-    def make():
-        n = len(profile.items)
-        encodes_history = getattr(cf, "kind", "") == "sasrec"  # as in the evaluation: never a stored vector
-        if profile.kind == "user" and cf.has_user(profile.user) and not encodes_history:
-            return (cf.user_vectors([profile.user])[0],
-                    f"the trained {cf_name(pipe)} vector (this user is in the training data)")
-        # The engine's per-row rule: fold-in for MF / LightGCN / imported vectors, the encoding for SASRec.
-        vec = cf.row_user_vectors(["\x00app-profile"], [list(profile.items)], [list(profile.labels)], l2=l2)[0]
-        if encodes_history:
-            return vec, (f"encoded by the sequential model from the {n} movies of the history, in order, "
-                         "with their liked/disliked marks (SASRec's user vector is always its history's encoding)")
-        if profile.kind == "user":
-            why = (f"folded in from their {n} pre-test interactions (user {profile.user} has no trained "
-                   "vector: no training interactions)")
-        elif profile.kind == "edited":
-            why = (f"folded in from the edited history ({n} movies): the trained vector only knows the "
-                   "real history")
-        else:
-            why = f"folded in from your {n} movies"
-        return vec, why + " — fold-in fits a vector to the liked/disliked labels against the frozen item vectors"
-
-    return state.cache("user_vector", 256).get_or(profile.key() + (pipe.cf_name, l2), make)
+    # The strength actually used (one cache entry when both uses agree).
+    return _user_vector(state, profile, pipe.cf_name, token_l2 if token_l2 is not None else pipe.cf.foldin_l2)
 
 
-# -------------------------------------------------------------------------- scoring
+@memoize(256)
+def _user_vector(state: AppState, profile: Profile, cf_name: str, l2: float) -> tuple[torch.Tensor, str]:
+    pipe = state.pipeline(cf_name)
+    cf = pipe.cf
+    n = len(profile.items)
+    encodes_history = cf.encodes_history  # as in the evaluation: never a stored vector
+    if profile.kind == "user" and cf.has_user(profile.user) and not encodes_history:
+        return (cf.user_vectors([profile.user])[0],
+                f"the trained {cf_label(pipe)} vector (this user is in the training data)")
+    # The engine's per-row rule: fold-in, or the encoding for a model that encodes histories.
+    vec = cf.history_user_vector(list(profile.items), list(profile.labels), l2=l2)
+    if encodes_history:
+        return vec, (f"encoded by the sequential model from the {n} movies of the history, in order, "
+                     "with their liked/disliked marks (SASRec's user vector is always its history's encoding)")
+    if profile.kind == "user":
+        why = (f"folded in from their {n} pre-test interactions (user {profile.user} has no trained "
+               "vector: no training interactions)")
+    elif profile.kind == "edited":
+        why = (f"folded in from the edited history ({n} movies): the trained vector only knows the "
+               "real history")
+    else:
+        why = f"folded in from your {n} movies"
+    return vec, why + " — fold-in fits a vector to the liked/disliked labels against the frozen item vectors"
 
-def _short(value: str, limit: int = 40) -> str:
+
+@torch.no_grad()
+def project(state: AppState, vectors, cf: str | None = None) -> np.ndarray:
+    """CF vectors -> mapped tokens (the vectors that overwrite the slots)."""
+    model = state.pipeline(cf).model
+    vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=model.device)
+    return model.projector(torch.atleast_2d(vectors)).float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------- inputs
+
+def _echo(value: str, limit: int = 40) -> str:
     """repr() of user input, cut so that an error never echoes a huge string back."""
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} characters)"
 
@@ -216,7 +200,7 @@ def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids") 
         raise InputError(f"{field_name} is empty: give at least one item id, e.g. \"1, 50, 100\"")
     bad = [t for t in tokens if not t.isdigit()]
     if bad:
-        raise InputError(f"{field_name}: {', '.join(_short(b) for b in bad[:5])} is not a numeric item id "
+        raise InputError(f"{field_name}: {', '.join(_echo(b) for b in bad[:5])} is not a numeric item id "
                          "(use comma-separated numbers like \"1, 50, 100\")")
     tokens = [str(int(t)) for t in tokens]
     seen, dup = set(), []
@@ -228,10 +212,11 @@ def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids") 
         raise InputError(f"{field_name}: duplicate item id(s) {', '.join(dup[:5])}; list each candidate once")
     if len(tokens) > MAX_CANDIDATES:
         raise InputError(f"{field_name}: {len(tokens)} candidates given; at most {MAX_CANDIDATES} per call")
-    unknown = [t for t in tokens if t not in state.item_title]
+    catalog = state.catalog
+    unknown = [t for t in tokens if t not in catalog.item_title]
     if unknown:
         raise InputError(f"{field_name}: unknown item id(s) {', '.join(unknown[:5])} "
-                         f"(this dataset has ids {state.item_ids[0]}..{state.item_ids[-1]})")
+                         f"(this dataset has ids {catalog.item_ids[0]}..{catalog.item_ids[-1]})")
     return tokens
 
 
@@ -240,19 +225,15 @@ def parse_user_id(state: AppState, text) -> str:
     if not user:
         raise InputError("user_id is empty: give a user id such as \"1\"")
     if not user.isdigit():
-        raise InputError(f"user_id {_short(user)} is not a numeric user id (e.g. \"1\")")
+        raise InputError(f"user_id {_echo(user)} is not a numeric user id (e.g. \"1\")")
     user = str(int(user))
-    if user not in state.users:
-        raise InputError(f"unknown user_id {user} (this dataset has {len(state.users)} users)")
-    if state.users[user].n_pretest == 0:
+    users = state.catalog.users
+    if user not in users:
+        raise InputError(f"unknown user_id {user} (this dataset has {len(users)} users)")
+    if users[user].n_pretest == 0:
         raise InputError(f"user {user} has no interactions before the test period, so there is no "
                          "history to put in the prompt")
     return user
-
-
-def mode_names(pipe) -> tuple[str, str]:
-    text = "text-only (LoRA)" if pipe.has_lora else "zero-shot LLM (no LoRA)"
-    return text, f"CoLLM ({cf_name(pipe)} tokens)"
 
 
 def parse_cf(state: AppState, cf) -> str | None:
@@ -262,74 +243,71 @@ def parse_cf(state: AppState, cf) -> str | None:
     if not isinstance(cf, str):
         raise InputError(f"cf_model must be a name such as \"mf\", not {type(cf).__name__}")
     name = cf.strip().lower()
-    if name not in state.backends():
-        raise InputError(f"cf_model {_short(cf)} is not available; this app has: {', '.join(state.backends())}")
+    backends = state.hub.backends()
+    if name not in backends:
+        raise InputError(f"cf_model {_echo(cf)} is not available; this app has: {', '.join(backends)}")
     return name
 
 
+# -------------------------------------------------------------------------- scoring
+
+def mode_names(pipe) -> tuple[str, str]:
+    text = "text-only (LoRA)" if pipe.has_lora else "zero-shot LLM (no LoRA)"
+    return text, f"CoLLM ({cf_label(pipe)} tokens)"
+
+
 def score_both(state: AppState, profile: Profile, candidates: list[str], progress=None,
-               cf: str | None = None) -> dict:
-    """Score K candidates for one profile in both modes, the CF tokens coming from backend ``cf``.
-    Returns a plain dict (JSON-able)."""
+               cf: str | None = None) -> ScoredResult:
+    """Score K candidates for one profile in both modes, the CF tokens coming from backend ``cf``."""
     if not profile.items:
         raise InputError("The history is empty: add at least one movie (liked or disliked) first.")
     if not candidates:
         raise InputError("No candidates: pick some movies to score, or use one of the one-click sets.")
     if len(candidates) > MAX_CANDIDATES:
         raise InputError(f"{len(candidates)} candidates: at most {MAX_CANDIDATES} per scoring call.")
-    pipe = state.pipeline(cf)
-    key = (profile.key(), tuple(candidates), pipe.cf_name, pipe.has_lora, pipe.has_projector)
-
-    def make():
-        return _score_both(state, pipe, profile, candidates, progress)
-
-    result = state.cache("scores", 128).get_or(key, make)
-    return dict(result)
+    return _score_both(state, profile, tuple(candidates), state.pipeline(cf).cf_name, progress)
 
 
-def _score_both(state, pipe, profile, candidates, progress) -> dict:
+@memoize(128, ignore=("progress",))
+def _score_both(state: AppState, profile: Profile, candidates: tuple[str, ...], cf_name: str,
+                progress=None) -> ScoredResult:
     started = time.time()
     step = progress or (lambda *a, **k: None)
-    model, title = pipe.model, state.dataset.title
+    pipe = state.pipeline(cf_name)
+    model, title, catalog = pipe.model, state.dataset.title, state.catalog
     hist_titles = [title(i) for i in profile.items]
     text_prompts = [model.builder.build(hist_titles, profile.labels, title(c), False) for c in candidates]
     step(0.1, desc="scoring without CF tokens")
-    with state.model_lock:
-        s_text = model.score_candidates(text_prompts, use_lora=pipe.has_lora).tolist()
+    s_text = model.score_candidates(text_prompts, use_lora=pipe.has_lora).tolist()
     s_cf = [None] * len(candidates)
     vec_source = "no CF vector"
     if pipe.has_projector:
         step(0.5, desc="scoring with CF tokens")
-        uvec, vec_source = user_vector(state, profile, pipe.cf_name, for_tokens=True)
+        uvec, vec_source = user_vector(state, profile, cf_name, for_tokens=True)
         cf_prompts = [model.builder.build(hist_titles, profile.labels, title(c), True) for c in candidates]
-        with state.model_lock:
-            s_cf = model.score_candidates(cf_prompts, uvec, pipe.cf.item_vectors(candidates),
-                                          use_lora=True).tolist()
+        s_cf = model.score_candidates(cf_prompts, uvec, pipe.cf.item_vectors(list(candidates)), use_lora=True).tolist()
     elif pipe.cf is not None:
-        _, vec_source = user_vector(state, profile, pipe.cf_name)
+        _, vec_source = user_vector(state, profile, cf_name)
     step(0.95, desc="ranking")
-    labels = state.true_labels(profile.user) if profile.kind == "user" else {}
+    labels = catalog.true_labels(profile.user) if profile.kind == "user" else {}
+    items = state.dataset.items
     rows = []
     for n, item in enumerate(candidates):
-        items = state.dataset.items
         year = items.at[item, "year"] if item in items.index else pd.NA
-        rows.append({
-            "item": item, "title": title(item), "year": None if pd.isna(year) else int(year),
-            "genres": str(items.at[item, "genres"]) if item in items.index else "",
-            "n_train": int(state.item_train.get(item, 0)), "warm": state.item_warm(item),
-            "score_text": float(s_text[n]),
-            "score_cf": None if s_cf[n] is None else float(s_cf[n]),
-            "delta": None if s_cf[n] is None else float(s_cf[n]) - float(s_text[n]),
-            "label": labels.get(item), "in_history": item in profile.items,
-        })
+        rows.append(ScoredRow(
+            item=item, title=title(item), year=None if pd.isna(year) else int(year),
+            genres=str(items.at[item, "genres"]) if item in items.index else "",
+            n_train=int(catalog.item_train.get(item, 0)), warm=catalog.item_warm(item),
+            score_text=float(s_text[n]), score_cf=None if s_cf[n] is None else float(s_cf[n]),
+            label=labels.get(item), in_history=item in profile.items))
     text_name, cf_mode = mode_names(pipe)
-    user_info = state.users.get(profile.user) if profile.user else None
-    return {"profile": profile.to_dict(), "rows": rows, "vector_source": vec_source,
-            "cf": pipe.cf_name, "cf_label": cf_name(pipe),
-            "text_mode": text_name, "cf_mode": cf_mode if pipe.has_projector else None,
-            "user_warm": bool(user_info.warm) if (user_info and profile.kind == "user") else False,
-            "user_n_train": user_info.n_train if user_info else 0,
-            "seconds": round(time.time() - started, 2)}
+    user_info = catalog.users.get(profile.user) if profile.user else None
+    return ScoredResult(
+        profile=profile, rows=tuple(rows), vector_source=vec_source, cf=cf_name, cf_label=cf_label(pipe),
+        text_mode=text_name, cf_mode=cf_mode if pipe.has_projector else None,
+        user_warm=bool(user_info.warm) if (user_info and profile.kind == "user") else False,
+        user_n_train=user_info.n_train if user_info else 0, seconds=round(time.time() - started, 2),
+        warm_min=catalog.warm_min)
 
 
 def compare(state: AppState, user_id, item_ids, cf_model=None) -> list[dict]:
@@ -337,31 +315,7 @@ def compare(state: AppState, user_id, item_ids, cf_model=None) -> list[dict]:
     user = parse_user_id(state, user_id)
     items = parse_item_ids(state, item_ids)
     cf = parse_cf(state, cf_model)
-    result = score_both(state, real_profile(state, user), items, cf=cf)
-    return [{"id": r["item"], "title": r["title"], "warm": bool(r["warm"]),
-             "score_text": round(r["score_text"], 6),
-             "score_cf": None if r["score_cf"] is None else round(r["score_cf"], 6),
-             "delta": None if r["delta"] is None else round(r["delta"], 6)} for r in result["rows"]]
-
-
-def ranks(values: list[float | None]) -> list[int | None]:
-    """1 = highest score."""
-    order = sorted((v, n) for n, v in enumerate(values) if v is not None)
-    out: list[int | None] = [None] * len(values)
-    for rank, (_, n) in enumerate(reversed(order), 1):
-        out[n] = rank
-    return out
-
-
-def candidate_auc(rows: list[dict], key: str) -> float | None:
-    """AUC of one mode on the candidates whose true label is known (None if one class only)."""
-    known = [(r[key], r["label"]) for r in rows if r["label"] is not None and r[key] is not None]
-    pos = [s for s, y in known if y == 1]
-    neg = [s for s, y in known if y == 0]
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
+    return score_both(state, real_profile(state, user), items, cf=cf).to_api()
 
 
 # --------------------------------------------------------------------------- prompts
@@ -380,40 +334,99 @@ def prompt_html(state: AppState, profile: Profile, item: str, with_cf: bool) -> 
     return f'<pre class="prompt">{out}</pre>'
 
 
-# ---------------------------------------------------------------------- the answer
-
-def answer_logits(state: AppState, profile: Profile, item: str, with_cf: bool, cf: str | None = None) -> dict:
-    """One prompt through the LLM, as the engine does it, keeping the whole answer distribution:
-    logits of " Yes" and " No" at the answer position and the top next tokens (cached)."""
-    cf = state.pipeline(cf).cf_name
-    key = ("answer",) + profile.key() + (item, bool(with_cf), cf if with_cf else None)
-    return state.cache("answers", 128).get_or(key, lambda: _answer_logits(state, profile, item, with_cf, cf))
+def answer_logits(state: AppState, profile: Profile, item: str, with_cf: bool, cf: str | None = None) -> Inspection:
+    """One prompt through the LLM (``CoLLM.inspect``: the scoring path and head), keeping the whole
+    answer distribution: logits of " Yes" and " No" at the answer position and the top next tokens."""
+    return _answer(state, profile, item, bool(with_cf), state.pipeline(cf).cf_name if with_cf else None)
 
 
-@torch.no_grad()
-def _answer_logits(state: AppState, profile: Profile, item: str, with_cf: bool, cf: str | None = None) -> dict:
+@memoize(128)
+def _answer(state: AppState, profile: Profile, item: str, with_cf: bool, cf_name: str | None) -> Inspection:
+    pipe = state.pipeline(cf_name)
+    title = state.dataset.title
+    prompt = pipe.model.builder.build([title(i) for i in profile.items], profile.labels, title(item), with_cf)
+    if not with_cf:
+        return pipe.model.inspect(prompt, use_lora=pipe.has_lora)
+    uvec, _ = user_vector(state, profile, cf_name, for_tokens=True)
+    return pipe.model.inspect(prompt, uvec, pipe.cf.item_vectors([item])[0], use_lora=True)
+
+
+# ------------------------------------------------------------------ the embedding map
+
+def map_unavailable(state: AppState, cf: str | None = None) -> str | None:
+    """Why the map of backend ``cf`` cannot be shown, or None."""
     pipe = state.pipeline(cf)
-    model, title = pipe.model, state.dataset.title
-    prompt = model.builder.build([title(i) for i in profile.items], profile.labels, title(item), with_cf)
-    rows, cols, vecs = [], [], []
-    if with_cf:
-        uvec, _ = user_vector(state, profile, cf, for_tokens=True)
-        rows += [0, 0]
-        cols += [prompt.user_slot, len(prompt.prefix) + prompt.item_slot]
-        vecs += [uvec, pipe.cf.item_vectors([item])[0]]
-    ids = torch.tensor([prompt.ids])
-    use_lora = True if with_cf else pipe.has_lora
-    with state.model_lock, model.adapter(use_lora), model.autocast():
-        embeds = model.embed(ids, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
-                             torch.stack(vecs) if vecs else None)
-        out = model.llm(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), use_cache=False,
-                        logits_to_keep=1)
-    logits = out.logits[0, -1].float()
-    probs = torch.softmax(logits, -1)
-    top = torch.topk(probs, 5)
-    decode = model.tokenizer.decode
-    yes, no = float(logits[model.yes_id]), float(logits[model.no_id])
-    return {"prompt": prompt, "yes": yes, "no": no, "diff": yes - no,
-            "score": float(torch.sigmoid(torch.tensor(yes - no))),
-            "p_yes": float(probs[model.yes_id]), "p_no": float(probs[model.no_id]),
-            "top": [(decode([int(t)]), float(p)) for p, t in zip(top.values, top.indices)]}
+    if not pipe.has_projector:
+        return "The embedding map needs a CF model and a trained projector (none loaded)."
+    if state.assets.layout(pipe.cf_name) is None:
+        return (f"No embedding-map layout for the {cf_label(pipe)} tokens at {state.assets.layout_path(pipe.cf_name)}. "
+                f"Compute it once with `python -m collm_demo embedding-map{pipe.backend.cli_flag}` (about a minute), "
+                "then reload the app.")
+    return None
+
+
+@memoize(8)
+def layout_index(state: AppState, cf_name: str) -> dict:
+    """Fitted positions of backend ``cf_name``'s layout by (kind, key)."""
+    return {(p["kind"], p["key"]): (p["x"], p["y"]) for p in state.assets.layout(cf_name)["points"]}
+
+
+def placed(state: AppState, cf_name: str, vectors) -> np.ndarray:
+    """Map positions of CF vectors not in the fitted layout (``embedding_map.place``)."""
+    pipe = state.pipeline(cf_name)
+    return place(pipe, state.assets.layout(cf_name), project(state, vectors, cf_name))
+
+
+def user_position(state: AppState, profile: Profile, cf: str | None = None) -> tuple[tuple[float, float], str]:
+    """The user's map position and how it was obtained."""
+    pipe = state.pipeline(cf)
+    index = layout_index(state, pipe.cf_name)
+    # A model that encodes histories has no stored vector for a profile: the layout's is not it.
+    if profile.kind == "user" and ("user", profile.user) in index and not pipe.cf.encodes_history:
+        return index[("user", profile.user)], "fitted in the layout (trained vector)"
+    x, y = _placed_user(state, profile, pipe.cf_name)
+    return (x, y), ("placed (approximate): not in the fitted layout, so drawn at the "
+                    "similarity-weighted mean position of its 10 nearest fitted points")
+
+
+@memoize(256)
+def _placed_user(state: AppState, profile: Profile, cf_name: str) -> tuple[float, float]:
+    vec, _ = user_vector(state, profile, cf_name, for_tokens=True)
+    xy = placed(state, cf_name, vec)[0]
+    return float(xy[0]), float(xy[1])
+
+
+def item_positions(state: AppState, items: list[str], cf: str | None = None
+                   ) -> tuple[list[tuple[float, float]], list[bool]]:
+    """Map positions of items (fitted, or placed when not in the layout) and which were placed."""
+    cf_name = state.pipeline(cf).cf_name
+    index = layout_index(state, cf_name)
+    missing = tuple(i for i in items if ("item", i) not in index)
+    extra = _placed_items(state, missing, cf_name) if missing else {}
+    return ([index[("item", i)] if ("item", i) in index else extra[i] for i in items],
+            [("item", i) not in index for i in items])
+
+
+@memoize(256)
+def _placed_items(state: AppState, items: tuple[str, ...], cf_name: str) -> dict[str, tuple[float, float]]:
+    xy = placed(state, cf_name, state.pipeline(cf_name).cf.item_vectors(list(items)))
+    return {i: (float(x), float(y)) for i, (x, y) in zip(items, xy)}
+
+
+@memoize(256)
+def nearest(state: AppState, profile: Profile, item: str, cf_name: str, k: int = 8
+            ) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+    """The two mapped CF tokens (user, item) of a prompt and their ``k`` nearest vocabulary tokens."""
+    pipe = state.pipeline(cf_name)
+    uvec, _ = user_vector(state, profile, cf_name, for_tokens=True)
+    tokens = project(state, np.stack([uvec.numpy(), pipe.cf.item_vectors([item])[0].numpy()]), cf_name)
+    return tokens, nearest_words(pipe, tokens, k)
+
+
+def word_norm(state: AppState, cf: str | None = None) -> float:
+    """A typical word embedding's norm: the layout's record, else computed from the LLM."""
+    pipe = state.pipeline(cf)
+    norms = (state.assets.layout(pipe.cf_name) or {}).get("meta", {}).get("norms", {})
+    if "word_norm_mean" in norms:
+        return float(norms["word_norm_mean"])
+    return state.assets.word_norm_mean(pipe)

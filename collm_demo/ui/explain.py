@@ -14,11 +14,11 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..embedding_map import nearest_words
-from ..foldin import user_l2
+from ..errors import InputError
 from . import core
-from .embedding import profile_of, word_norm
 from .state import AppState
+from .values import ScoredResult, focus_choices, ranks
+from .views import COLD_COLOUR, WARM_COLOUR, cf_label, shorten
 
 SHOW_DIMS = 5
 
@@ -29,16 +29,16 @@ def _vec_row(name: str, source: str, vec) -> list:
             + [round(v, 3) for v in values[:SHOW_DIMS]] + ["…"])
 
 
-def explain(state: AppState, result: dict | None, item: str | None) -> dict:
+def explain(state: AppState, result: ScoredResult | None, item: str | None) -> dict:
     """All numbers for the walkthrough, as plain values (tables, figures, markdown); the CF
     backend is the one the result was scored with."""
-    cf = core.result_cf(result)
-    pipe = state.pipeline(cf)
-    profile = profile_of(state, result)
+    pipe = state.pipeline(result.cf if result else None)
+    cf = pipe.cf_name
+    profile = core.profile_of(state, result)
     if not profile.items:
-        raise core.InputError("The current history is empty; add movies in the Recommend tab first.")
-    rows = result["rows"] if result else []
-    item = item or (rows[0]["item"] if rows else state.item_ids[0])
+        raise InputError("The current history is empty; add movies in the Recommend tab first.")
+    rows = result.rows if result else ()
+    item = item or (rows[0].item if rows else state.catalog.item_ids[0])
     title = state.dataset.title(item)
     out: dict = {"item": item, "title": title}
     has_cf = pipe.has_projector
@@ -48,31 +48,24 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
         uvec, source = core.user_vector(state, profile, cf, for_tokens=True)
         cf_uvec, _ = core.user_vector(state, profile, cf)  # what the CF model alone scores with
         ivec = pipe.cf.item_vectors([item])[0]
-        kind = core.cf_name(pipe)
-        isource = (f"trained {kind} vector" if pipe.cf.has_item(item) else
+        name = cf_label(pipe)
+        isource = (f"trained {name} vector" if pipe.cf.has_item(item) else
                    "no training interactions: the default “no information” vector")
         cols = ["vector", "where it comes from", "dims", "norm"] + [f"d{n}" for n in range(SHOW_DIMS)] + ["…"]
         out["step1_table"] = pd.DataFrame([_vec_row(profile.describe(), source.split(" — ")[0], uvec),
                                            _vec_row(f"{title} (#{item})", isource, ivec)], columns=cols)
         mf = float(pipe.cf.score_vectors(cf_uvec.view(1, -1), ivec.view(1, -1))[0])
         differs = not torch.equal(uvec, cf_uvec)
-        how = {"MF": "learned one vector per user and per movie from who liked what",
-               "LightGCN": "learned one vector per user and per movie by propagating over the graph of "
-                           "who liked what",
-               "SASRec": "encodes the user's recent history (items in order, liked or not) into one "
-                         "vector and learned one vector per movie"}.get(
-            kind, "was made outside this project and imported (one vector per user and per movie)")
-        extra = ("; the exported vectors also carry the user and item biases"
-                 if kind in ("MF", "LightGCN") else "; the last number of the movie vector is its bias"
-                 if kind == "SASRec" else "")
+        spec = pipe.backend
+        extra = f"; {spec.vector_note}" if spec.vector_note else ""
         out["step1_md"] = (
-            f"**Step 1 · The CF vectors.** The collaborative-filtering model ({kind}) {how}; here "
+            f"**Step 1 · The CF vectors.** The collaborative-filtering model ({name}) {spec.blurb}; here "
             f"{len(uvec)} numbers each (the first {SHOW_DIMS} are shown{extra}). Their dot "
             f"product is the CF model's own prediction: sigmoid(user · item + global bias) = **{mf:.3f}** that "
             "the user likes the movie. CoLLM does not use that "
             "number; it hands the vectors themselves to the LLM."
             + (f" (This user is folded in, and the two uses fold in differently: the CF model alone pulls "
-               f"the fit towards the no-information vector with strength {user_l2(pipe.cf):g}, tuned for its "
+               f"the fit towards the no-information vector with strength {pipe.cf.foldin_l2:g}, tuned for its "
                f"own score; the vector shown, handed to the projector, uses {pipe.token_foldin_l2():g}, the "
                "strength the projector was trained on.)" if differs else ""))
     else:
@@ -81,10 +74,8 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
 
     # Step 2: projector
     if has_cf:
-        tokens = state.project(np.stack([uvec.numpy(), ivec.numpy()]), cf)
-        near = state.cache("nearest", 256).get_or(("near", pipe.cf_name) + profile.key() + (item,),
-                                                  lambda: nearest_words(pipe, tokens, 8))
-        wn = word_norm(state, cf)
+        tokens, near = core.nearest(state, profile, item, cf)
+        wn = core.word_norm(state, cf)
         norms = np.linalg.norm(tokens, axis=1)
         out["step2_table"] = pd.DataFrame(
             [["user token", round(float(norms[0]), 2), round(wn, 2), round(float(norms[0] / wn), 1),
@@ -94,8 +85,8 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
             columns=["mapped token", "norm", "typical word norm", "ratio", "nearest words (cosine)"])
         proj = pipe.model.projector
         out["step2_md"] = (
-            f"**Step 2 · The projector.** A small network (Linear {proj.cf_dim}→{10 * proj.cf_dim}, ReLU, "
-            f"Linear {10 * proj.cf_dim}→{proj.hidden_size}) turns each CF vector into one {proj.hidden_size}-number "
+            f"**Step 2 · The projector.** A small network (Linear {proj.cf_dim}→{proj.expand * proj.cf_dim}, ReLU, "
+            f"Linear {proj.expand * proj.cf_dim}→{proj.hidden_size}) turns each CF vector into one {proj.hidden_size}-number "
             "vector of the same kind as a word embedding: a *soft token*. It is the only part trained in stage 2. "
             + ("Its outputs are not close to any real word (cosines below), so they act as new words the LLM "
                "learned to read." if max(near[0][0][1], near[1][0][1]) < 0.5 else
@@ -112,7 +103,7 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
     slots = {}
     if with_cf:
         slots[prompt.user_slot] = "user"
-        slots[len(prompt.prefix) + prompt.item_slot] = "item"
+        slots[prompt.item_pos] = "item"
     chips = []
     for pos, tid in enumerate(prompt.ids):
         kind = slots.get(pos)
@@ -128,7 +119,7 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
     if with_cf:
         out["step3_md"] = (
             f"**Step 3 · Into the token sequence.** The CoLLM prompt is {len(prompt)} tokens. The user slot is "
-            f"position **{prompt.user_slot}** and the item slot position **{len(prompt.prefix) + prompt.item_slot}**. "
+            f"position **{prompt.user_slot}** and the item slot position **{prompt.item_pos}**. "
             "The LLM never sees the placeholder's own embedding: it is replaced by the soft token before the "
             f"first layer. Grey tokens (0–{len(prompt.prefix) - 1}) are the *prefix* shared by every candidate of "
             "this user; the app runs it once and reuses its cache for all candidates, then runs only the white "
@@ -141,31 +132,31 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
     answers = {"text": core.answer_logits(state, profile, item, False, cf)}
     if has_cf:
         answers["cf"] = core.answer_logits(state, profile, item, True, cf)
-    text_name, cf_name = core.mode_names(pipe)
+    text_name, cf_mode = core.mode_names(pipe)
     table = []
-    for key, name in (("text", f"without CF — {text_name}"), ("cf", f"with CF — {cf_name}")):
+    for key, name in (("text", f"without CF — {text_name}"), ("cf", f"with CF — {cf_mode}")):
         if key in answers:
             a = answers[key]
-            table.append([name, round(a["yes"], 3), round(a["no"], 3), round(a["diff"], 3), round(a["score"], 4),
-                          ", ".join(f"“{w}” {p:.2f}" for w, p in a["top"][:4])])
+            table.append([name, round(a.yes_logit, 3), round(a.no_logit, 3), round(a.diff, 3), round(a.score, 4),
+                          ", ".join(f"“{w}” {p:.2f}" for w, p in a.top[:4])])
     out["step4_table"] = pd.DataFrame(table, columns=["mode", "logit “Yes”", "logit “No”", "Yes − No",
                                                       "score = sigmoid(Yes − No)", "most likely next tokens"])
     fig = make_subplots(1, 2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
                         subplot_titles=("logits of the two answer tokens", "Yes − No → score = sigmoid"))
-    for key, name, color in (("text", "without CF", "#F08C00"), ("cf", "with CF", "#4C6EF5")):
+    for key, name, color in (("text", "without CF", COLD_COLOUR), ("cf", "with CF", WARM_COLOUR)):
         if key in answers:
             a = answers[key]
-            fig.add_trace(go.Bar(x=["logit “Yes”", "logit “No”"], y=[a["yes"], a["no"]], name=name,
-                                 marker_color=color, text=[f"{v:.2f}" for v in (a["yes"], a["no"])],
+            fig.add_trace(go.Bar(x=["logit “Yes”", "logit “No”"], y=[a.yes_logit, a.no_logit], name=name,
+                                 marker_color=color, text=[f"{v:.2f}" for v in (a.yes_logit, a.no_logit)],
                                  textposition="outside", legendgroup=key), 1, 1)
-            fig.add_trace(go.Bar(x=[name], y=[a["diff"]], marker_color=color, showlegend=False, legendgroup=key,
-                                 text=[f"{a['diff']:+.2f} → {a['score']:.3f}"], textposition="outside"), 1, 2)
+            fig.add_trace(go.Bar(x=[name], y=[a.diff], marker_color=color, showlegend=False, legendgroup=key,
+                                 text=[f"{a.diff:+.2f} → {a.score:.3f}"], textposition="outside"), 1, 2)
     fig.add_hline(y=0, line_color="#555", line_width=1, row=1, col=2)
-    diffs = [a["diff"] for a in answers.values()]
+    diffs = [a.diff for a in answers.values()]
     pad = max(0.3, 0.35 * max(abs(d) for d in diffs))
     fig.update_yaxes(range=[min(0, min(diffs)) - pad, max(0, max(diffs)) + pad], row=1, col=2)
     fig.update_layout(barmode="group", height=360, template="plotly_white", margin=dict(l=10, r=10, t=60, b=10),
-                      title=dict(text=f"The LLM's answer for “{core_short(title)}”", font_size=14),
+                      title=dict(text=f"The LLM's answer for “{shorten(title, 36)}”", font_size=14),
                       legend=dict(orientation="h", y=-0.12, x=0))
     out["step4_fig"] = fig
     out["step4_md"] = (
@@ -177,23 +168,19 @@ def explain(state: AppState, result: dict | None, item: str | None) -> dict:
 
     # Step 5: ranking
     if rows:
-        r_text = core.ranks([r["score_text"] for r in rows])
-        r_cf = core.ranks([r["score_cf"] for r in rows])
-        n = [r["item"] for r in rows].index(item) if item in [r["item"] for r in rows] else None
+        r_text = ranks([r.score_text for r in rows])
+        r_cf = ranks([r.score_cf for r in rows])
+        n = result.items.index(item) if item in result.items else None
         if n is not None:
             row = rows[n]
-            cf_part = (f"with CF {row['score_cf']:.3f} (rank {r_cf[n]} of {len(rows)})" if row["score_cf"] is not None
+            cf_part = (f"with CF {row.score_cf:.3f} (rank {r_cf[n]} of {len(rows)})" if row.score_cf is not None
                        else "no CF score")
-            label = {1: " The user actually liked it.", 0: " The user actually disliked it."}.get(row["label"], "")
+            label = {1: " The user actually liked it.", 0: " The user actually disliked it."}.get(row.label, "")
             out["step5_md"] = (f"**Step 5 · The ranking.** Among the {len(rows)} candidates scored: without CF "
-                               f"{row['score_text']:.3f} (rank {r_text[n]}), {cf_part}.{label} "
+                               f"{row.score_text:.3f} (rank {r_text[n]}), {cf_part}.{label} "
                                "Ranking all candidates by the score is the recommendation.")
     out.setdefault("step5_md", "**Step 5 · The ranking.** Score candidates in the Recommend tab to rank them.")
     return out
-
-
-def core_short(text: str, n: int = 36) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 OUTPUT_KEYS = ["step1_md", "step1_table", "step2_md", "step2_table", "step3_md", "step3_html",
@@ -235,8 +222,6 @@ def wire(state: AppState, w: dict, result_state, gr_error):
 
     @gr_error
     def after_score(result):
-        from .recommend import focus_choices
-
         choices, value = focus_choices(result)
         data = explain(state, result, value)
         return [gr.update(choices=choices, value=value)] + [data[k] for k in OUTPUT_KEYS]

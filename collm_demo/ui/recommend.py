@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..config import MAX_CANDIDATES
+from ..errors import InputError
 from . import core
-from .core import InputError, Profile
-from .state import MAX_CANDIDATES, AppState
+from .state import AppState
+from .values import ScoredResult, candidate_auc, focus_choices, ranks
+from .views import COLD_COLOUR, WARM_COLOUR, empty_figure, shorten
 
-WARM_COLOR, COLD_COLOR = "#4C6EF5", "#F08C00"
 SORT_CHOICES = ["score with CF tokens", "score without CF tokens", "difference (with − without)"]
 RESULT_COLUMNS = ["rank", "movie", "item (train)", "without CF", "with CF", "Δ", "rank w/o CF", "rank w/ CF",
                   "truth"]
@@ -26,12 +28,12 @@ COL_TEXT, COL_CF, COL_DELTA = "without CF", "with CF", "Δ"
 # ------------------------------------------------------------------------ history
 
 def user_summary(state: AppState, user: str | None) -> str:
-    if not user or user not in state.users:
+    if not user or user not in state.catalog.users:
         return "Pick a user."
-    info = state.users[user]
+    info = state.catalog.users[user]
     pipe = state.pipeline()
     in_cf = pipe.cf is not None and pipe.cf.has_user(user)
-    status = ("**warm**" if info.warm else "**cold**") + f" (warm = at least {state.warm_min} training interactions)"
+    status = ("**warm**" if info.warm else "**cold**") + f" (warm = at least {state.catalog.warm_min} training interactions)"
     if pipe.cf is None:
         vec = "no CF model is loaded, so there are no CF vectors"
     else:
@@ -41,14 +43,14 @@ def user_summary(state: AppState, user: str | None) -> str:
             "and the true answers are known." if info.n_test else
             "No ratings in the test period, so no true answers for candidates.")
     return (f"User **{user}**: {info.n_train} training interactions, {status}; {vec}. {test} "
-            f"The history shows their last {len(state.real_history(user))} ratings before the test period "
+            f"The history shows their last {len(state.catalog.real_history(user))} ratings before the test period "
             f"(liked = rating ≥ {state.dataset.protocol.positive_rating:g}).")
 
 
 def composed_example(state: AppState) -> list[tuple[str, int, str]]:
     """A small starting history: popular Sci-Fi liked, a popular Romance disliked."""
     items = state.dataset.items
-    pop = sorted(state.item_train.items(), key=lambda kv: -kv[1])
+    pop = sorted(state.catalog.item_train.items(), key=lambda kv: -kv[1])
     scifi = [i for i, _ in pop if "Sci-Fi" in str(items.at[i, "genres"])][:3]
     romance = [i for i, _ in pop if "Romance" in str(items.at[i, "genres"]) and i not in scifi][:1]
     return [(i, 1, "") for i in scifi] + [(i, 0, "") for i in romance]
@@ -75,7 +77,7 @@ def add_to_history(state: AppState, table, items: list[str] | None, liked: str, 
     have = {i for i, _, _ in rows}
     for item in items or []:
         item = str(item)
-        if item not in state.item_title:
+        if item not in state.catalog.item_title:
             raise InputError(f"Unknown movie id {item!r}")
         if item in have:
             rows = [(i, int(liked == "liked") if i == item else y, d) for i, y, d in rows]
@@ -94,7 +96,7 @@ def remove_from_history(state: AppState, table, items: list[str] | None) -> pd.D
 
 
 def history_choices(state: AppState, table) -> list[tuple[str, str]]:
-    return [(state.item_label(i), i) for i, _, _ in core.parse_history(table)]
+    return [(state.catalog.item_label(i), i) for i, _, _ in core.parse_history(table)]
 
 
 def history_status(state: AppState, source: str, user: str | None, table) -> str:
@@ -125,18 +127,18 @@ def candidate_set(state: AppState, kind: str, n: int, source: str, user: str | N
     if kind == "test":
         if source == "composed" or not user:
             raise InputError("A composed user has no test-period ratings; pick a real user for this set.")
-        test = state.test_items(user).drop_duplicates("item")
+        test = state.catalog.test_items(user).drop_duplicates("item")
         if test.empty:
             raise InputError(f"User {user} rated nothing in the test period; try another set.")
         if len(test) > n:  # seeded sample, keeping both answers when possible
             test = test.sample(n=n, random_state=int(rng.integers(2 ** 31)))
         return [str(i) for i in test.sort_values("timestamp")["item"]]
-    pool = [i for i in state.item_ids if i not in in_history]
+    pool = [i for i in state.catalog.item_ids if i not in in_history]
     if kind == "popular":
-        pool = sorted(pool, key=lambda i: -state.item_train.get(i, 0))
-        return [i for i in pool if state.item_warm(i)][:n]
+        pool = sorted(pool, key=lambda i: -state.catalog.item_train.get(i, 0))
+        return [i for i in pool if state.catalog.item_warm(i)][:n]
     if kind == "cold":
-        pool = [i for i in pool if not state.item_warm(i)]
+        pool = [i for i in pool if not state.catalog.item_warm(i)]
     if not pool:
         raise InputError("No items left for this set.")
     return [str(i) for i in rng.choice(pool, size=min(n, len(pool)), replace=False)]
@@ -145,7 +147,7 @@ def candidate_set(state: AppState, kind: str, n: int, source: str, user: str | N
 # ------------------------------------------------------------------------ scoring
 
 def score(state: AppState, source: str, user: str | None, table, candidates: list[str] | None,
-          progress=None, cf: str | None = None) -> dict:
+          progress=None, cf: str | None = None) -> ScoredResult:
     """Score the candidates for the described profile in both modes (cached); the CF tokens come
     from backend ``cf`` (None = the app's default)."""
     profile = core.profile_from_inputs(state, source, user, table)
@@ -157,23 +159,22 @@ def sort_key_for(inject: bool) -> str:
     return SORT_CHOICES[0] if inject else SORT_CHOICES[1]
 
 
-def results_table(result: dict | None, sort_by: str = SORT_CHOICES[0], inject: bool = True) -> pd.DataFrame:
+def results_table(result: ScoredResult | None, sort_by: str = SORT_CHOICES[0], inject: bool = True) -> pd.DataFrame:
     if not result:
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    rows = result["rows"]
-    r_text = core.ranks([r["score_text"] for r in rows])
-    r_cf = core.ranks([r["score_cf"] for r in rows])
-    has_cf = result.get("cf_mode") is not None
-    active = r_cf if (inject and has_cf) else r_text
+    rows = result.rows
+    r_text = ranks([r.score_text for r in rows])
+    r_cf = ranks([r.score_cf for r in rows])
+    active = r_cf if result.ranks_by_cf(inject) else r_text
     out = []
     for n, r in enumerate(rows):
-        label = {1: "liked", 0: "disliked"}.get(r["label"], "—")
-        status = f"{'warm' if r['warm'] else 'cold'} · {r['n_train']}"
-        movie = (r["title"] + (f" ({r['year']})" if r["year"] else "") + f" · #{r['item']}"
-                 + (" · in history" if r["in_history"] else ""))
-        out.append([active[n], movie, status, round(r["score_text"], 4),
-                    None if r["score_cf"] is None else round(r["score_cf"], 4),
-                    None if r["delta"] is None else round(r["delta"], 4),
+        label = {1: "liked", 0: "disliked"}.get(r.label, "—")
+        status = f"{'warm' if r.warm else 'cold'} · {r.n_train}"
+        movie = (r.title + (f" ({r.year})" if r.year else "") + f" · #{r.item}"
+                 + (" · in history" if r.in_history else ""))
+        out.append([active[n], movie, status, round(r.score_text, 4),
+                    None if r.score_cf is None else round(r.score_cf, 4),
+                    None if r.delta is None else round(r.delta, 4),
                     r_text[n], r_cf[n], label])
     frame = pd.DataFrame(out, columns=RESULT_COLUMNS)
     column = {SORT_CHOICES[0]: COL_CF, SORT_CHOICES[1]: COL_TEXT, SORT_CHOICES[2]: COL_DELTA}.get(sort_by, COL_CF)
@@ -182,36 +183,35 @@ def results_table(result: dict | None, sort_by: str = SORT_CHOICES[0], inject: b
     return frame.sort_values(column, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
 
 
-def summary(state: AppState, result: dict | None, inject: bool = True) -> str:
+def summary(state: AppState, result: ScoredResult | None, inject: bool = True) -> str:
     if not result:
         return "Press **Score candidates** to run the model."
-    profile = Profile.from_dict(result["profile"])
-    rows = result["rows"]
-    has_cf = result.get("cf_mode") is not None
-    use_cf = inject and has_cf
-    key = "score_cf" if use_cf else "score_text"
-    top = sorted(rows, key=lambda r: -r[key])[:3]
+    profile = result.profile
+    rows = result.rows
+    has_cf = result.has_cf
+    use_cf = result.ranks_by_cf(inject)
+    top = sorted(rows, key=lambda r: -r.score(use_cf))[:3]
     who = profile.describe()
     if profile.kind == "user":
-        who += f" ({'warm' if result['user_warm'] else 'cold'}, {result['user_n_train']} training interactions)"
-    lines = [f"**{who}** · {len(rows)} candidates scored in {result['seconds']} s "
+        who += f" ({'warm' if result.user_warm else 'cold'}, {result.user_n_train} training interactions)"
+    lines = [f"**{who}** · {len(rows)} candidates scored in {result.seconds} s "
              f"(both modes; repeated requests come from a cache)."]
     if has_cf:
-        lines.append(f"CF model: **{result.get('cf_label', 'CF')}**. CF user vector: {result['vector_source']}.")
-    mode = result["cf_mode"] if use_cf else result["text_mode"]
-    lines.append(f"**Top picks — {mode}:** " + "; ".join(f"{n}. {r['title']}" for n, r in enumerate(top, 1)))
+        lines.append(f"CF model: **{result.cf_label}**. CF user vector: {result.vector_source}.")
+    mode = result.cf_mode if use_cf else result.text_mode
+    lines.append(f"**Top picks — {mode}:** " + "; ".join(f"{n}. {r.title}" for n, r in enumerate(top, 1)))
     if inject and not has_cf:
         lines.append("⚠️ No projector is loaded, so CF tokens cannot be injected: ranking by the text-only score.")
-    auc_t, auc_c = core.candidate_auc(rows, "score_text"), core.candidate_auc(rows, "score_cf")
-    known = sum(r["label"] is not None for r in rows)
+    auc_t, auc_c = candidate_auc(rows, False), candidate_auc(rows, True)
+    known = sum(r.label is not None for r in rows)
     if auc_t is not None:
         cf_part = f", with CF **{auc_c:.2f}**" if auc_c is not None else ""
         lines.append(f"On the {known} candidates whose true answer is known, AUC without CF **{auc_t:.2f}**"
                      f"{cf_part} (one user, few items: a noisy number; the Warm vs cold tab has the full test set).")
     if has_cf:
-        deltas = [r["delta"] for r in rows]
-        warm = [r["delta"] for r in rows if r["warm"]]
-        cold = [r["delta"] for r in rows if not r["warm"]]
+        deltas = [r.delta for r in rows]
+        warm = [r.delta for r in rows if r.warm]
+        cold = [r.delta for r in rows if not r.warm]
         parts = [f"mean Δ {np.mean(deltas):+.3f}"]
         if warm:
             parts.append(f"warm items {np.mean(warm):+.3f}")
@@ -221,30 +221,28 @@ def summary(state: AppState, result: dict | None, inject: bool = True) -> str:
     return "\n\n".join(lines)
 
 
-def delta_figure(result: dict | None, inject: bool = True) -> go.Figure:
-    fig = go.Figure()
-    if not result or result.get("cf_mode") is None:
+def delta_figure(result: ScoredResult | None, inject: bool = True) -> go.Figure:
+    if not result or not result.has_cf:
         msg = "Score some candidates first." if not result else "No projector loaded: no CF scores to compare."
-        fig.add_annotation(text=msg, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-        fig.update_layout(height=260, xaxis_visible=False, yaxis_visible=False, margin=dict(l=10, r=10, t=30, b=10))
-        return fig
-    rows = sorted(result["rows"], key=lambda r: r["delta"])
-    for warm, color, name in ((True, WARM_COLOR, "warm item (≥3 training interactions)"),
-                              (False, COLD_COLOR, "cold item (<3 training interactions)")):
-        part = [r for r in rows if r["warm"] == warm]
+        return empty_figure(msg, height=260)
+    fig = go.Figure()
+    rows = sorted(result.rows, key=lambda r: r.delta)
+    for warm, color, name in ((True, WARM_COLOUR, f"warm item (≥{result.warm_min} training interactions)"),
+                              (False, COLD_COLOUR, f"cold item (<{result.warm_min} training interactions)")):
+        part = [r for r in rows if r.warm == warm]
         if not part:
             continue
         fig.add_trace(go.Bar(
-            x=[r["delta"] for r in part], y=[_short(r["title"]) + f" · #{r['item']}" for r in part],
+            x=[r.delta for r in part], y=[shorten(r.title) + f" · #{r.item}" for r in part],
             orientation="h", marker_color=color, name=name,
-            customdata=[[r["score_text"], r["score_cf"], r["n_train"]] for r in part], showlegend=True,
+            customdata=[[r.score_text, r.score_cf, r.n_train] for r in part], showlegend=True,
             hovertemplate="%{y}<br>without CF %{customdata[0]:.3f} → with CF %{customdata[1]:.3f}"
                           "<br>Δ %{x:+.3f}<br>training interactions: %{customdata[2]}<extra></extra>"))
     fig.update_layout(
         height=max(280, 26 * len(rows) + 130), barmode="relative",
         title=dict(text="What the CF tokens change: score with CF − score without CF", font_size=14),
         xaxis_title="Δ score (positive = CF tokens make “Yes” more likely)",
-        yaxis=dict(categoryorder="array", categoryarray=[_short(r["title"]) + f" · #{r['item']}" for r in rows],
+        yaxis=dict(categoryorder="array", categoryarray=[shorten(r.title) + f" · #{r.item}" for r in rows],
                    automargin=True),
         legend=dict(orientation="h", y=-0.25, x=0), margin=dict(l=10, r=10, t=50, b=10),
         template="plotly_white")
@@ -252,27 +250,15 @@ def delta_figure(result: dict | None, inject: bool = True) -> go.Figure:
     return fig
 
 
-def _short(text: str, n: int = 34) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def focus_choices(result: dict | None, inject: bool = True) -> tuple[list[tuple[str, str]], str | None]:
-    """Dropdown choices (candidates, best first in the active mode) and the default pick."""
-    if not result:
-        return [], None
-    key = "score_cf" if (inject and result.get("cf_mode")) else "score_text"
-    rows = sorted(result["rows"], key=lambda r: -r[key])
-    return [(f"{r['title']} · #{r['item']}", r["item"]) for r in rows], rows[0]["item"]
-
-
-def prompts_html(state: AppState, result: dict | None, item: str | None, inject: bool = True) -> tuple[str, str]:
+def prompts_html(state: AppState, result: ScoredResult | None, item: str | None, inject: bool = True
+                 ) -> tuple[str, str]:
     """The two prompts for one candidate, slots highlighted; the one used for ranking marked."""
     if not result or not item:
         return "<p class='muted'>Score candidates to see the prompts.</p>", ""
-    profile = Profile.from_dict(result["profile"])
-    has_cf = result.get("cf_mode") is not None
+    profile = result.profile
+    has_cf = result.has_cf
     used = "<span class='badge'>used for the ranking</span>"
-    text = (f"<h4>Without CF tokens — {result['text_mode']} {used if not (inject and has_cf) else ''}</h4>"
+    text = (f"<h4>Without CF tokens — {result.text_mode} {used if not result.ranks_by_cf(inject) else ''}</h4>"
             + core.prompt_html(state, profile, item, False))
     if has_cf:
         cf = (f"<h4>With CF tokens — CoLLM {used if inject else ''}</h4>"
@@ -303,7 +289,7 @@ def build(state: AppState):
             gr.Markdown("### 1 · Whose history?")
             w["source"] = gr.Radio([("A real MovieLens user", "user"), ("Compose your own", "composed")],
                                    value="user", label="History from", elem_id="source")
-            w["user"] = gr.Dropdown(state.user_choices(), value=None, label="User (type to search, e.g. “warm” or an id)",
+            w["user"] = gr.Dropdown(state.catalog.user_choices(), value=None, label="User (type to search, e.g. “warm” or an id)",
                                     filterable=True, elem_id="user-dropdown")
             w["user_md"] = gr.Markdown(elem_classes=["note"])
             w["history"] = gr.Dataframe(
@@ -316,7 +302,7 @@ def build(state: AppState):
             w["history_md"] = gr.Markdown(elem_classes=["note"])
             w["edit_box"] = gr.Accordion("Add or remove movies", open=False, elem_id="history-edit")
             with w["edit_box"]:
-                w["add_items"] = gr.Dropdown(state.item_choices(), multiselect=True, label="Add movies",
+                w["add_items"] = gr.Dropdown(state.catalog.item_choices(), multiselect=True, label="Add movies",
                                              filterable=True)
                 with gr.Row():
                     w["add_liked"] = gr.Radio(["liked", "disliked"], value="liked", label="as", min_width=160)
@@ -327,7 +313,7 @@ def build(state: AppState):
                     w["reset_btn"] = gr.Button("Reset to the real history / example", size="sm", min_width=160)
         with gr.Column(scale=5, min_width=340):
             gr.Markdown("### 2 · Which candidates?")
-            w["candidates"] = gr.Dropdown(state.item_choices(), multiselect=True, max_choices=MAX_CANDIDATES,
+            w["candidates"] = gr.Dropdown(state.catalog.item_choices(), multiselect=True, max_choices=MAX_CANDIDATES,
                                           label=f"Candidate movies (type to search; up to {MAX_CANDIDATES})",
                                           filterable=True, elem_id="candidates")
             w["n_set"] = gr.Slider(3, MAX_CANDIDATES, value=10, step=1, label="Size of a one-click set")
@@ -339,11 +325,11 @@ def build(state: AppState):
                 w["set_random"] = gr.Button("Random", size="sm", min_width=140, elem_id="set-random")
             gr.Markdown("*Test items* are movies this user rated in the test period, after everything the "
                         "models were trained on, so their true answers are shown. *Cold* items have fewer "
-                        f"than {state.warm_min} training interactions.", elem_classes=["note"])
+                        f"than {state.catalog.warm_min} training interactions.", elem_classes=["note"])
             gr.Markdown("### 3 · Score")
             w["inject"] = gr.Checkbox(True, label="Inject CF tokens (CoLLM)", info=pipe_ready_note,
                                       elem_id="inject")
-            choices = state.backend_choices()
+            choices = state.hub.backend_choices()
             w["cf_model"] = gr.Dropdown(
                 choices, value=choices[0][1], label="CF model that makes the tokens",
                 info="Same frozen LLM and LoRA; each CF model has its own small projector. Changing it "
@@ -369,7 +355,7 @@ def build(state: AppState):
 
 
 def wire(state: AppState, w: dict, result_state, gr_error):
-    """Events of this tab. ``gr_error`` turns InputError into gr.Error."""
+    """Events of this tab. ``gr_error`` turns a CoLLMError into gr.Error."""
     import gradio as gr
 
     def on_source(source, user):

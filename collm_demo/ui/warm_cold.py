@@ -2,7 +2,7 @@
 
 The simulator takes one item, keeps k of its training interactions (seeded choice, nested:
 the 1 kept interaction is among the 3, the 3 among the 10), refits the item's CF vector
-from them with ``foldin.fold_in_item`` (user vectors frozen), and shows how the item's
+from them with ``CFModel.fold_in_item`` (user vectors frozen), and shows how the item's
 CoLLM score for the current user and its map position move. The text-only score cannot
 move: the text prompt never sees the CF vector.
 """
@@ -14,18 +14,16 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..evaluate import METHOD_LABELS, SLICES
-from ..foldin import fold_in_item
+from ..cf import method_colour, method_label
+from ..errors import InputError
+from ..evaluate import SLICES
 from . import core
-from .embedding import base_traces, layout_index, placed, profile_of, unavailable
+from .memo import memoize
 from .state import AppState
+from .values import ScoredResult
+from .views import CANDIDATE_COLOUR, COLD_COLOUR, WARM_COLOUR, cf_label, empty_figure, layout_traces
 
-METHOD_COLORS = {"mf": "#868E96", "mf_no_foldin": "#CED4DA", "zero_shot": "#BE4BDB", "text_only": "#F08C00", "collm": "#4C6EF5",
-                 "lightgcn": "#A9E34B", "collm_lightgcn": "#2B8A3E", "sasrec": "#FFA8A8", "collm_sasrec": "#C92A2A",
-                 "svd": "#99E9F2", "collm_svd": "#0C8599"}
 K_CHOICES = ["0", "1", "3", "10", "all"]
-SLICE_WORDS = {"all": "all test rows", "warm": "warm rows (user and item each ≥3 training interactions)",
-               "cold": "cold rows (the rest)"}
 
 
 # ------------------------------------------------------------------ evaluation
@@ -36,7 +34,7 @@ def results_frame(results: dict | None) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     rows = []
     for method, slices in results["methods"].items():
-        row = [METHOD_LABELS.get(method, method)]
+        row = [method_label(method)]
         for s in SLICES:
             part = slices.get(s, {})
             row += [_num(part.get("auc")), _num(part.get("uauc"))]
@@ -54,11 +52,7 @@ def _num(value):
 
 def results_figure(results: dict | None) -> go.Figure:
     if not results or not results.get("methods"):
-        fig = go.Figure()
-        fig.add_annotation(text="No evaluation results yet (see the note above).", showarrow=False,
-                           x=0.5, y=0.5, xref="paper", yref="paper")
-        fig.update_layout(height=300, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
-        return fig
+        return empty_figure("No evaluation results yet (see the note above).", height=300)
     methods = results["methods"]
     first = next(iter(methods.values()))
     labels = [f"{s}<br>(n={first.get(s, {}).get('n', '?')})" for s in SLICES]
@@ -69,8 +63,8 @@ def results_figure(results: dict | None) -> go.Figure:
         for method, slices in methods.items():
             ys = [_num(slices.get(s, {}).get(metric)) for s in SLICES]
             values += [y for y in ys if y is not None]
-            fig.add_trace(go.Bar(x=labels, y=ys, name=METHOD_LABELS.get(method, method),
-                                 marker_color=METHOD_COLORS.get(method), showlegend=col == 1,
+            fig.add_trace(go.Bar(x=labels, y=ys, name=method_label(method),
+                                 marker_color=method_colour(method), showlegend=col == 1,
                                  legendgroup=method, text=[f"{y:.3f}" if y is not None else "n/a" for y in ys],
                                  # many backends: numbers on hover and in the table, not on every bar
                                  textposition="outside" if len(methods) <= 5 else "none", textfont_size=10,
@@ -98,7 +92,7 @@ def results_note(state: AppState, results: dict | None) -> str:
         parts.append(f" (whole test split: {counts.get('rows', '?')} rows, {counts.get('warm', '?')} warm, "
                      f"{counts.get('cold', '?')} cold)")
     parts.append(f"; LLM {proto.get('llm', '?')}. ")
-    parts.append("Warm = the user and the item each have at least 3 training interactions. "
+    parts.append(f"Warm = the user and the item each have at least {state.catalog.warm_min} training interactions. "
                  "UAUC averages per-user AUCs over users with both liked and disliked test items, so it asks "
                  "“does the model rank *this user's* movies well?”. The dotted line is chance (0.5).")
     return "".join(parts)
@@ -115,39 +109,40 @@ def item_train_interactions(state: AppState, item: str, cf_name: str | None = No
 
 
 def simulator_items(state: AppState) -> list[tuple[str, str]]:
-    return [(f"{state.item_label(i)} · {state.item_train.get(i, 0)} train", i)
-            for i in sorted(state.item_ids, key=lambda i: -state.item_train.get(i, 0))
-            if state.item_train.get(i, 0) > 0]
+    catalog = state.catalog
+    return [(f"{catalog.item_label(i)} · {catalog.item_train.get(i, 0)} train", i)
+            for i in sorted(catalog.item_ids, key=lambda i: -catalog.item_train.get(i, 0))
+            if catalog.item_train.get(i, 0) > 0]
 
 
-def default_sim_item(state: AppState, result: dict | None) -> str:
+def default_sim_item(state: AppState, result: ScoredResult | None) -> str:
     if result:
-        warm = [r for r in result["rows"] if r["n_train"] > 0]
+        warm = [r for r in result.rows if r.n_train > 0]
         if warm:
-            return max(warm, key=lambda r: r["n_train"])["item"]
+            return max(warm, key=lambda r: r.n_train).item
     return simulator_items(state)[0][1]
 
 
-def simulate(state: AppState, result: dict | None, item: str, seed: int = 0) -> dict:
+def simulate(state: AppState, result: ScoredResult | None, item: str, seed: int = 0) -> dict:
     """Refit ``item`` from k = 0, 1, 3, 10, all of its training interactions; score each version
     (CF backend: the one the result was scored with)."""
-    pipe = state.pipeline(core.result_cf(result))
+    pipe = state.pipeline(result.cf if result else None)
     if not pipe.has_projector:
-        raise core.InputError("The cold-start simulator needs a CF model and a projector (none loaded).")
-    if item not in state.item_title:
-        raise core.InputError(f"Unknown item {item!r}.")
-    profile = profile_of(state, result)
+        raise InputError("The cold-start simulator needs a CF model and a projector (none loaded).")
+    if item not in state.catalog.item_title:
+        raise InputError(f"Unknown item {item!r}.")
+    profile = core.profile_of(state, result)
     if not profile.items:
-        raise core.InputError("The current history is empty; add movies in the Recommend tab first.")
-    key = ("sim", pipe.cf_name, item, int(seed)) + profile.key()
-    return state.cache("simulate", 64).get_or(key, lambda: _simulate(state, pipe, profile, item, int(seed)))
+        raise InputError("The current history is empty; add movies in the Recommend tab first.")
+    return _simulate(state, profile, item, int(seed), pipe.cf_name)
 
 
-def _simulate(state, pipe, profile, item, seed) -> dict:
+@memoize(64)
+def _simulate(state: AppState, profile: core.Profile, item: str, seed: int, cf_name: str) -> dict:
     import torch
 
+    pipe = state.pipeline(cf_name)
     cf, model, title = pipe.cf, pipe.model, state.dataset.title
-    cf_name = pipe.cf_name
     inter = item_train_interactions(state, item, cf_name)
     order = np.random.default_rng(seed).permutation(len(inter))
     users = inter["user"].to_numpy()[order].tolist()
@@ -156,31 +151,29 @@ def _simulate(state, pipe, profile, item, seed) -> dict:
     for choice in K_CHOICES:
         k = len(users) if choice == "all" else min(int(choice), len(users))
         versions.append((f"k = {choice}" + (f" (only {k} exist)" if choice != "all" and k < int(choice) else ""),
-                         k, fold_in_item(cf, users[:k], labels[:k])))
+                         k, cf.fold_in_item(users[:k], labels[:k])))
     in_cf = cf.has_item(item)
     versions.append(("trained vector (reference)" if in_cf else "no trained vector (default)", len(users),
                      cf.item_vectors([item])[0]))
     vecs = torch.stack([v for _, _, v in versions])
     uvec, _ = core.user_vector(state, profile, cf_name, for_tokens=True)
-    mf_uvec, _ = core.user_vector(state, profile, cf_name)  # CF alone: its own fold-in strength
+    alone_uvec, _ = core.user_vector(state, profile, cf_name)  # CF alone: its own fold-in strength
     hist = [title(i) for i in profile.items]
     cf_prompt = model.builder.build(hist, profile.labels, title(item), True)
     text_prompt = model.builder.build(hist, profile.labels, title(item), False)
-    with state.model_lock:
-        s_cf = model.score_candidates([cf_prompt] * len(versions), uvec, vecs, use_lora=True).tolist()
-        s_text = float(model.score_candidates([text_prompt], use_lora=pipe.has_lora)[0])
-    s_mf = cf.score_vectors(mf_uvec.expand(len(versions), -1), vecs).tolist()
+    s_cf = model.score_candidates([cf_prompt] * len(versions), uvec, vecs, use_lora=True).tolist()
+    s_text = float(model.score_candidates([text_prompt], use_lora=pipe.has_lora)[0])
+    s_alone = cf.score_vectors(alone_uvec.expand(len(versions), -1), vecs).tolist()
     positions = None
-    if unavailable(state, cf_name) is None:
-        xy = placed(state, state.project(vecs, cf_name), ("sim-pos", item, seed), cf_name)
-        positions = [(float(x), float(y)) for x, y in xy]
+    if core.map_unavailable(state, cf_name) is None:
+        positions = [(float(x), float(y)) for x, y in core.placed(state, cf_name, vecs)]
     rows = []
     for n, (name, k, vec) in enumerate(versions):
         rows.append({"version": name, "k": k, "liked": int(sum(labels[:k])) if n < len(K_CHOICES) else None,
-                     "norm": float(vec.norm()), "mf": float(s_mf[n]), "collm": float(s_cf[n]), "text": s_text,
+                     "norm": float(vec.norm()), "alone": float(s_alone[n]), "collm": float(s_cf[n]), "text": s_text,
                      "xy": None if positions is None else positions[n]})
-    fitted = layout_index(state, cf_name).get(("item", item)) if positions is not None else None
-    return {"item": item, "title": title(item), "cf": cf_name, "cf_label": core.cf_name(pipe), "n_interactions": len(users), "rows": rows,
+    fitted = core.layout_index(state, cf_name).get(("item", item)) if positions is not None else None
+    return {"item": item, "title": title(item), "cf": cf_name, "cf_label": cf_label(pipe), "n_interactions": len(users), "rows": rows,
             "fitted_xy": fitted, "profile": profile.describe(), "seed": seed}
 
 
@@ -192,33 +185,30 @@ def simulation_table(sim: dict | None) -> pd.DataFrame:
     out = []
     for r in sim["rows"]:
         kept = f"{r['k']} ({r['liked']})" if r["liked"] is not None else f"all {r['k']} (jointly trained)"
-        out.append([r["version"], kept, round(r["norm"], 3), round(r["mf"], 4), round(r["collm"], 4),
+        out.append([r["version"], kept, round(r["norm"], 3), round(r["alone"], 4), round(r["collm"], 4),
                     round(r["text"], 4), round(r["collm"] - r["text"], 4)])
     return pd.DataFrame(out, columns=cols)
 
 
 def simulation_figure(sim: dict | None, selected: str = "all") -> go.Figure:
     if not sim:
-        fig = go.Figure()
-        fig.add_annotation(text="Run the simulator.", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-        fig.update_layout(height=360, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
-        return fig
+        return empty_figure("Run the simulator.", height=360)
     rows = sim["rows"][: len(K_CHOICES)]
     ref = sim["rows"][len(K_CHOICES)]
     labels = [f"k={c}" for c in K_CHOICES]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=labels, y=[r["collm"] for r in rows], mode="lines+markers", name="CoLLM score",
-                             line=dict(color="#4C6EF5", width=3), marker_size=9))
+                             line=dict(color=WARM_COLOUR, width=3), marker_size=9))
     fig.add_trace(go.Scatter(x=labels, y=[r["text"] for r in rows], mode="lines", name="text-only score (no CF)",
-                             line=dict(color="#F08C00", dash="dash", width=2)))
-    fig.add_trace(go.Scatter(x=labels, y=[r["mf"] for r in rows], mode="lines+markers", name=f"{sim.get('cf_label', 'MF')} alone",
+                             line=dict(color=COLD_COLOUR, dash="dash", width=2)))
+    fig.add_trace(go.Scatter(x=labels, y=[r["alone"] for r in rows], mode="lines+markers", name=f"{sim['cf_label']} alone",
                              line=dict(color="#868E96", width=1.5), marker_size=6))
-    fig.add_hline(y=ref["collm"], line_dash="dot", line_color="#4C6EF5",
+    fig.add_hline(y=ref["collm"], line_dash="dot", line_color=WARM_COLOUR,
                   annotation_text="CoLLM with the trained vector", annotation_position="top left")
     if selected in K_CHOICES:
         n = K_CHOICES.index(selected)
         fig.add_trace(go.Scatter(x=[labels[n]], y=[rows[n]["collm"]], mode="markers", name=f"selected k={selected}",
-                                 marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=3, color="#C92A2A"))))
+                                 marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=3, color=CANDIDATE_COLOUR))))
     fig.update_layout(height=360, template="plotly_white", yaxis_title="P(Yes) for this user",
                       xaxis_title="training interactions kept for the item",
                       title=dict(text=f"{sim['title']}: scores for {sim['profile']}", font_size=14),
@@ -228,17 +218,13 @@ def simulation_figure(sim: dict | None, selected: str = "all") -> go.Figure:
 
 def simulation_map(state: AppState, sim: dict | None, selected: str = "all") -> go.Figure:
     if not sim or sim["rows"][0]["xy"] is None:
-        fig = go.Figure()
-        fig.add_annotation(text=unavailable(state, (sim or {}).get("cf")) or "Run the simulator.", showarrow=False,
-                           x=0.5, y=0.5,
-                           xref="paper", yref="paper")
-        fig.update_layout(height=360, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
-        return fig
-    fig = go.Figure(base_traces(state, "warm", show_words=False, faint=True, cf=sim.get("cf")))
+        return empty_figure(core.map_unavailable(state, (sim or {}).get("cf")) or "Run the simulator.", height=360)
+    layout = state.assets.layout(sim["cf"])
+    fig = go.Figure(layout_traces(layout["points"], "warm", show_words=False, faint=True))
     rows = sim["rows"][: len(K_CHOICES)]
     fig.add_trace(go.Scatter(x=[r["xy"][0] for r in rows], y=[r["xy"][1] for r in rows], mode="lines+markers+text",
                              text=[f"k={c}" for c in K_CHOICES], textposition="top center", name="refit item (placed)",
-                             line=dict(color="#C92A2A", width=2), marker=dict(size=10, color="#C92A2A")))
+                             line=dict(color=CANDIDATE_COLOUR, width=2), marker=dict(size=10, color=CANDIDATE_COLOUR)))
     if sim["fitted_xy"]:
         fig.add_trace(go.Scatter(x=[sim["fitted_xy"][0]], y=[sim["fitted_xy"][1]], mode="markers+text",
                                  text=["trained"], textposition="bottom center", name="trained vector (fitted layout)",
@@ -287,7 +273,7 @@ def build(state: AppState):
                 "First the measured answer on the test split, then a simulator you can play with.",
                 elem_classes=["lead"])
     gr.Markdown("### Evaluation on the test split")
-    results = state.results()
+    results = state.assets.results()
     w["results_note"] = gr.Markdown(results_note(state, results), elem_classes=["note"])
     w["results_table"] = gr.Dataframe(results_frame(results), interactive=False, label="AUC / UAUC by method and slice",
                                       elem_id="results-eval")
@@ -313,7 +299,7 @@ def build(state: AppState):
     return w
 
 
-def run_outputs(state: AppState, result: dict | None, item: str | None, seed, k: str) -> tuple:
+def run_outputs(state: AppState, result: ScoredResult | None, item: str | None, seed, k: str) -> tuple:
     """Everything the simulator panel shows, for one item (default: picked from the result)."""
     item = item or default_sim_item(state, result)
     sim = simulate(state, result, item, int(seed or 0))
@@ -336,12 +322,12 @@ def wire(state: AppState, w: dict, result_state, gr_error):
         return simulation_text(sim, k), simulation_figure(sim, k), simulation_map(state, sim, k)
 
     def after_score(result, seed, k):
-        if not state.pipeline(core.result_cf(result)).has_projector:
+        if not state.pipeline(result.cf if result else None).has_projector:
             return (None, gr.update(), simulation_text(None), simulation_figure(None), simulation_map(state, None),
                     simulation_table(None))
         try:
             return run_outputs(state, result, None, seed, k)
-        except core.InputError:
+        except InputError:
             return (None, gr.update(), "", simulation_figure(None), simulation_map(state, None), simulation_table(None))
 
     w["sim_btn"].click(run, [result_state, w["sim_item"], w["sim_seed"], w["sim_k"]], outs)

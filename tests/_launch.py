@@ -1,4 +1,9 @@
-"""Start `python app.py` on loopback for benchmarks and tests; read its memory from /proc."""
+"""Start `python app.py` on loopback for tests and benchmarks; read its memory from /proc.
+
+Tests import it as ``_launch`` (pytest puts tests/ on sys.path); benchmarks as
+``tests._launch`` (run them from the repository root: ``python -m benchmarks.NAME``).
+Tests never import benchmarks/.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,123 @@
+"""The catalogue of users and items the app offers, built from a :class:`Dataset` alone (no model).
+
+Indexes of the protocol's splits: each user's interactions before the test period (their
+history) and in it (honest candidates with true labels), training counts (warm = at least
+``protocol.warm_min`` training interactions), dropdown choices and the first example user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..data import Dataset
+
+_COLUMNS = ["item", "label", "timestamp", "rating"]
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    user: str
+    n_train: int  # training interactions (what the CF model saw)
+    n_pretest: int  # interactions before the test period (train + valid)
+    n_test: int  # interactions in the test period (honest candidates)
+    n_test_pos: int
+    warm_min: int = 3  # the protocol's threshold
+
+    @property
+    def warm(self) -> bool:
+        return self.n_train >= self.warm_min
+
+    def label(self) -> str:
+        status = "warm" if self.warm else "cold"
+        return (f"user {self.user} · {status} · {self.n_train} train interactions · "
+                f"{self.n_test} test items")
+
+
+class Catalog:
+    """Users, items, histories and true labels of one dataset."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = ds = dataset
+        inter = ds.interactions
+        self.warm_min = ds.protocol.warm_min
+        self.test_start = int(inter.loc[inter["split"] == "test", "timestamp"].min())
+        train = inter[inter["split"] == "train"]
+        self.item_train = train["item"].value_counts().to_dict()
+        self.user_train = train["user"].value_counts().to_dict()
+        pre = inter[inter["timestamp"] < self.test_start]
+        test = inter[inter["split"] == "test"]
+        self._pretest = {u: g for u, g in pre.groupby("user", sort=False)}
+        self._test = {u: g for u, g in test.groupby("user", sort=False)}
+        self.users: dict[str, UserInfo] = {}
+        for user in sorted(inter["user"].unique(), key=lambda u: (len(u), u)):
+            t = self._test.get(user)
+            self.users[user] = UserInfo(
+                user=user, n_train=int(self.user_train.get(user, 0)),
+                n_pretest=0 if user not in self._pretest else len(self._pretest[user]),
+                n_test=0 if t is None else len(t), n_test_pos=0 if t is None else int(t["label"].sum()),
+                warm_min=self.warm_min)
+        self.item_ids = [str(i) for i in sorted(ds.items.index, key=lambda i: (len(str(i)), str(i)))]
+        self.item_title = {i: ds.title(i) for i in self.item_ids}
+
+    # ------------------------------------------------------------------ items
+    def item_warm(self, item: str) -> bool:
+        return self.item_train.get(item, 0) >= self.warm_min
+
+    def item_label(self, item: str) -> str:
+        """'Toy Story (1995) · #1' for dropdowns."""
+        year = self.dataset.items.at[item, "year"] if item in self.dataset.items.index else pd.NA
+        year = "" if pd.isna(year) else f" ({int(year)})"
+        return f"{self.item_title.get(item, item)}{year} · #{item}"
+
+    def item_choices(self) -> list[tuple[str, str]]:
+        out = []
+        for item in self.item_ids:
+            n = self.item_train.get(item, 0)
+            status = "warm" if n >= self.warm_min else "cold"
+            out.append((f"{self.item_label(item)} · {status}, {n} train", item))
+        return out
+
+    # ------------------------------------------------------------------ users
+    def user_choices(self) -> list[tuple[str, str]]:
+        """Users that have a history before the test period; those with test items first."""
+        usable = [u for u in self.users.values() if u.n_pretest > 0]
+        usable.sort(key=lambda u: (u.n_test == 0, -u.n_test, len(u.user), u.user))
+        return [(u.label(), u.user) for u in usable]
+
+    def default_user(self) -> str:
+        """A good first example: a warm user whose test items (the honest candidates) include
+        liked and disliked, warm and cold movies, and not too many of them."""
+        def score(u: UserInfo) -> tuple:
+            items = self.test_items(u.user)["item"]
+            cold = sum(not self.item_warm(i) for i in items)
+            return (min(cold, len(items) - cold), min(u.n_test_pos, u.n_test - u.n_test_pos), u.user)
+
+        candidates = [u for u in self.users.values()
+                      if u.warm and 10 <= u.n_test <= 20 and 0 < u.n_test_pos < u.n_test and u.n_pretest >= 10]
+        if candidates:
+            return max(candidates, key=score).user
+        usable = [u for u in self.users.values() if u.n_pretest > 0] or list(self.users.values())
+        return max(usable, key=lambda u: (u.warm, u.n_test > 0, -abs(u.n_test - 20), u.user)).user
+
+    def real_history(self, user: str, k: int | None = None) -> pd.DataFrame:
+        """The user's last <= k interactions before the test period (train + valid), oldest first."""
+        k = k or self.dataset.protocol.history_len
+        frame = self._pretest.get(user)
+        if frame is None:
+            return pd.DataFrame(columns=_COLUMNS)
+        return frame.sort_values("timestamp", kind="stable").tail(k)[_COLUMNS]
+
+    def test_items(self, user: str) -> pd.DataFrame:
+        frame = self._test.get(user)
+        if frame is None:
+            return pd.DataFrame(columns=_COLUMNS)
+        return frame[_COLUMNS]
+
+    def true_labels(self, user: str | None) -> dict[str, int]:
+        """Known labels of the user's test-period interactions (the honest ones)."""
+        frame = self._test.get(user) if user else None
+        if frame is None:
+            return {}
+        return {str(i): int(y) for i, y in zip(frame["item"], frame["label"])}
