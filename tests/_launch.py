@@ -1,8 +1,9 @@
-"""Start `python app.py` on loopback for tests and benchmarks; read its memory from /proc.
+"""Start `python app.py` on loopback for tests, benchmarks and tools; read its memory from /proc.
 
-Tests import it as ``_launch`` (pytest puts tests/ on sys.path); benchmarks as
-``tests._launch`` (run them from the repository root: ``python -m benchmarks.NAME``).
-Tests never import benchmarks/.
+Tests import it as ``_launch`` (pytest puts tests/ on sys.path); benchmarks and
+``tests/take_screenshot.py`` as ``tests._launch`` (run them from the repository root:
+``python -m benchmarks.NAME``). Tests never import benchmarks/. Also the headless Chromium that
+the browser test and the screenshot tool drive.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def free_port() -> int:

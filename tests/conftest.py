@@ -1,8 +1,14 @@
-"""Shared fixtures: tiny models and tiny MovieLens files, built by the tests themselves."""
+"""Shared fixtures, the only ones: tiny models and tiny MovieLens files, built by the tests themselves
+(the default); and, at the end, the app on the real embedded LLM for the tests about the app."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +115,139 @@ def tiny_checkpoints(tmp_path_factory, tiny_llm_dir, tiny_data_dir) -> Path:
     assert main(["train", "--quick", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir),
                  "--checkpoints", str(out)]) == 0
     return out
+
+
+# ------------------------------------------------------------------ the app on the real embedded LLM
+# Only for the tests about the app itself (handlers, API, browser, robustness). Which checkpoints:
+# ``COLLM_TEST_CHECKPOINTS``, else ``COLLM_CHECKPOINTS``, else the project's ``checkpoints/``; if that
+# folder has no CF model + projector, quick checkpoints are trained once (``python -m collm_demo train
+# --quick``, a minute or two) into a temporary folder. The embedding-map layout and the results file:
+# ``COLLM_TEST_LAYOUT`` / ``COLLM_TEST_RESULTS`` if set; else the project's assets when the checkpoints
+# are the project's; else a quick layout computed once for those checkpoints, and FAKE_RESULTS (the UI
+# only renders it). All session-scoped: one training run, one model load, one server per session.
+
+FAKE_RESULTS = {
+    "protocol": {"data": "ml-100k", "split": "test", "rows": 48, "subset": True, "llm": "test fixture",
+                 "counts": {"rows": 9828, "warm": 1295, "cold": 8533}},
+    "methods": {m: {s: {"auc": a + d, "uauc": a - 0.05 + d, "n": n, "uauc_users": 5}
+                    for s, d, n in (("all", 0.0, 48), ("warm", 0.05, 8), ("cold", -0.02, 40))}
+                for m, a in (("mf", 0.68), ("zero_shot", 0.56), ("text_only", 0.70), ("collm", 0.73))},
+}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(args: list[str], what: str, timeout: int = 1800) -> None:
+    started = time.time()
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    print(f"[app tests] {what}: {time.time() - started:.0f} s", file=sys.stderr)
+
+
+def _has_projector(folder: Path) -> bool:
+    from collm_demo.cf import backend
+    from collm_demo.config import DEFAULT_CF
+
+    spec = backend(DEFAULT_CF)
+    return (folder / spec.cf_file).exists() and (folder / spec.projector_file).exists()
+
+
+def _app_checkpoints(tmp_path_factory) -> Path:
+    from collm_demo.config import CHECKPOINT_DIR
+
+    folder = Path(os.environ.get("COLLM_TEST_CHECKPOINTS") or os.environ.get("COLLM_CHECKPOINTS")
+                  or CHECKPOINT_DIR)
+    if not _has_projector(folder):
+        folder = tmp_path_factory.mktemp("quick_checkpoints")
+        _run([sys.executable, "-m", "collm_demo", "train", "--quick", "--checkpoints", str(folder)],
+             "quick training for the app tests")
+    return folder
+
+
+def _app_layout(tmp_path_factory, ckpt: Path) -> Path:
+    from collm_demo.config import CHECKPOINT_DIR, LAYOUT_PATH
+
+    if os.environ.get("COLLM_TEST_LAYOUT"):
+        return Path(os.environ["COLLM_TEST_LAYOUT"])
+    if ckpt.resolve() == CHECKPOINT_DIR.resolve() and LAYOUT_PATH.exists():
+        return LAYOUT_PATH
+    if (ckpt / "embedding_map_quick.json").exists():
+        return ckpt / "embedding_map_quick.json"
+    path = tmp_path_factory.mktemp("app_layout") / "embedding_map_quick.json"
+    code = ("from pathlib import Path; from collm_demo.embedding_map import run; "
+            f"run(Path({str(ckpt)!r}), quick=True, out=Path({str(path)!r}))")
+    _run([sys.executable, "-c", code], "quick embedding-map layout for the app tests")
+    return path
+
+
+def _app_results(tmp_path_factory, ckpt: Path) -> Path:
+    from collm_demo.config import CHECKPOINT_DIR, RESULTS_PATH
+
+    if os.environ.get("COLLM_TEST_RESULTS"):
+        return Path(os.environ["COLLM_TEST_RESULTS"])
+    if ckpt.resolve() == CHECKPOINT_DIR.resolve() and RESULTS_PATH.exists():
+        return RESULTS_PATH
+    path = tmp_path_factory.mktemp("app_results") / "results_fixture.json"
+    path.write_text(json.dumps(FAKE_RESULTS))
+    return path
+
+
+@pytest.fixture(scope="session")
+def app_config(tmp_path_factory):
+    """The app's configuration for the app tests: the settings an ``AppConfig.from_env`` would
+    give (device, threads, ...), pointed at the checkpoints, layout and results chosen above."""
+    from collm_demo.config import AppConfig
+
+    ckpt = _app_checkpoints(tmp_path_factory)
+    return dataclasses.replace(AppConfig.from_env(), checkpoint_dir=ckpt,
+                               layout_path=_app_layout(tmp_path_factory, ckpt),
+                               results_path=_app_results(tmp_path_factory, ckpt))
+
+
+@pytest.fixture(scope="session")
+def app_env(app_config) -> dict[str, str]:
+    """``app_config`` as environment variables, for apps started in a subprocess (``_launch.AppServer``,
+    ``python -m benchmarks.load_compare``); this process's environment is left alone."""
+    return {"COLLM_CHECKPOINTS": str(app_config.checkpoint_dir), "COLLM_LAYOUT": str(app_config.layout_path),
+            "COLLM_RESULTS": str(app_config.results_path), "GRADIO_ANALYTICS_ENABLED": "False"}
+
+
+@pytest.fixture(scope="session")
+def real_state(app_config):
+    """The app's process-wide state (``set_state``) on ``app_config``, with the model loaded."""
+    from collm_demo.ui.state import AppState, set_state
+
+    state = set_state(AppState(config=app_config))
+    state.pipeline()  # load the model now
+    return state
+
+
+def _close_when_idle(demo, timeout: float = 120.0) -> None:
+    """Let running events finish first: a worker thread still inside a torch call while the
+    interpreter shuts down makes the whole process abort ("terminate called ...", rc 134)."""
+    queue = getattr(demo, "_queue", None)
+    deadline = time.time() + timeout
+    while queue is not None and time.time() < deadline:
+        if not any(job is not None for job in getattr(queue, "active_jobs", [])):
+            break
+        time.sleep(0.2)
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(real_state):
+    """``app.demo`` (built by app.py from ``get_state()``, i.e. ``real_state``) served on a free
+    loopback port for the session; closed at the end once no event is running."""
+    import importlib
+
+    from _launch import free_port
+
+    from collm_demo.ui import launch_kwargs
+
+    # app.py builds its demo at import, from the state installed then: rebuild it if imported earlier
+    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+    port = free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **launch_kwargs())
+    yield f"http://127.0.0.1:{port}/"
+    _close_when_idle(app.demo)

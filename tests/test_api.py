@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import ui_support
 
 pytestmark = [pytest.mark.integration, pytest.mark.api]
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(app_url):
     from gradio_client import Client
 
-    return Client(ui_support.launch_server(), verbose=False)
+    return Client(app_url, verbose=False)
 
 
 def test_compare_is_the_documented_endpoint(client):
@@ -49,16 +48,15 @@ def test_compare_bad_input_raises(client, user_id, item_ids, message):
         client.predict(user_id=user_id, item_ids=item_ids, api_name="/compare")
 
 
-def test_compare_with_each_cf_backend(client):
+def test_compare_with_each_cf_backend(client, real_state):
     """cf_model picks the CF model behind the tokens: text scores stay, CF scores come from it."""
     from gradio_client.exceptions import AppError
 
-    state = ui_support.state()
     default = client.predict(user_id="1", item_ids="1, 50", api_name="/compare")
-    for name in state.hub.backends():
+    for name in real_state.hub.backends():
         out = client.predict(user_id="1", item_ids="1, 50", cf_model=name, api_name="/compare")
         assert [o["score_text"] for o in out] == [o["score_text"] for o in default]
-        if name == state.hub.backends()[0]:
+        if name == real_state.hub.backends()[0]:
             assert out == default
     with pytest.raises(AppError, match="not available; this app has"):
         client.predict(user_id="1", item_ids="1", cf_model="no-such-model", api_name="/compare")

@@ -8,25 +8,16 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
-import ui_support
-from ui_support import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
+from _launch import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 LOAD_TIMEOUT = 180_000  # ms: the first page load waits for the model and scores an example
 STEP_TIMEOUT = 120_000
-
-
-@pytest.fixture(scope="module")
-def app_state():
-    return ui_support.state()
-
-
-@pytest.fixture(scope="module")
-def server_url():
-    return ui_support.launch_server()
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +42,12 @@ def wait_idle(page) -> None:
 
 
 @pytest.fixture()
-def page(browser, server_url):
+def page(browser, app_url):
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
     page = context.new_page()
     page.errors = []
     page.on("pageerror", lambda err: page.errors.append(str(err)))
-    page.goto(server_url, wait_until="domcontentloaded")
+    page.goto(app_url, wait_until="domcontentloaded")
     page.wait_for_function("() => (document.querySelector('#summary')?.innerText || '').includes('Top picks')",
                            timeout=LOAD_TIMEOUT)
     yield page
@@ -83,14 +74,14 @@ def table_rows(page, elem_id: str) -> int:
     return page.locator(f"#{elem_id} .virtual-row").count()
 
 
-def test_recommend_flow(page, app_state):
+def test_recommend_flow(page, real_state):
     assert "user" in summary(page)
     shot(page, "01_first_load")
 
     # pick another warm user with test items through the searchable dropdown
-    default = app_state.catalog.default_user()
-    user = next(u for _, u in app_state.catalog.user_choices()
-                if u != default and app_state.catalog.users[u].warm and app_state.catalog.users[u].n_test >= 5)
+    default = real_state.catalog.default_user()
+    user = next(u for _, u in real_state.catalog.user_choices()
+                if u != default and real_state.catalog.users[u].warm and real_state.catalog.users[u].n_test >= 5)
     box = page.locator("#user-dropdown input")
     box.click()
     box.fill("")
@@ -156,14 +147,14 @@ def test_other_tabs(page):
     assert not page.errors, page.errors
 
 
-def test_cf_backend_selector(page, app_state):
+def test_cf_backend_selector(page, real_state):
     """Switching the CF model re-scores with its tokens; the map and the walkthrough follow."""
-    choices = app_state.hub.backend_choices()
+    choices = real_state.hub.backend_choices()
     if len(choices) < 2:
         pytest.skip("only one CF backend is trained in these checkpoints")
-    first = app_state.pipeline()
+    first = real_state.pipeline()
     label, name = choices[1]
-    other = app_state.pipeline(name)
+    other = real_state.pipeline(name)
     from collm_demo.ui.views import cf_label as cf_name
 
     wait_summary(page, f"CF model: {cf_name(first)}")
@@ -174,7 +165,7 @@ def test_cf_backend_selector(page, app_state):
     wait_summary(page, f"Top picks — CoLLM ({cf_name(other)} tokens)")
     wait_idle(page)
     page.get_by_role("tab", name="Embedding space").click()
-    expected = (f"Mapped {cf_name(other)} tokens" if app_state.assets.layout(name) is not None
+    expected = (f"Mapped {cf_name(other)} tokens" if real_state.assets.layout(name) is not None
                 else f"No embedding-map layout for the {cf_name(other)} tokens")
     page.wait_for_function(f"() => document.querySelector('#tab-embedding').innerText.includes({expected!r})",
                            timeout=STEP_TIMEOUT)
@@ -201,10 +192,10 @@ def test_composed_user(page):
     assert not page.errors, page.errors
 
 
-def test_narrow_window(browser, server_url):
+def test_narrow_window(browser, app_url):
     context = browser.new_context(viewport={"width": 420, "height": 900}, device_scale_factor=1)
     page = context.new_page()
-    page.goto(server_url, wait_until="domcontentloaded")
+    page.goto(app_url, wait_until="domcontentloaded")
     page.wait_for_function("() => (document.querySelector('#summary')?.innerText || '').includes('Top picks')",
                            timeout=LOAD_TIMEOUT)
     page.wait_for_selector("#delta-chart .js-plotly-plot", timeout=STEP_TIMEOUT)

@@ -9,18 +9,12 @@ import threading
 from pathlib import Path
 
 import pytest
-import ui_support
 
 from collm_demo.ui import core
 from collm_demo.ui.core import InputError
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def app_state():
-    return ui_support.state()
 
 
 @pytest.mark.parametrize("user_id, item_ids", [
@@ -30,9 +24,9 @@ def app_state():
     ("1", "x" * 100_000),  # a very long string
     ("1", "1; DROP TABLE movies; --"), ("1", "\x00\u202e1"), ("1.5", "1"), ("-1", "1"), ("1", "1e3"),
 ])
-def test_wrong_types_and_odd_strings_get_a_clear_message(app_state, user_id, item_ids):
+def test_wrong_types_and_odd_strings_get_a_clear_message(real_state, user_id, item_ids):
     try:
-        out = core.compare(app_state, user_id, item_ids)
+        out = core.compare(real_state, user_id, item_ids)
     except InputError as err:
         message = str(err)
         assert 10 < len(message) < 400  # says what is wrong, never echoes 100 kB back
@@ -41,24 +35,23 @@ def test_wrong_types_and_odd_strings_get_a_clear_message(app_state, user_id, ite
         assert out and all(0 <= o["score_text"] <= 1 for o in out)
 
 
-def test_same_request_same_scores_whatever_the_company_and_order(app_state):
-    alone = {o["id"]: o for o in core.compare(app_state, "1", "50")}
-    mixed = {o["id"]: o for o in core.compare(app_state, "1", "313, 50, 1, 172, 9, 100")}
-    reverse = {o["id"]: o for o in core.compare(app_state, "1", "100, 9, 172, 1, 50, 313")}
+def test_same_request_same_scores_whatever_the_company_and_order(real_state):
+    alone = {o["id"]: o for o in core.compare(real_state, "1", "50")}
+    mixed = {o["id"]: o for o in core.compare(real_state, "1", "313, 50, 1, 172, 9, 100")}
+    reverse = {o["id"]: o for o in core.compare(real_state, "1", "100, 9, 172, 1, 50, 313")}
     for key in ("score_text", "score_cf"):
         assert abs(alone["50"][key] - mixed["50"][key]) <= 1e-5
         for item in mixed:
             assert abs(mixed[item][key] - reverse[item][key]) <= 1e-5
 
 
-def test_server_keeps_serving_after_bad_requests_and_refuses_overflow_clearly():
+def test_server_keeps_serving_after_bad_requests_and_refuses_overflow_clearly(app_env):
     """A queue of size 1 in front of one worker: a burst gets 'Queue is full! Please try
     again.' for the overflow, every admitted request succeeds, and the server goes on."""
     from _launch import AppServer
     from gradio_client.exceptions import AppError
 
-    ui_support.configure()
-    with AppServer(env={"COLLM_MAX_QUEUE": "1", "COLLM_THREADS": "1"}) as server:
+    with AppServer(env=app_env | {"COLLM_MAX_QUEUE": "1", "COLLM_THREADS": "1"}) as server:
         client = server.client()
         with pytest.raises(AppError, match="unknown item"):
             client.predict("1", "99999", api_name="/compare")
@@ -83,11 +76,10 @@ def test_server_keeps_serving_after_bad_requests_and_refuses_overflow_clearly():
 
 
 @pytest.mark.slow
-def test_load_script_small():
+def test_load_script_small(app_env):
     """benchmarks/load_compare.py with a small count: all succeed, equal serial results, RSS bounded."""
-    ui_support.configure()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.load_compare", "--clients", "4", "--requests", "3",
                            "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=os.environ | {"COLLM_THREADS": "1"})
+                          env=os.environ | app_env | {"COLLM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "LOAD TEST PASSED" in proc.stdout

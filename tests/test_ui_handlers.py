@@ -10,7 +10,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import torch
-import ui_support
 
 from collm_demo.config import MAX_CANDIDATES, AppConfig
 from collm_demo.errors import InputError
@@ -22,100 +21,95 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def app_state():
-    return ui_support.state()
+def user(real_state):
+    return real_state.catalog.default_user()
 
 
 @pytest.fixture(scope="module")
-def user(app_state):
-    return app_state.catalog.default_user()
-
-
-@pytest.fixture(scope="module")
-def scored(app_state, user):
-    table, _ = recommend.load_history(app_state, "user", user)
-    cands = recommend.candidate_set(app_state, "test", 4, "user", user, table, seed=0)
-    rated = set(app_state.catalog.test_items(user)["item"])
-    cold = [i for i in app_state.catalog.item_ids if not app_state.catalog.item_warm(i) and i not in rated][:1]
-    return recommend.score(app_state, "user", user, table, cands + cold)
+def scored(real_state, user):
+    table, _ = recommend.load_history(real_state, "user", user)
+    cands = recommend.candidate_set(real_state, "test", 4, "user", user, table, seed=0)
+    rated = set(real_state.catalog.test_items(user)["item"])
+    cold = [i for i in real_state.catalog.item_ids if not real_state.catalog.item_warm(i) and i not in rated][:1]
+    return recommend.score(real_state, "user", user, table, cands + cold)
 
 
 # ------------------------------------------------------------------- state / history
 
-def test_users_and_histories(app_state, user):
-    choices = app_state.catalog.user_choices()
+def test_users_and_histories(real_state, user):
+    choices = real_state.catalog.user_choices()
     assert choices and all(label.startswith("user ") for label, _ in choices)
-    info = app_state.catalog.users[user]
+    info = real_state.catalog.users[user]
     assert info.warm and info.n_test >= 10
-    hist = app_state.catalog.real_history(user)
+    hist = real_state.catalog.real_history(user)
     assert 0 < len(hist) <= 10
-    assert (hist["timestamp"] < app_state.catalog.test_start).all()  # honest: nothing from the test period
+    assert (hist["timestamp"] < real_state.catalog.test_start).all()  # honest: nothing from the test period
     assert hist["timestamp"].is_monotonic_increasing
 
 
-def test_load_history_real_and_composed(app_state, user):
-    table, note = recommend.load_history(app_state, "user", user)
+def test_load_history_real_and_composed(real_state, user):
+    table, note = recommend.load_history(real_state, "user", user)
     assert list(table.columns) == core.HISTORY_COLUMNS
     assert f"User **{user}**" in note and "training interactions" in note
     assert all(table["date"].str.match(r"\d{4}-\d\d-\d\d"))
-    composed, note = recommend.load_history(app_state, "composed", None)
+    composed, note = recommend.load_history(real_state, "composed", None)
     assert len(composed) >= 1 and (composed["date"] == "").all()
     assert "folded in" in note
 
 
-def test_edit_history_makes_profile_edited(app_state, user):
-    table, _ = recommend.load_history(app_state, "user", user)
-    assert core.profile_from_inputs(app_state, "user", user, table).kind == "user"
+def test_edit_history_makes_profile_edited(real_state, user):
+    table, _ = recommend.load_history(real_state, "user", user)
+    assert core.profile_from_inputs(real_state, "user", user, table).kind == "user"
     flipped = table.copy()
     flipped.loc[0, "liked"] = not bool(flipped.loc[0, "liked"])
-    profile = core.profile_from_inputs(app_state, "user", user, flipped)
+    profile = core.profile_from_inputs(real_state, "user", user, flipped)
     assert profile.kind == "edited" and profile.labels[0] != int(table.loc[0, "liked"])
-    assert "Edited" in recommend.history_status(app_state, "user", user, flipped)
+    assert "Edited" in recommend.history_status(real_state, "user", user, flipped)
     # strings from the browser ("true"/"false") parse too
     as_text = table.astype(str)
-    assert core.profile_from_inputs(app_state, "user", user, as_text).kind == "user"
+    assert core.profile_from_inputs(real_state, "user", user, as_text).kind == "user"
 
 
-def test_add_remove_and_limit(app_state):
-    table = core.history_frame(app_state, [])
-    table = recommend.add_to_history(app_state, table, ["1", "50"], "liked")
-    table = recommend.add_to_history(app_state, table, ["100"], "disliked")
+def test_add_remove_and_limit(real_state):
+    table = core.history_frame(real_state, [])
+    table = recommend.add_to_history(real_state, table, ["1", "50"], "liked")
+    table = recommend.add_to_history(real_state, table, ["100"], "disliked")
     assert list(table["id"]) == ["1", "50", "100"] and list(table["liked"]) == [True, True, False]
-    table = recommend.add_to_history(app_state, table, ["1"], "disliked")  # re-adding flips the label
+    table = recommend.add_to_history(real_state, table, ["1"], "disliked")  # re-adding flips the label
     assert list(table["liked"]) == [False, True, False]
-    table = recommend.remove_from_history(app_state, table, ["50"])
+    table = recommend.remove_from_history(real_state, table, ["50"])
     assert list(table["id"]) == ["1", "100"]
-    full = recommend.add_to_history(app_state, table, [str(i) for i in range(200, 208)], "liked")
+    full = recommend.add_to_history(real_state, table, [str(i) for i in range(200, 208)], "liked")
     assert len(full) == 10
     warnings = []
-    longer = recommend.add_to_history(app_state, full, ["300", "301"], "liked", warn=warnings.append)
+    longer = recommend.add_to_history(real_state, full, ["300", "301"], "liked", warn=warnings.append)
     assert list(longer["id"]) == list(full["id"])[2:] + ["300", "301"]  # the latest 10 are kept
     assert len(warnings) == 1 and "kept the latest 10" in warnings[0] and "dropped the 2 oldest" in warnings[0]
     # a table edited to more than 10 rows is cut the same way, and the status line says so
     too_long = pd.concat([full, longer.tail(2)], ignore_index=True)
-    assert list(core.profile_from_inputs(app_state, "composed", None, too_long).items) == list(too_long["id"])[-10:]
-    assert "kept the latest 10" in recommend.history_status(app_state, "composed", None, too_long)
+    assert list(core.profile_from_inputs(real_state, "composed", None, too_long).items) == list(too_long["id"])[-10:]
+    assert "kept the latest 10" in recommend.history_status(real_state, "composed", None, too_long)
     with pytest.raises(InputError, match="Unknown movie"):
-        recommend.add_to_history(app_state, full, ["999999"], "liked")
+        recommend.add_to_history(real_state, full, ["999999"], "liked")
 
 
-def test_candidate_sets(app_state, user):
-    table, _ = recommend.load_history(app_state, "user", user)
-    test = recommend.candidate_set(app_state, "test", 5, "user", user, table, seed=1)
-    assert len(test) == 5 and set(test) <= set(app_state.catalog.test_items(user)["item"])
-    popular = recommend.candidate_set(app_state, "popular", 5, "user", user, table)
-    assert all(app_state.catalog.item_warm(i) for i in popular)
+def test_candidate_sets(real_state, user):
+    table, _ = recommend.load_history(real_state, "user", user)
+    test = recommend.candidate_set(real_state, "test", 5, "user", user, table, seed=1)
+    assert len(test) == 5 and set(test) <= set(real_state.catalog.test_items(user)["item"])
+    popular = recommend.candidate_set(real_state, "popular", 5, "user", user, table)
+    assert all(real_state.catalog.item_warm(i) for i in popular)
     assert not set(popular) & set(table["id"])
-    cold = recommend.candidate_set(app_state, "cold", 5, "user", user, table, seed=1)
-    assert len(cold) == 5 and not any(app_state.catalog.item_warm(i) for i in cold)
-    assert len(recommend.candidate_set(app_state, "random", 7, "user", user, table, seed=1)) == 7
+    cold = recommend.candidate_set(real_state, "cold", 5, "user", user, table, seed=1)
+    assert len(cold) == 5 and not any(real_state.catalog.item_warm(i) for i in cold)
+    assert len(recommend.candidate_set(real_state, "random", 7, "user", user, table, seed=1)) == 7
     with pytest.raises(InputError, match="composed"):
-        recommend.candidate_set(app_state, "test", 5, "composed", None, table)
+        recommend.candidate_set(real_state, "test", 5, "composed", None, table)
 
 
 # ----------------------------------------------------------------------- scoring
 
-def test_score_both_modes(app_state, scored):
+def test_score_both_modes(real_state, scored):
     rows = scored.rows
     assert isinstance(scored, ScoredResult) and len(rows) == 5 and scored.has_cf
     for r in rows:
@@ -126,17 +120,17 @@ def test_score_both_modes(app_state, scored):
     hash(scored)  # the gr.State value is a frozen value (and keys caches)
 
 
-def test_scores_match_the_plain_forward(app_state, scored):
+def test_scores_match_the_plain_forward(real_state, scored):
     """Shared-prefix scores (the table) agree with one full forward per prompt (How it works)."""
     profile = scored.profile
     row = scored.rows[0]
-    text = core.answer_logits(app_state, profile, row.item, False)
-    cf = core.answer_logits(app_state, profile, row.item, True)
+    text = core.answer_logits(real_state, profile, row.item, False)
+    cf = core.answer_logits(real_state, profile, row.item, True)
     assert text.score == pytest.approx(row.score_text, abs=2e-3)
     assert cf.score == pytest.approx(row.score_cf, abs=2e-3)
 
 
-def test_results_table_sorting_and_toggle(app_state, scored):
+def test_results_table_sorting_and_toggle(real_state, scored):
     with_cf = recommend.results_table(scored, recommend.SORT_CHOICES[0], True)
     assert list(with_cf.columns) == recommend.RESULT_COLUMNS
     assert with_cf[recommend.COL_CF].is_monotonic_decreasing
@@ -146,55 +140,55 @@ def test_results_table_sorting_and_toggle(app_state, scored):
     assert list(without["rank"]) == list(without["rank w/o CF"])
     by_delta = recommend.results_table(scored, recommend.SORT_CHOICES[2], True)
     assert by_delta[recommend.COL_DELTA].is_monotonic_decreasing
-    assert "CoLLM" in recommend.summary(app_state, scored, True)
-    assert "text-only" in recommend.summary(app_state, scored, False)
+    assert "CoLLM" in recommend.summary(real_state, scored, True)
+    assert "text-only" in recommend.summary(real_state, scored, False)
 
 
-def test_delta_chart_and_prompts(app_state, scored):
+def test_delta_chart_and_prompts(real_state, scored):
     fig = recommend.delta_figure(scored)
     assert isinstance(fig, go.Figure) and fig.layout.height >= 280
     names = {t.name for t in fig.data}
     assert any("warm" in n for n in names) and any("cold" in n for n in names)
     choices, first = focus_choices(scored, True)
     assert len(choices) == 5
-    text, cf = recommend.prompts_html(app_state, scored, first, True)
+    text, cf = recommend.prompts_html(real_state, scored, first, True)
     assert "slot" not in text and "used for the ranking" not in text
     assert 'class="slot slot-user"' in cf and 'class="slot slot-item"' in cf and "used for the ranking" in cf
     assert "&lt;UserID&gt;" in cf and "&lt;ItemID&gt;" in cf
 
 
-def test_composed_user_is_folded_in(app_state):
-    table = core.history_frame(app_state, [("50", 1, ""), ("181", 1, ""), ("313", 0, "")])
-    result = recommend.score(app_state, "composed", None, table, ["172", "1"])
+def test_composed_user_is_folded_in(real_state):
+    table = core.history_frame(real_state, [("50", 1, ""), ("181", 1, ""), ("313", 0, "")])
+    result = recommend.score(real_state, "composed", None, table, ["172", "1"])
     assert result.profile.kind == "composed"
     assert "folded in" in result.vector_source
     assert all(r.label is None for r in result.rows)
-    vec, _ = core.user_vector(app_state, result.profile)
-    default = app_state.pipeline().cf.default_user
+    vec, _ = core.user_vector(real_state, result.profile)
+    default = real_state.pipeline().cf.default_user
     assert not torch.allclose(vec, default)  # the history moved it away from the no-information vector
     # the CF token is made from the fold-in the projector was trained on; MF alone uses its own
-    pipe = app_state.pipeline()
+    pipe = real_state.pipeline()
     profile = result.profile
-    token_vec, _ = core.user_vector(app_state, profile, for_tokens=True)
+    token_vec, _ = core.user_vector(real_state, profile, for_tokens=True)
     expected = pipe.cf.row_user_vectors(["x"], [profile.items], [profile.labels], l2=pipe.token_foldin_l2())[0]
     torch.testing.assert_close(token_vec, expected)
     if pipe.token_foldin_l2() != pipe.cf.foldin_l2:
         assert not torch.allclose(token_vec, vec)
-        walk = explain.explain(app_state, result, "172")
+        walk = explain.explain(real_state, result, "172")
         assert f"strength {pipe.cf.foldin_l2:g}" in walk["step1_md"]
         assert f"uses {pipe.token_foldin_l2():g}" in walk["step1_md"]
 
 
-def test_score_input_errors(app_state, user):
-    table, _ = recommend.load_history(app_state, "user", user)
+def test_score_input_errors(real_state, user):
+    table, _ = recommend.load_history(real_state, "user", user)
     with pytest.raises(InputError, match="empty"):
-        recommend.score(app_state, "user", user, table, [])
+        recommend.score(real_state, "user", user, table, [])
     with pytest.raises(InputError, match="history is empty"):
-        recommend.score(app_state, "composed", None, core.history_frame(app_state, []), ["1"])
+        recommend.score(real_state, "composed", None, core.history_frame(real_state, []), ["1"])
 
 
-def test_compare(app_state):
-    out = core.compare(app_state, " 1 ", "1, 50,100")
+def test_compare(real_state):
+    out = core.compare(real_state, " 1 ", "1, 50,100")
     assert [o["id"] for o in out] == ["1", "50", "100"]
     assert set(out[0]) == {"id", "title", "warm", "score_text", "score_cf", "delta"}
     assert out[1]["title"] == "Star Wars" and isinstance(out[1]["warm"], bool)
@@ -212,52 +206,52 @@ def test_compare(app_state):
     ("999999", "1", "unknown user"),
     ("", "1", "user_id is empty"),
 ])
-def test_compare_bad_input(app_state, user_id, items, message):
+def test_compare_bad_input(real_state, user_id, items, message):
     with pytest.raises(InputError, match=message):
-        core.compare(app_state, user_id, items)
+        core.compare(real_state, user_id, items)
 
 
 # ------------------------------------------------------------------- other tabs
 
-def test_embedding_map(app_state, scored):
-    fig, caption = embedding.map_figure(app_state, scored, "warm", True, scored.rows[0].item)
+def test_embedding_map(real_state, scored):
+    fig, caption = embedding.map_figure(real_state, scored, "warm", True, scored.rows[0].item)
     assert fig.layout.height == embedding.MAP_HEIGHT
     names = [t.name for t in fig.data]
     assert "candidates" in names and "vocabulary words" in names and "warm items" in names
     assert "UMAP" in caption
-    fig, _ = embedding.map_figure(app_state, scored, "genre", False, None)
+    fig, _ = embedding.map_figure(real_state, scored, "genre", False, None)
     assert "vocabulary words" not in [t.name for t in fig.data]
-    frame, text = embedding.token_report(app_state, scored, scored.rows[0].item)
+    frame, text = embedding.token_report(real_state, scored, scored.rows[0].item)
     assert len(frame) == 8 and frame.iloc[:, 2].between(-1, 1).all()
     assert "typical word embedding" in text
 
 
-def test_composed_user_is_placed(app_state):
+def test_composed_user_is_placed(real_state):
     profile = Profile("composed", None, ["50", "172"], [1, 1])
-    (x, y), how = core.user_position(app_state, profile)
+    (x, y), how = core.user_position(real_state, profile)
     assert "placed" in how
-    xs = [p["x"] for p in app_state.assets.layout()["points"]]
+    xs = [p["x"] for p in real_state.assets.layout()["points"]]
     assert min(xs) - 1 <= x <= max(xs) + 1
 
 
-def test_results_and_missing_results(app_state):
-    results = app_state.assets.results()
+def test_results_and_missing_results(real_state):
+    results = real_state.assets.results()
     frame = warm_cold.results_frame(results)
     assert list(frame.columns)[:3] == ["method", "all AUC", "all UAUC"] and len(frame) >= 1
     fig = warm_cold.results_figure(results)
     assert fig.layout.height == 430 and len(fig.data) == 2 * len(results["methods"])
     assert warm_cold.results_frame(None).empty
-    assert "python -m collm_demo evaluate" in warm_cold.results_note(app_state, None)
+    assert "python -m collm_demo evaluate" in warm_cold.results_note(real_state, None)
 
 
-def test_cold_start_simulator(app_state, scored):
-    item = warm_cold.default_sim_item(app_state, scored)
-    sim = warm_cold.simulate(app_state, scored, item, seed=0)
+def test_cold_start_simulator(real_state, scored):
+    item = warm_cold.default_sim_item(real_state, scored)
+    sim = warm_cold.simulate(real_state, scored, item, seed=0)
     rows = sim["rows"]
     assert [r["k"] for r in rows[:3]] == [0, 1, 3]
     assert len({round(r["text"], 6) for r in rows}) == 1  # the text-only score cannot move
     # k = 0 is the no-information item vector
-    zero = app_state.pipeline().cf.default_item
+    zero = real_state.pipeline().cf.default_item
     assert rows[0]["norm"] == pytest.approx(float(zero.norm()), abs=1e-5)
     assert all(r["xy"] is not None for r in rows)
     table = warm_cold.simulation_table(sim)
@@ -266,12 +260,12 @@ def test_cold_start_simulator(app_state, scored):
     assert "text-only score stays" in warm_cold.simulation_text(sim, "3")
 
 
-def test_explain_walkthrough(app_state, scored):
+def test_explain_walkthrough(real_state, scored):
     item = scored.rows[0].item
-    data = explain.explain(app_state, scored, item)
+    data = explain.explain(real_state, scored, item)
     assert set(explain.OUTPUT_KEYS) <= set(data)
     assert list(data["step1_table"]["vector"])[0].startswith("user")
-    assert data["step1_table"]["dims"].iloc[0] == app_state.pipeline().cf.dim
+    assert data["step1_table"]["dims"].iloc[0] == real_state.pipeline().cf.dim
     assert "position" in data["step3_md"] and 'class="tok tok-user"' in data["step3_html"]
     table = data["step4_table"]
     assert len(table) == 2
@@ -279,10 +273,10 @@ def test_explain_walkthrough(app_state, scored):
     assert "rank" in data["step5_md"]
 
 
-def test_build_demo_has_compare_endpoint(app_state):
+def test_build_demo_has_compare_endpoint(real_state):
     from collm_demo.ui import build_demo
 
-    demo = build_demo(app_state)
+    demo = build_demo(real_state)
     public = [fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"]
     assert public == ["compare"]
 
