@@ -17,6 +17,7 @@ import argparse
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -145,6 +146,49 @@ def run_shape(name: str, runtime: Runtime, steps: int, batch: int, score_rows: i
             "batch": batch, "gradient_checkpointing": gradient_checkpointing}
 
 
+def precision_check(device: torch.device, repeats: int = 3) -> dict:
+    """Does ``auto`` pick the faster precision here? The 135M shape scoring 20 prompts, both ways."""
+    config_cls, model_cls, shape = SHAPES["smollm2-135m"]
+    torch.manual_seed(0)
+    llm = model_cls(config_cls(**shape, max_position_embeddings=2048, pad_token_id=0)).to(device).eval()
+    prompts = random_prompts(20, shape["vocab_size"], per_prefix=20, seed=2)
+    users, items = torch.randn(20, 64), torch.randn(20, 64)
+    seconds = {}
+    for precision in ("fp32", "bf16"):
+        model = CoLLM(llm, Tokens(shape["vocab_size"]), Projector(64, shape["hidden_size"]).to(device),
+                      runtime=Runtime(device, precision))
+        model.score(prompts[:2], users[:2], items[:2])  # warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model.score(prompts, users, items, batch_size=20)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        seconds[precision] = round(min(times), 3)
+    chosen = Runtime.choose(device.type, "auto").precision
+    faster = min(seconds, key=seconds.get)
+    return {"seconds": seconds, "auto": chosen, "faster": faster, "auto_is_faster": chosen == faster}
+
+
+def scale_table(record: dict) -> str:
+    """The table of docs/scale.md, from a saved run."""
+    figures = record["figures"]
+    check = figures["precision_check"]
+    lines = [f"Measured by `{record['command']}` on {record['machine']} ({figures['runtime']['device']}, "
+             f"{figures['runtime']['precision']}), {record['date']}.", "",
+             "| shape | parameters | stage 1 rows/s | stage 2 rows/s | scoring rows/s | peak memory | "
+             "ML-1M recipe, 1 epoch: stage 1 / stage 2 / test scoring |", "|---|---|---|---|---|---|---|"]
+    for r in figures["shapes"]:
+        h = r["paper_recipe_hours"]
+        lines.append(f"| {r['shape']} | {r['params_m']:.0f}M | {r['stage1_rows_per_s']} | {r['stage2_rows_per_s']} | "
+                     f"{r['score_rows_per_s']} | {r['peak_memory_gb']} GB | {h['stage1']:.1f} h / {h['stage2']:.1f} h / "
+                     f"{h['test_scoring']:.2f} h |")
+    lines += ["", f"Precision check (135M shape, 20 prompts): float32 {check['seconds']['fp32']} s, bf16 autocast "
+                  f"{check['seconds']['bf16']} s; `auto` picks {check['auto']}, the faster one is {check['faster']}."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -157,10 +201,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of the recipe to project")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--save", action="store_true", help="write benchmarks/results/bench_scale.json")
+    parser.add_argument("--write-doc", action="store_true", help="only rewrite docs/scale.md from the saved run")
     args = parser.parse_args(argv)
+    if args.write_doc:
+        write_doc()
+        return
     runtime = Runtime.choose(args.device, args.precision)
     shapes = list(SHAPES) if args.shapes == "all" else args.shapes.split(",")
     print(f"runtime: {runtime} ({runtime.describe()}), threads {torch.get_num_threads()}")
+    check = precision_check(runtime.device)
+    print(f"precision: 20 prompts × {PREFIX + SUFFIX} tokens, whole-prompt scoring: fp32 {check['seconds']['fp32']} s, "
+          f"bf16 {check['seconds']['bf16']} s → auto picks {check['auto']}, the faster is {check['faster']} "
+          f"({'auto is right' if check['auto_is_faster'] else 'AUTO IS NOT THE FASTER HERE'})", flush=True)
     results = []
     for name in shapes:
         started = time.time()
@@ -179,7 +231,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.save:
         from benchmarks.report import save
 
-        save("bench_scale", {"runtime": runtime.describe(), "shapes": results}, argv, update_doc=False)
+        save("bench_scale", {"runtime": runtime.describe(), "precision_check": check, "shapes": results}, argv,
+             update_doc=False)
+        write_doc()
+
+
+def write_doc() -> None:
+    import json
+
+    from collm_demo.markers import replace_block
+
+    root = Path(__file__).resolve().parent.parent
+    record = json.loads((root / "benchmarks" / "results" / "bench_scale.json").read_text())
+    if not replace_block(root / "docs" / "scale.md", "scale", scale_table(record)):
+        raise SystemExit("docs/scale.md has no scale block")
+    print("table written into docs/scale.md")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from .config import ProtocolConfig, TrainConfig
+from .config import CEILING_ROWS, DEFAULT_CF, ProtocolConfig, TrainConfig
 from .data import Dataset, projector_pool, sample_rows
 from .device import Runtime
 from .errors import CheckpointError, InputError
@@ -107,7 +107,7 @@ def report_table(report: dict) -> str:
 
 
 def run(checkpoint_dir: Path, out: Path | None, llm_name: str | None = None, data_path: str | None = None,
-        cf_name: str = "mf", rows: int = 1600, cfg: TrainConfig | None = None,
+        cf_name: str = DEFAULT_CF, rows: int = CEILING_ROWS, cfg: TrainConfig | None = None,
         argv: list[str] | None = None, runtime: Runtime | None = None, protocol: ProtocolConfig | None = None) -> dict:
     """``cfg`` must be the configuration the checkpoints were trained with (seed, quick or not):
     it decides which valid rows the projector saw and so which rows are held out."""

@@ -43,17 +43,20 @@ def history_phrase(titles: Sequence[str], labels: Sequence[int] | None) -> str:
 
 
 def prompt_pieces(history: str, target_title: str, with_cf: bool) -> tuple[list[str], list[str]]:
-    """Text pieces of the prefix and the suffix; ``None``-free, slots as their marker strings."""
+    """Text pieces of the prefix and the suffix; slots as their marker strings.
+
+    The first piece (the opening, up to the end of the history) is the same with and without CF,
+    so both modes of one user can share its encoding. Tokenising it apart changes no token: a
+    byte-level BPE never merges across the "." / " Additionally" (or " Leverage") boundary."""
     opening = f"#Question: A user has rated the following movies: {history}."
     closing = '? Answer with "Yes" or "No".\n#Answer:'
     if with_cf:
-        prefix = [opening + " Additionally, we have information about the user's preferences "
-                  "encoded in the feature", USER_SLOT, ". Using all available information, make a "
-                  "prediction about whether the user would enjoy the movie titled"]
+        prefix = [opening, " Additionally, we have information about the user's preferences encoded in the "
+                  "feature", USER_SLOT, ". Using all available information, make a prediction about whether the "
+                  "user would enjoy the movie titled"]
         suffix = [f' "{target_title}" with the feature', ITEM_SLOT, closing]
     else:
-        prefix = [opening + " Leverage the information to predict whether the user would enjoy "
-                  "the movie titled"]
+        prefix = [opening, " Leverage the information to predict whether the user would enjoy the movie titled"]
         suffix = [f' "{target_title}"', closing]
     return prefix, suffix
 
@@ -64,10 +67,18 @@ class Prompt:
     suffix: list[int]  # token ids of this candidate
     user_slot: int | None  # index into prefix of the user CF token (None when CF is off)
     item_slot: int | None  # index into suffix of the item CF token
+    shared: int = 0  # prefix[:shared] (the opening, up to the end of the history) is the same in both modes
 
     @property
     def ids(self) -> list[int]:
         return self.prefix + self.suffix
+
+    def segments(self, split: bool) -> list[list[int]]:
+        """The pieces ``score_shared`` runs one after another on one cache: [opening, rest of the
+        prefix, suffix] (``split``), or [prefix, suffix]."""
+        if split:
+            return [self.prefix[: self.shared], self.prefix[self.shared:], self.suffix]
+        return [self.prefix, self.suffix]
 
     @property
     def item_pos(self) -> int | None:
@@ -109,7 +120,7 @@ class PromptBuilder:
             history_phrase(history_titles, history_labels), target_title, with_cf)
         prefix, user_slot = self._join(prefix_pieces)
         suffix, item_slot = self._join(suffix_pieces)
-        return Prompt(prefix, suffix, user_slot, item_slot)
+        return Prompt(prefix, suffix, user_slot, item_slot, shared=len(self._encode(prefix_pieces[0])))
 
 
 def prompt_text(history_titles: Sequence[str], history_labels: Sequence[int] | None,
@@ -386,48 +397,95 @@ class CoLLM(nn.Module):
     def score_shared(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
                      item_vecs: torch.Tensor | None = None, use_lora: bool = True, prefix_batch: int = 16,
                      suffix_batch: int = 64, progress=None, shard: tuple[int, int] | None = None) -> torch.Tensor:
-        """P(Yes) like ``score``, computed by sharing prefixes (same scores within 1e-5, tested).
+        """P(Yes) like ``score``, computed by sharing what prompts have in common (within 1e-5, tested).
 
-        Prompts with the same prefix (same history, same user CF vector) form a group: its
-        prefix runs once with a KV cache, then its candidates' suffixes run on that cache.
+        Prompts with the same prefix (same history, same user CF vector) form a group: the prefix
+        runs once with a KV cache, then every candidate's suffix runs on that cache. When both
+        modes of a user are scored together (text-only and CF prompts in one call), the opening
+        they share (up to the end of the history) runs once too, and each mode's rest of the
+        prefix continues it: a tree of caches, opening → prefix → suffixes.
         ``shard=(rank, world)`` runs only batches rank, rank + world, ... of the plan and leaves
         0 for the other prompts (``distributed.Ranks.merge`` sums the shares back, exactly).
         """
         out = torch.zeros(len(prompts))
         if not prompts:
             return out
+        user = [None if user_vecs is None or p.user_slot is None else user_vecs[n] for n, p in enumerate(prompts)]
+        item = [None if item_vecs is None or p.item_slot is None else item_vecs[n] for n, p in enumerate(prompts)]
+        user_key = [None if u is None else u.detach().float().cpu().numpy().tobytes() for u in user]
+        prefix_keys = [(tuple(p.prefix), user_key[n]) for n, p in enumerate(prompts)]
+        # Split off the opening only where it is shared by more than one prefix (both modes present).
+        split = (all(0 < p.shared < len(p.prefix) and (p.user_slot is None or p.user_slot >= p.shared)
+                     for p in prompts)
+                 and len({tuple(p.prefix[: p.shared]) for p in prompts}) < len(set(prefix_keys)))
+        segments = [p.segments(split) for p in prompts]
+        levels = len(segments[0])
 
-        def user(n: int) -> torch.Tensor | None:
-            return None if user_vecs is None else user_vecs[n]
+        def key(n: int, level: int) -> Hashable:
+            """Prompts with equal keys share the cache up to the end of segment ``level``."""
+            if level == levels - 2:
+                return prefix_keys[n]
+            return tuple(segments[n][0])  # the opening: no CF slot in it
 
-        def item(n: int) -> torch.Tensor | None:
-            return None if item_vecs is None else item_vecs[n]
+        def slots(n: int, level: int) -> list[tuple[int, torch.Tensor]]:
+            if level == levels - 1:
+                return [] if item[n] is None else [(prompts[n].item_slot, item[n])]
+            if level == levels - 2 and user[n] is not None:
+                offset = prompts[n].shared if split else 0
+                return [(prompts[n].user_slot - offset, user[n])]
+            return []
 
-        keys = [(tuple(p.prefix), None if user(n) is None or p.user_slot is None
-                 else user(n).detach().float().numpy().tobytes()) for n, p in enumerate(prompts)]
-        plan = plan_prefix_batches(keys, [len(p.prefix) for p in prompts], prefix_batch, suffix_batch)
+        plan = plan_prefix_batches([key(n, 0) for n in range(len(prompts))], [len(s[0]) for s in segments],
+                                   prefix_batch, suffix_batch)
         if shard is not None:
             plan = plan[shard[0]::shard[1]]
         with self.session(use_lora):
             for groups in (progress(plan) if progress else plan):
+                # level 0: the groups' first segment, left-padded, from scratch
                 heads = [g[0] for g in groups]
-                prefix = self._pack([prompts[n].prefix for n in heads],
-                                    [self._slots(prompts[n], "prefix", user(n), None) for n in heads], left=True)
+                batch = self._pack([segments[n][0] for n in heads], [slots(n, 0) for n in heads], left=True)
                 cache = DynamicCache()
-                self._run(prefix, cache)
-                members = [(g, n) for g, group in enumerate(groups) for n in group]
+                self._run(batch, cache)
+                mask, length, nodes = batch.mask, batch.mask.sum(-1), groups
+                # middle levels: each node's members regroup by their next segment, which continues the node
+                for level in range(1, levels - 1):
+                    children, owners = [], []
+                    for row, members in enumerate(nodes):
+                        sub: dict[Hashable, list[int]] = {}
+                        for n in members:
+                            sub.setdefault(key(n, level), []).append(n)
+                        children += sub.values()
+                        owners += [row] * len(sub)
+                    owner = torch.tensor(owners)
+                    heads = [c[0] for c in children]
+                    batch = self._pack([segments[n][level] for n in heads], [slots(n, level) for n in heads],
+                                       left=False, start=length[owner])
+                    cache = select_rows(cache, owner.to(self.device))
+                    self._run(batch, cache, mask[owner])
+                    mask, length, nodes = torch.cat([mask[owner], batch.mask], 1), length[owner] + batch.mask.sum(-1), children
+                # last level: every candidate suffix on its node's cache, read at its own last token
+                members = [(row, n) for row, group in enumerate(nodes) for n in group]
                 for s in range(0, len(members), suffix_batch):
                     chunk = members[s: s + suffix_batch]
-                    owner = torch.tensor([g for g, _ in chunk])
-                    suffix = self._pack([prompts[n].suffix for _, n in chunk],
-                                        [self._slots(prompts[n], "suffix", None, item(n)) for _, n in chunk],
-                                        left=False, start=prefix.mask.sum(-1)[owner])
-                    hidden = self._run(suffix, select_rows(cache, owner.to(self.device)),
-                                       prefix.mask[owner]).last_hidden_state
+                    owner = torch.tensor([row for row, _ in chunk])
+                    suffix = self._pack([segments[n][-1] for _, n in chunk], [slots(n, levels - 1) for _, n in chunk],
+                                        left=False, start=length[owner])
+                    hidden = self._run(suffix, select_rows(cache, owner.to(self.device)), mask[owner]).last_hidden_state
                     rows = torch.arange(len(chunk), device=hidden.device)
                     answer = self.answer_logit(hidden[rows, suffix.last.to(hidden.device)])
                     out[[n for _, n in chunk]] = torch.sigmoid(answer).cpu()
         return out
+
+    @torch.no_grad()
+    def score_modes(self, text: Sequence[Prompt], with_cf: Sequence[Prompt], user_vecs: torch.Tensor | None,
+                    item_vecs: torch.Tensor | None, use_lora: bool = True, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both modes at once (same LoRA): text-only prompts and CF prompts of the same rows, the
+        history encoded once per user for both. Returns (text-only scores, CF scores)."""
+        n = len(text)
+        users = None if user_vecs is None else torch.cat([user_vecs, user_vecs])
+        items = None if item_vecs is None else torch.cat([item_vecs, item_vecs])
+        both = self.score_shared(list(text) + list(with_cf), users, items, use_lora, **kwargs)
+        return both[:n], both[n:]
 
     @torch.no_grad()
     def inspect(self, prompt: Prompt, user_vec: torch.Tensor | None = None, item_vec: torch.Tensor | None = None,

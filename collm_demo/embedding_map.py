@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .cf import backend
-from .config import CHECKPOINT_DIR, LAYOUT_PATH, ProtocolConfig
+from .config import CHECKPOINT_DIR, DEFAULT_CF, LAYOUT_PATH, ProtocolConfig
 from .device import Runtime
 from .errors import CheckpointError
 from .pipeline import load_pipeline
@@ -163,7 +163,7 @@ def place(pipeline, layout: dict, vectors: np.ndarray, k: int = 10) -> np.ndarra
 
 
 def run(checkpoint_dir: Path = CHECKPOINT_DIR, llm_name: str | None = None, data_path: str | None = None,
-        quick: bool = False, out: Path | None = None, cf_name: str = "mf", runtime: Runtime | None = None,
+        quick: bool = False, out: Path | None = None, cf_name: str = DEFAULT_CF, runtime: Runtime | None = None,
         protocol: ProtocolConfig | None = None) -> Path:
     pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, protocol=protocol)
     if not pipeline.has_projector:

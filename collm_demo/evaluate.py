@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .cf import backend, method_label
 from .cf.backend import LLM_METHODS, MF_NO_FOLDIN
 from .checkpoints import read_manifest, write_manifest
-from .config import PROJECT_ROOT, ProtocolConfig
+from .config import DEFAULT_CF, PROJECT_ROOT, ProtocolConfig
 from .device import Runtime
 from .distributed import init_ranks
 from .errors import CheckpointError
@@ -48,7 +48,7 @@ def metrics_by_slice(frame: pd.DataFrame, column: str) -> dict:
 
 def main_methods() -> tuple[str, ...]:
     """The first table's rows: the default backend with its reference rows, and the LLM alone."""
-    mf = backend("mf")
+    mf = backend(DEFAULT_CF)
     return (mf.alone_key, *mf.extra_methods, "zero_shot", "text_only", mf.collm_key)
 
 
@@ -116,7 +116,7 @@ def update_readme(results: dict, readme: Path = PROJECT_ROOT / "README.md") -> N
 
 def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path: str | None = None,
         methods: list[str] | None = None, max_rows: int | None = None, seed: int = 0,
-        write_readme: bool = True, argv: list[str] | None = None, cf_name: str = "mf",
+        write_readme: bool = True, argv: list[str] | None = None, cf_name: str = DEFAULT_CF,
         runtime: Runtime | None = None, protocol: ProtocolConfig | None = None) -> dict:
     runtime = runtime or Runtime.choose()
     ranks = init_ranks(runtime.device.type)  # under torchrun: each process scores its share of the batches
@@ -147,17 +147,27 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
     for method in methods:
         if method not in pipeline.available_methods():
             print(f"[evaluate] skipping {method}: not available ({pipeline.notice})", file=sys.stderr)
-            continue
+    runnable = [m for m in methods if m in pipeline.available_methods()]
+    joint = pipeline.joint_methods(runnable)
+    # One pass per job; text-only and CoLLM run as one job that encodes each history once for both.
+    jobs = ([list(joint)] if joint else []) + [[m] for m in runnable if m not in joint]
+    for job in jobs:
+        name = "+".join(job)
         started = time.time()
 
-        def progress(batches, method=method):
-            return tqdm(batches, desc=method, file=sys.stderr, mininterval=10)
+        def progress(batches, name=name):
+            return tqdm(batches, desc=name, file=sys.stderr, mininterval=10, disable=not ranks.is_main)
 
-        frame[method] = pipeline.score_rows(rows, method, progress=progress).numpy()
-        results["timing_s"][method] = round(time.time() - started, 1)
-        results["methods"][method] = metrics_by_slice(frame, method)
-        print(f"[evaluate] {method}: {json.dumps(results['methods'][method])} "
-              f"({results['timing_s'][method]} s)", file=sys.stderr, flush=True)
+        scores = pipeline.score_methods(rows, job, progress=progress)
+        for key in list(results["timing_s"]):  # a method's old timing, alone or shared, is replaced
+            if set(key.split("+")) & set(job):
+                del results["timing_s"][key]
+        results["timing_s"][name] = round(time.time() - started, 1)
+        for method in job:
+            frame[method] = scores[method].numpy()
+            results["methods"][method] = metrics_by_slice(frame, method)
+            print(f"[evaluate] {method}: {json.dumps(results['methods'][method])} "
+                  f"({name}: {results['timing_s'][name]} s)", file=sys.stderr, flush=True)
         if ranks.is_main:  # after every method: partial results survive
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,6 +9,7 @@ without LoRA) and says so in ``notice``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,23 @@ class Pipeline:
     def prompts(self, rows: pd.DataFrame, with_cf: bool):
         return build_prompts(self.model.builder, self.dataset.title, rows["history_items"].tolist(),
                              rows["history_labels"].tolist(), rows["item"].tolist(), with_cf)
+
+    def joint_methods(self, methods: Sequence[str]) -> tuple[str, ...]:
+        """Methods that can be scored in one call: text-only and CoLLM share the LoRA and the history."""
+        pair = ("text_only", self.collm_method)
+        return pair if self.has_lora and self.has_projector and all(m in methods for m in pair) else ()
+
+    def score_methods(self, rows: pd.DataFrame, methods: Sequence[str], progress=None) -> dict[str, torch.Tensor]:
+        """Scores of several methods on the same rows; the pair of ``joint_methods`` in one pass
+        that encodes each user's history once for both (``CoLLM.score_modes``)."""
+        joint = self.joint_methods(methods)
+        out = {}
+        if joint:
+            users, items = self.cf_vectors(rows, for_tokens=True)
+            text, collm = self.model.score_modes(self.prompts(rows, False), self.prompts(rows, True), users, items,
+                                                 progress=progress, shard=self.ranks.shard())
+            out = {joint[0]: self.ranks.merge(text), joint[1]: self.ranks.merge(collm)}
+        return out | {m: self.score_rows(rows, m, progress) for m in methods if m not in out}
 
     def score_rows(self, rows: pd.DataFrame, method: str, progress=None) -> torch.Tensor:
         """Scores in [0, 1] for protocol rows under one of ``available_methods()``."""

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .cf import backend, trainable_backends
 from .checkpoints import read_manifest, record_cf, save_projector, write_manifest
 from .collm import CoLLM, Projector
-from .config import CHECKPOINT_DIR, LORA_TARGETS, ProtocolConfig, TrainConfig
+from .config import CHECKPOINT_DIR, DEFAULT_CF, LORA_TARGETS, ProtocolConfig, TrainConfig
 from .data import Dataset, early_stop_rows, format_counts, load_dataset, lora_rows, projector_rows
 from .device import Runtime
 from .distributed import Ranks, init_ranks
@@ -221,7 +221,7 @@ def load_for_training(llm_name: str | None, cfg: TrainConfig, runtime: Runtime) 
 
 def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm_name: str | None = None,
         data_path: str | None = None, quick: bool = False, argv: list[str] | None = None,
-        cf_name: str = "mf", protocol: ProtocolConfig | None = None) -> dict:
+        cf_name: str = DEFAULT_CF, protocol: ProtocolConfig | None = None) -> dict:
     """Train ``stages`` in order into ``out_dir``; the manifest is written after each stage (by rank 0)."""
     runtime = Runtime.choose(cfg.device, cfg.precision)
     ranks = init_ranks(runtime.device.type)

@@ -76,3 +76,9 @@ def test_results_block_is_generated_from_the_results_file():
     from collm_demo.markers import read_block
 
     assert read_block(PROJECT_ROOT / "README.md", "results") == results_table(json.loads(RESULTS_PATH.read_text()))
+
+
+def test_performance_table_is_generated_from_the_benchmark_files():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.report", "--check"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -218,3 +218,50 @@ def test_inspect_returns_attentions_and_hidden_states(tiny):
         torch.testing.assert_close(seen.hidden_states[0][prompt.item_pos], model.projector(item))
     assert abs(seen.score - plain.score) < 1e-5  # the eager kernel gives the same answer
     assert model._base().config._attn_implementation == llm.model.config._attn_implementation
+
+
+# ------------------------------------------------------------------ both modes, one history encoding
+
+def test_the_opening_is_shared_by_both_modes_and_tokenises_as_one_piece(tiny):
+    _, model = tiny
+    text = model.builder.build(["Heat", "Jaws"], [1, 0], "Babe", False)
+    cf = model.builder.build(["Heat", "Jaws"], [1, 0], "Babe", True)
+    assert text.shared == cf.shared > 0 and text.prefix[: text.shared] == cf.prefix[: cf.shared]
+    assert cf.user_slot >= cf.shared  # the user token comes after the history
+    # the pieces give the same ids as the whole prefix text tokenised at once (the slot aside)
+    whole = model.tokenizer.encode(prompt_text(["Heat", "Jaws"], [1, 0], "Babe", False).split(' "Babe"')[0],
+                                   add_special_tokens=False)
+    assert text.prefix == whole
+
+
+def test_both_modes_in_one_call_equal_each_mode_alone(tiny):
+    llm, model = tiny
+    # histories of the length the app shows (up to 10 movies): the opening dominates the prefix
+    histories = [(TITLES[:10], [1, 0] * 5), (TITLES[2:11], [0, 1, 1] * 3), (TITLES[1:9], [1, 0, 0, 1] * 2)]
+    text, cf, users = [], [], []
+    table = torch.randn(3, 6)
+    for u, (hist, labels) in enumerate(histories):
+        for target in TITLES[: 2 + 2 * u]:
+            text.append(model.builder.build(hist, labels, target, False))
+            cf.append(model.builder.build(hist, labels, target, True))
+            users.append(table[u])
+    users, items = torch.stack(users), torch.randn(len(cf), 6)
+    def tokens_run(fn) -> int:
+        seen = []
+        hook = llm.model.model.register_forward_pre_hook(
+            lambda mod, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[:2].numel()), with_kwargs=True)
+        try:
+            result = fn()
+        finally:
+            hook.remove()
+        return result, sum(seen)
+
+    (s_text, s_cf), joint = tokens_run(lambda: model.score_modes(text, cf, users, items, prefix_batch=2,
+                                                                 suffix_batch=3))
+    _, alone_text = tokens_run(lambda: model.score_shared(text, prefix_batch=2, suffix_batch=3))
+    _, alone_cf = tokens_run(lambda: model.score_shared(cf, users, items, prefix_batch=2, suffix_batch=3))
+    torch.testing.assert_close(s_text, model.score(text), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s_cf, model.score(cf, users, items), atol=1e-5, rtol=0)
+    # each opening ran once for both modes instead of twice: less work, padding included
+    saved = sum(p.shared for p in {tuple(t.prefix[: t.shared]): t for t in text}.values())
+    assert joint < alone_text + alone_cf - saved / 2, (joint, alone_text, alone_cf, saved)

@@ -7,9 +7,9 @@ the CF model knows, and is otherwise made from the history the way the engine ma
 a prompt row (``CFModel.history_user_vector``: folded in, or encoded by a model that
 ``encodes_history``).
 
-Scoring always runs both modes on the same candidates with the engine's shared-prefix
-``score_candidates``: the text-only prompt (LoRA, no CF slots) and the CoLLM prompt (same
-LoRA, the two slots filled by the projected CF vectors). The walkthrough's single prompt goes
+Scoring always runs both modes on the same candidates in one call of the engine's
+``score_modes``: the text-only prompt (LoRA, no CF slots) and the CoLLM prompt (same LoRA, the
+two slots filled by the projected CF vectors), the history encoded once for both. The walkthrough's single prompt goes
 through ``CoLLM.inspect``, the same path and the same float32 head. Nothing here runs the LLM
 itself or takes a model lock: the engine does both. Results are memoised on their arguments
 (``memo.memoize``).
@@ -277,17 +277,25 @@ def _score_both(state: AppState, profile: Profile, candidates: tuple[str, ...], 
     model, title, catalog = pipe.model, state.dataset.title, state.catalog
     hist_titles = [title(i) for i in profile.items]
     text_prompts = [model.builder.build(hist_titles, profile.labels, title(c), False) for c in candidates]
-    step(0.1, desc="scoring without CF tokens")
-    s_text = model.score_candidates(text_prompts, use_lora=pipe.has_lora).tolist()
     s_cf = [None] * len(candidates)
     vec_source = "no CF vector"
-    if pipe.has_projector:
-        step(0.5, desc="scoring with CF tokens")
+    if pipe.has_projector and pipe.has_lora:  # both modes on one LoRA: the history is encoded once for both
+        step(0.1, desc="scoring with and without CF tokens")
         uvec, vec_source = user_vector(state, profile, cf_name, for_tokens=True)
         cf_prompts = [model.builder.build(hist_titles, profile.labels, title(c), True) for c in candidates]
-        s_cf = model.score_candidates(cf_prompts, uvec, pipe.cf.item_vectors(list(candidates)), use_lora=True).tolist()
-    elif pipe.cf is not None:
-        _, vec_source = user_vector(state, profile, cf_name)
+        users = uvec.view(1, -1).expand(len(candidates), -1)
+        s_text, s_cf = (s.tolist() for s in model.score_modes(text_prompts, cf_prompts, users,
+                                                              pipe.cf.item_vectors(list(candidates))))
+    else:
+        step(0.1, desc="scoring without CF tokens")
+        s_text = model.score_candidates(text_prompts, use_lora=pipe.has_lora).tolist()
+        if pipe.has_projector:
+            step(0.5, desc="scoring with CF tokens")
+            uvec, vec_source = user_vector(state, profile, cf_name, for_tokens=True)
+            cf_prompts = [model.builder.build(hist_titles, profile.labels, title(c), True) for c in candidates]
+            s_cf = model.score_candidates(cf_prompts, uvec, pipe.cf.item_vectors(list(candidates))).tolist()
+        elif pipe.cf is not None:
+            _, vec_source = user_vector(state, profile, cf_name)
     step(0.95, desc="ranking")
     labels = catalog.true_labels(profile.user) if profile.kind == "user" else {}
     items = state.dataset.items
