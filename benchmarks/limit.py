@@ -82,3 +82,13 @@ def ratio_line(name: str, measured_s: float, flops: float, flops_per_s: float) -
     limit = flops / flops_per_s
     return (f"{name}: measured {measured_s:.3f} s, limit {limit:.3f} s "
             f"({flops / 1e9:.0f} GFLOP at {flops_per_s / 1e9:.0f} GFLOP/s) → {measured_s / limit:.2f}× the limit")
+
+
+def tree_flops(shape: Shape, prompts: Sequence) -> int:
+    """Both modes in one pass: each distinct opening (the history) once, each mode's rest of the
+    prefix once on it, every suffix on its prefix."""
+    openings = {tuple(p.prefix[: p.shared]) for p in prompts}
+    prefixes = {tuple(p.prefix): p.shared for p in prompts}
+    return (sum(sequence_flops(shape, len(o)) for o in openings)
+            + sum(sequence_flops(shape, len(p) - shared, shared) for p, shared in prefixes.items())
+            + sum(sequence_flops(shape, len(p.suffix), len(p.prefix)) for p in prompts))
