@@ -251,3 +251,21 @@ def app_url(real_state):
                     **launch_kwargs())
     yield f"http://127.0.0.1:{port}/"
     _close_when_idle(app.demo)
+
+
+@pytest.fixture
+def vectors(tmp_path, tiny_data_dir):
+    """User and item vectors from "an outside tool" (random), with id files, for import-embeddings."""
+    import json
+
+    from collm_demo.data import load_dataset
+
+    ds = load_dataset(tiny_data_dir)
+    users = sorted(ds.interactions["user"].unique())[:30]
+    items = sorted(ds.items.index)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "users.npy", rng.normal(size=(len(users), 5)).astype(np.float32))
+    np.save(tmp_path / "items.npy", rng.normal(size=(len(items), 5)).astype(np.float32))
+    (tmp_path / "user_ids.json").write_text(json.dumps(users))
+    (tmp_path / "item_ids.txt").write_text("\n".join(items))
+    return ds, tmp_path, users, items

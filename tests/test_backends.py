@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,19 +13,6 @@ from collm_demo.checkpoints import read_manifest
 from collm_demo.data import load_dataset
 from collm_demo.pipeline import load_pipeline
 from conftest import TITLES, synthetic_ratings, write_ml1m
-
-
-@pytest.fixture
-def vectors(tmp_path, tiny_data_dir):
-    ds = load_dataset(tiny_data_dir)
-    users = sorted(ds.interactions["user"].unique())[:30]
-    items = sorted(ds.items.index)
-    rng = np.random.default_rng(0)
-    np.save(tmp_path / "users.npy", rng.normal(size=(len(users), 5)).astype(np.float32))
-    np.save(tmp_path / "items.npy", rng.normal(size=(len(items), 5)).astype(np.float32))
-    (tmp_path / "user_ids.json").write_text(json.dumps(users))
-    (tmp_path / "item_ids.txt").write_text("\n".join(items))
-    return ds, tmp_path, users, items
 
 
 def test_import_command_trains_only_the_projector(vectors, tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):

@@ -36,19 +36,6 @@ def test_lightgcn_recovers_planted_structure(tmp_path):
     assert cf.dim == 10 and cf.kind == "lightgcn"
 
 
-@pytest.fixture
-def vectors(tmp_path, tiny_data_dir):
-    ds = load_dataset(tiny_data_dir)
-    users = sorted(ds.interactions["user"].unique())[:30]
-    items = sorted(ds.items.index)
-    rng = np.random.default_rng(0)
-    np.save(tmp_path / "users.npy", rng.normal(size=(len(users), 5)).astype(np.float32))
-    np.save(tmp_path / "items.npy", rng.normal(size=(len(items), 5)).astype(np.float32))
-    (tmp_path / "user_ids.json").write_text(json.dumps(users))
-    (tmp_path / "item_ids.txt").write_text("\n".join(items))
-    return ds, tmp_path, users, items
-
-
 def test_import_validates_shapes_dtypes_values_and_ids(vectors):
     ds, folder, users, items = vectors
     known_u, known_i = set(ds.interactions["user"]), set(ds.items.index)
