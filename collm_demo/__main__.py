@@ -259,11 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_paths(args) -> None:
     """The folders a command was given, checked before anything heavy is imported or loaded."""
-    from .errors import CheckpointError, DataError
+    from .data import check_data_path  # pandas only: still fast
+    from .errors import CheckpointError
 
-    data = getattr(args, "data", None)
-    if data is not None and not Path(data).is_dir():
-        raise DataError(f"data path {data} " + ("is not a folder" if Path(data).exists() else "does not exist"))
+    if getattr(args, "data", None) is not None:
+        check_data_path(args.data)
     checkpoints = getattr(args, "checkpoints", None)
     if checkpoints is not None and Path(checkpoints).exists() and not Path(checkpoints).is_dir():
         raise CheckpointError(f"checkpoint folder {checkpoints} is a file, not a folder")

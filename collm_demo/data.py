@@ -220,16 +220,21 @@ def detect_format(folder: Path) -> str:
     )
 
 
+def check_data_path(path: str | os.PathLike) -> Path:
+    """A data folder that exists (the CLI calls this before loading anything heavy)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"data path {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
+    return folder
+
+
 def load_interactions(path: str | os.PathLike | None = None) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     """Load (name, interactions, items). ``None`` = the embedded ML-100K (fetched if needed)."""
     if path is None:
         folder = require("data")
         inter, items = _load_recbole(folder, "ml-100k")
         return "ml-100k", *_finish(inter, items, str(folder / "ml-100k.inter"), first_line=2)
-    folder = Path(path)
-    if not folder.is_dir():
-        raise DataError(f"data path {folder} does not exist" if not folder.exists()
-                        else f"data path {folder} is not a folder")
+    folder = check_data_path(path)
     fmt = detect_format(folder)
     if fmt == "recbole":
         stem = next(folder.glob("*.inter")).stem

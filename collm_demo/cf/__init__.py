@@ -92,22 +92,21 @@ def _method_backend(key: str) -> tuple[Backend, bool] | None:
     return imported, key == imported.collm_key
 
 
-def method_label(key: str) -> str:
-    """How a row of the results is named for people: 'MF (CF alone)', 'CoLLM-LightGCN', ..."""
+def method_style(key: str) -> tuple[str, str]:
+    """(label, colour) of a row of the results: 'MF (CF alone)', 'CoLLM-LightGCN', ... and its chart colour."""
     found = _method_backend(key)
     if found is None:
-        return OTHER_METHODS[key][0]
+        return OTHER_METHODS[key]
     b, collm = found
-    return b.collm_label if collm else b.alone_label
+    return (b.collm_label, b.colour) if collm else (b.alone_label, b.colour_alone)
+
+
+def method_label(key: str) -> str:
+    return method_style(key)[0]
 
 
 def method_colour(key: str) -> str:
-    """The colour of a row of the results in charts."""
-    found = _method_backend(key)
-    if found is None:
-        return OTHER_METHODS[key][1]
-    b, collm = found
-    return b.colour if collm else b.colour_alone
+    return method_style(key)[1]
 
 
 __all__ = ["BACKENDS", "DEFAULT_L2", "L2_GRID", "LLM_METHODS", "LOADERS", "MF_NO_FOLDIN", "OTHER_METHODS", "Backend",
