@@ -52,8 +52,8 @@ def test_corrupted_cached_file_is_detected_and_repaired(fake_asset):
     data[10] ^= 0xFF
     fake_asset.write_bytes(bytes(data))
     os.utime(fake_asset, None)
-    assert not assets.is_fetched("fake")  # modified after its stamp: not trusted
-    assets.fetch("fake")
+    assets.forget_verified()  # a new process
+    assets.require("fake")
     assert fake_asset.read_bytes() == PAYLOAD
     # and a silent corruption that keeps the old mtime is caught by --verify
     stamp_time = fake_asset.stat().st_mtime
@@ -61,6 +61,131 @@ def test_corrupted_cached_file_is_detected_and_repaired(fake_asset):
     os.utime(fake_asset, (stamp_time, stamp_time))
     assets.fetch("fake", verify=True)
     assert fake_asset.read_bytes() == PAYLOAD
+
+
+def _corrupt_keeping_mtime(path: Path, data: bytes) -> None:
+    """What a restore from backup or `cp -p` leaves: other content, the same modification time."""
+    before = path.stat()
+    path.write_bytes(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_edit_that_keeps_the_mtime_is_caught_on_first_use(fake_asset):
+    """The first use in a process hashes the files: a truncated file with its old mtime is fetched again."""
+    assets.fetch("fake")
+    _corrupt_keeping_mtime(fake_asset, PAYLOAD[: len(PAYLOAD) // 2])
+    assets.forget_verified()  # a new process
+    assets.require("fake")
+    assert fake_asset.read_bytes() == PAYLOAD
+
+
+def test_offline_corrupt_file_is_reported_as_corrupt_and_kept(fake_asset, monkeypatch):
+    assets.fetch("fake")
+    _corrupt_keeping_mtime(fake_asset, b"edited" + PAYLOAD[6:])
+    assets.forget_verified()
+    monkeypatch.setenv("COLLM_OFFLINE", "1")
+    with pytest.raises(assets.AssetError, match="corrupt") as err:
+        assets.require("fake")
+    assert str(fake_asset) in str(err.value) and "python -m collm_demo fetch" in str(err.value)
+    assert fake_asset.exists()  # corrupt is not turned into missing
+
+
+def test_failed_download_keeps_the_only_copy(fake_asset, monkeypatch):
+    """A corrupt file is replaced only by a verified one: a download that fails leaves it in place."""
+    assets.fetch("fake")
+    _corrupt_keeping_mtime(fake_asset, b"edited" + PAYLOAD[6:])
+    assets.forget_verified()
+
+    class Failed:
+        returncode = 1
+
+    monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: Failed())
+    with pytest.raises(assets.AssetError, match="kept until a replacement arrives"):
+        assets.require("fake")
+    assert fake_asset.read_bytes() == b"edited" + PAYLOAD[6:]
+
+
+# ------------------------------------------------------------- the converted model folder
+
+def _fake_convert(calls: list):
+    def convert(gguf: Path, out: Path) -> None:
+        calls.append(out)
+        (out / "model.safetensors").write_bytes(b"weights" * 1000)
+        (out / "config.json").write_text("{}")
+    return convert
+
+
+@pytest.fixture
+def fake_conversion(tmp_path, monkeypatch):
+    """ensure_converted_llm with a stand-in for the GGUF and the (20 s) conversion."""
+    monkeypatch.setenv("COLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("COLLM_OFFLINE", raising=False)
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"gguf")
+    calls: list = []
+    monkeypatch.setattr(assets, "gguf_path", lambda: gguf)
+    monkeypatch.setattr(assets, "_convert", _fake_convert(calls))
+    assets.forget_verified()
+    yield calls
+    assets.forget_verified()
+
+
+def test_converted_model_has_a_checksum_manifest_and_a_changed_file_is_rebuilt(fake_conversion):
+    target = assets.ensure_converted_llm()
+    assert len(fake_conversion) == 1
+    sums = (target / assets.SUMS_FILE).read_text()
+    assert assets.sha256_file(target / "model.safetensors") in sums and "config.json" in sums
+    assets.forget_verified()
+    assert assets.ensure_converted_llm() == target and len(fake_conversion) == 1  # intact: not redone
+    _corrupt_keeping_mtime(target / "model.safetensors", b"weightz" * 1000)
+    assets.ensure_converted_llm()  # same process: trusted until the next start (hashed once per process)
+    assert len(fake_conversion) == 1
+    assets.forget_verified()
+    assets.ensure_converted_llm()
+    assert len(fake_conversion) == 2 and (target / "model.safetensors").read_bytes() == b"weights" * 1000
+
+
+def test_converted_model_without_manifest_is_not_trusted(fake_conversion):
+    target = assets.ensure_converted_llm()
+    (target / assets.SUMS_FILE).unlink()
+    (target / "model.safetensors").write_bytes(b"tampered")
+    assets.forget_verified()
+    assets.ensure_converted_llm()
+    assert len(fake_conversion) == 2 and (target / "model.safetensors").read_bytes() == b"weights" * 1000
+
+
+def test_corrupt_converted_model_that_cannot_be_rebuilt_says_so(fake_conversion, monkeypatch):
+    target = assets.ensure_converted_llm()
+    (target / "model.safetensors").write_bytes(b"tampered")
+    assets.forget_verified()
+
+    def no_gguf():
+        raise assets.AssetError("asset 'llm' is not in /nowhere; run `python -m collm_demo fetch`")
+
+    monkeypatch.setattr(assets, "gguf_path", no_gguf)
+    with pytest.raises(assets.AssetError, match="cannot be rebuilt") as err:
+        assets.ensure_converted_llm()
+    assert "model.safetensors" in str(err.value) and (target / "model.safetensors").exists()
+
+
+def test_stale_conversion_folders_are_swept(fake_conversion, tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = cache / f"convert-{dead.pid}-abc"  # its process is gone
+    old = cache / "convert-xyz"  # no pid in the name, older than an hour
+    running = cache / f"convert-{os.getppid()}-def"  # a live process's conversion in progress
+    for folder in (killed, old, running):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    os.utime(old, (0, 0))
+    assets.ensure_converted_llm()
+    assert not killed.exists() and not old.exists() and running.exists()
+    assert not [p for p in cache.iterdir() if p.name.startswith("convert-") and p != running]
 
 
 def test_interrupted_fetch_leaves_no_file_behind(fake_asset, monkeypatch):
