@@ -30,18 +30,52 @@ from .llm import LoadedLLM
 TRAIN_HINT = "train them with `python -m collm_demo train --stage all`"
 
 
+# Entries of the manifest that the loaders read, and the type each must have: a manifest that is
+# JSON but of another shape (``[1, 2, 3]``, ``{"llm": "str"}``) is refused here, naming the entry,
+# so that no loader meets a str where it expects an object.
+MANIFEST_OBJECTS = ("llm", "cf", "data", "stages", "test_metrics")
+
+
 def read_manifest(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> dict:
-    """The folder's manifest ({} when there is none); anything but a JSON object is refused."""
+    """The folder's manifest ({} when there is none); anything but a JSON object whose entries
+    have the shapes the loaders read (``MANIFEST_OBJECTS``, one object per CF model) is refused."""
     path = Path(checkpoint_dir) / "manifest.json"
     if not path.exists():
         return {}
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    except OSError as err:  # a folder named manifest.json, no permission, ...
+        raise CheckpointError(f"{path} cannot be read: {err.strerror or err}") from err
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path} is not a JSON object (found {type(manifest).__name__})")
+    for key in MANIFEST_OBJECTS:
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise CheckpointError(f"{path}: the entry {key!r} is not an object (found "
+                                  f"{type(manifest[key]).__name__} {_short(manifest[key])})")
+    for name, entry in manifest.get("cf", {}).items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: the entry cf.{_short(name)} is not an object (found "
+                                  f"{type(entry).__name__} {_short(entry)})")
+    for key in ("protocol", "counts"):  # what the protocol and data checks compare
+        value = manifest.get("data", {}).get(key)
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(f"{path}: the entry data.{key} is not an object (found "
+                                  f"{type(value).__name__} {_short(value)})")
+    llm = manifest.get("llm", {})
+    for key in ("hidden_size", "layers"):
+        if key in llm and (isinstance(llm[key], bool) or not isinstance(llm[key], int)):
+            raise CheckpointError(f"{path}: llm.{key} must be a whole number, found {_short(llm[key])}")
+    if "name" in llm and not isinstance(llm["name"], str):
+        raise CheckpointError(f"{path}: llm.name must be a string, found {_short(llm['name'])}")
     return manifest
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """A value as it may appear in a message: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def write_manifest(manifest: dict, checkpoint_dir: str | Path = CHECKPOINT_DIR) -> None:
@@ -61,11 +95,7 @@ def save_projector(projector: Projector, path: str | Path, cf_kind: str) -> None
 
 
 def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    meta = check_safetensors(path)
     try:
         got_hidden, got_dim = int(meta.get("hidden_size", -1)), int(meta.get("cf_dim", -1))
     except ValueError:
@@ -85,24 +115,63 @@ def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector
                               "projector (train --stage projector)") from None
     projector = Projector(cf_dim, hidden_size, foldin_l2=foldin_l2)
     try:
-        projector.load_state_dict(load_file(str(path)))
+        weights = load_file(str(path))
+        projector.load_state_dict(weights)
     except (SafetensorError, RuntimeError, OSError) as err:
-        raise CheckpointError(f"{path}: projector weights do not fit ({str(err).splitlines()[0][:200]})") from None
+        # the first lines of torch's message name the tensors and both shapes
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[:3] if line.strip())
+        raise CheckpointError(f"{path}: projector weights do not fit ({detail[:300]})") from None
+    bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:  # NaN weights would make every CoLLM score NaN, silently
+        raise CheckpointError(f"{path}: projector weights contain NaN or infinite values ({', '.join(bad[:3])})")
     projector.eval()
     return projector
 
 
-def check_manifest(manifest: dict, llm: LoadedLLM, cf: CFModel | None, cf_name: str) -> None:
-    """Cheap consistency checks from the manifest alone, before any weight is loaded."""
+def same_llm(recorded: str, running: str) -> bool:
+    """Whether a manifest's LLM name and the running LLM's name are the same model: equal
+    strings, or two spellings of the same local folder."""
+    if recorded == running:
+        return True
+    a, b = Path(recorded).expanduser(), Path(running).expanduser()
+    return a.is_dir() and b.is_dir() and a.resolve() == b.resolve()
+
+
+def check_llm_name(manifest: dict, running: str) -> None:
+    """The LLM the manifest records is the one running (needs only the name: the app checks it
+    before the LLM is loaded)."""
+    want = manifest.get("llm", {})
+    recorded = want.get("name") if isinstance(want, dict) else None
+    if isinstance(recorded, str) and not same_llm(recorded, running):
+        raise CheckpointError(
+            f"checkpoints were trained for the LLM {_short(recorded, 200)}, but the running LLM is "
+            f"{running!r}; to use them, run that LLM (--llm / COLLM_LLM)")
+
+
+def check_manifest(manifest: dict, llm: LoadedLLM, cf: CFModel | None, cf_name: str,
+                   check_name: bool = False) -> None:
+    """Cheap consistency checks from the manifest alone, before any weight is loaded.
+
+    The manifest never chooses the LLM (the caller loaded it from ``--llm`` / ``COLLM_LLM`` or
+    the default); it is only checked against it: hidden size and depth always, the name with
+    ``check_name`` (callers that load the LLM for these checkpoints; training, which brings its
+    own LLM to replace what the folder holds, does not ask).
+    """
     if not manifest:
         return
     want = manifest.get("llm", {})
     if not isinstance(want, dict):
         raise CheckpointError(f"the manifest's 'llm' entry is not an object: {str(want)[:60]!r}")
+    if check_name:
+        check_llm_name(manifest, llm.name)
     if want.get("hidden_size") not in (None, llm.hidden_size):
         raise CheckpointError(
             f"checkpoints were trained for an LLM with hidden size {want['hidden_size']} "
             f"({want.get('name')}), but the running LLM {llm.name} has hidden size {llm.hidden_size}")
+    layers = getattr(getattr(llm.model, "config", None), "num_hidden_layers", None)
+    if isinstance(layers, int) and want.get("layers") not in (None, layers):
+        raise CheckpointError(f"checkpoints were trained for an LLM with {want['layers']} layers "
+                              f"({want.get('name')}), but the running LLM {llm.name} has {layers}")
     cf_info = manifest.get("cf", {}).get(cf_name)
     if cf is not None and cf_info:
         if cf_info.get("vector_dim") not in (None, cf.dim):
@@ -112,6 +181,54 @@ def check_manifest(manifest: dict, llm: LoadedLLM, cf: CFModel | None, cf_name: 
             if cf_info.get(side) not in (None, len(ids)):
                 raise CheckpointError(f"manifest says the {cf_name} CF model has {cf_info[side]} "
                                       f"{side}, the CF file has {len(ids)}")
+
+
+def check_safetensors(path: str | Path) -> dict:
+    """Open a safetensors file's header (no weight is read) and return its metadata; anything
+    that is not one (truncated, a pickle renamed, a folder, a header claiming 2^62 bytes) is
+    a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(err)[:200]})") from None
+
+
+def check_lora(lora_dir: str | Path) -> None:
+    """The stage-1 adapter's two files, checked before PEFT reads them: PEFT's own errors for a
+    bad file are a bare JSON, type or safetensors error naming no file."""
+    lora_dir = Path(lora_dir)
+    config = lora_dir / "adapter_config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{config}: missing (the LoRA adapter in {lora_dir} needs it)")
+    try:
+        content = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"{config} is not valid JSON: {err}") from None
+    if not isinstance(content, dict):
+        raise CheckpointError(f"{config} is not a JSON object (found {type(content).__name__})")
+    if content.get("peft_type") != "LORA":
+        raise CheckpointError(f"{config}: not a LoRA adapter (peft_type {_short(content.get('peft_type'))})")
+    check_safetensors(lora_dir / "adapter_model.safetensors")
+
+
+def check_folder(checkpoint_dir: str | Path) -> None:
+    """Everything that can be checked without the LLM and without reading weights: the manifest's
+    shape, and that every CF file, projector and the adapter are readable safetensors. The app
+    runs this before its page is built, so a folder refused here offers no CF model at all."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise CheckpointError(f"checkpoint folder {checkpoint_dir} is a file, not a folder")
+    if not checkpoint_dir.exists():
+        return
+    read_manifest(checkpoint_dir)
+    for path in sorted(checkpoint_dir.glob("*.safetensors")):
+        check_safetensors(path)
+    if (checkpoint_dir / "lora" / "adapter_model.safetensors").exists():
+        check_lora(checkpoint_dir / "lora")
 
 
 def available_backends(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> list[str]:

@@ -9,6 +9,7 @@ without LoRA) and says so in ``notice``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from .cf import Backend, CFModel, backend
 from .cf.backend import MF_NO_FOLDIN
-from .checkpoints import TRAIN_HINT, available_backends, check_manifest, load_backend, read_manifest
+from .checkpoints import TRAIN_HINT, available_backends, check_lora, check_manifest, load_backend, read_manifest
 from .collm import CoLLM, build_prompts
 from .config import CHECKPOINT_DIR, DEFAULT_CF, ProtocolConfig
 from .data import Dataset, load_dataset
@@ -156,6 +157,34 @@ def check_protocol(manifest: dict, dataset: Dataset) -> None:
                               f"under {dataset.protocol.name!r}: pass --protocol {recorded}")
 
 
+# What the manifest's data record is compared on: the counts are a deterministic function of the
+# data and the protocol, so another data set (or an edited one) almost surely differs in one of them.
+DATA_FINGERPRINT = ("interactions", "users", "items", "splits")
+
+
+def _describe_counts(counts: dict) -> str:
+    return ", ".join(f"{counts.get(key, '?')} {key}" for key in ("interactions", "users", "items"))
+
+
+def check_data(manifest: dict, dataset: Dataset) -> None:
+    """Checkpoints trained on one data set are not scored on another: the CF model's ids, the
+    projector and the LoRA belong to the data in the manifest's record (shipped checkpoints on
+    other MovieLens data scored AUC 0.40, with no warning). A copy of the same data, under any
+    folder name, has the same counts and passes."""
+    data = manifest.get("data")
+    recorded = data.get("counts") if isinstance(data, dict) else None
+    if not isinstance(recorded, dict):
+        return  # nothing recorded (imported vectors only, an old folder): nothing to compare
+    here = json.loads(json.dumps(dataset.counts))  # the manifest's JSON types (lists, not tuples)
+    differ = [key for key in DATA_FINGERPRINT if key in recorded and recorded[key] != here.get(key)]
+    if differ:
+        what = (f"{_describe_counts(recorded)} vs {_describe_counts(here)}"
+                if set(differ) - {"splits"} else "the same totals but different splits")
+        raise CheckpointError(f"the checkpoints were trained on other data: {str(data.get('name'))[:80]!r}, not "
+                              f"{dataset.name!r} ({what}), so their scores here mean nothing; train checkpoints "
+                              "on this data, or pass --other-data to evaluate them on it anyway")
+
+
 def runtime_for(runtime: Runtime | None, bf16: bool | None) -> Runtime:
     """``runtime`` as given; else the CPU in the precision ``bf16`` names; else what ``auto`` picks."""
     if runtime is not None:
@@ -177,10 +206,15 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
                   data_path: str | None = None, cf_name: str = DEFAULT_CF, bf16: bool | None = None,
                   dataset: Dataset | None = None, llm: LoadedLLM | None = None,
                   with_lora: bool = True, runtime: Runtime | None = None, ranks: Ranks | None = None,
-                  protocol: ProtocolConfig | None = None) -> Pipeline:
+                  protocol: ProtocolConfig | None = None, allow_other_data: bool = True) -> Pipeline:
     """Everything the app and evaluation need, on ``runtime``'s device and precision (see
     ``runtime_for``). ``with_lora=False`` leaves a saved adapter unloaded: stage 1 re-trained in
-    a folder that already holds one must start from the plain LLM, not stack a second adapter."""
+    a folder that already holds one must start from the plain LLM, not stack a second adapter.
+
+    The LLM is ``llm``, else ``llm_name`` (``--llm`` / ``COLLM_LLM``), else the embedded default:
+    never a path read from the checkpoint folder, whose manifest is only checked against it.
+    ``allow_other_data=False`` (evaluation, the app) refuses checkpoints whose manifest records
+    other data than ``dataset`` (``check_data``); training, which rewrites that record, allows it."""
     runtime = runtime_for(runtime, bf16)
     checkpoint_dir = Path(checkpoint_dir)
     if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
@@ -188,11 +222,11 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
     dataset = dataset or load_dataset(data_path, protocol)  # first: a bad data path fails in seconds
     manifest = read_manifest(checkpoint_dir)
     check_protocol(manifest, dataset)
-    recorded = manifest.get("llm", {}).get("name") if isinstance(manifest.get("llm"), dict) else None
-    if llm_name is None and recorded and llm is None:
-        llm_name = recorded
+    if not allow_other_data:
+        check_data(manifest, dataset)
+    loads_llm = llm is None  # a caller that brings its own LLM (training) is replacing what the folder holds
     llm = llm or load_llm(llm_name)
-    check_manifest(manifest, llm, None, cf_name)  # LLM mismatch: refuse before reading weights
+    check_manifest(manifest, llm, None, cf_name, check_name=loads_llm)  # LLM mismatch: refuse before any weight
     cf, projector, notes = load_backend(checkpoint_dir, cf_name, llm, manifest)
     llm.model.to(runtime.device)
     if projector is not None:
@@ -202,8 +236,16 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
     has_lora = with_lora and (lora_dir / "adapter_model.safetensors").exists()
     if has_lora:
         from peft import PeftModel  # peft is heavy: only where an adapter exists
+        from safetensors import SafetensorError
 
-        model_llm = PeftModel.from_pretrained(llm.model, str(lora_dir), is_trainable=False)
+        check_lora(lora_dir)  # a bad config or file is named here; PEFT's own errors name neither
+        try:
+            model_llm = PeftModel.from_pretrained(llm.model, str(lora_dir), is_trainable=False)
+        except (SafetensorError, ValueError, RuntimeError, TypeError, KeyError, OSError) as err:
+            # e.g. target modules this LLM lacks, or tensors of another shape
+            detail = "; ".join(line.strip() for line in str(err).splitlines()[:2] if line.strip())[:300]
+            raise CheckpointError(f"{lora_dir}: the LoRA adapter does not fit this LLM "
+                                  f"({type(err).__name__}: {detail})") from None
         model_llm.eval()
     elif with_lora:  # a deliberate skip (stage 1 retraining) is not a missing file
         notes.insert(1 if cf is None else 0, "no LoRA adapter (lora/)")

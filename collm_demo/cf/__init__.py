@@ -64,21 +64,25 @@ def load_cf(path: str | Path) -> CFModel:
     """Load any saved CF model (safetensors only: nothing is unpickled)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"CF checkpoint {path} does not exist")
+        raise CheckpointError(f"CF checkpoint {path} " + ("is not a file" if path.exists() else "does not exist"))
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(err)[:200]})") from None
     kind = metadata.get("kind", "vectors")
     loader = LOADERS.get(kind.split(":", 1)[0], CFModel.from_file_parts)
     try:
         return loader(tensors, metadata)
     except KeyError as err:
-        raise CheckpointError(f"{path}: not a CF checkpoint of this project (kind {kind!r}, missing {err})") from err
-    except (ValueError, RuntimeError) as err:  # bad JSON, tables that do not fit, weights that do not fit
-        raise CheckpointError(f"{path}: not a usable CF checkpoint (kind {kind!r}): {err}") from err
+        raise CheckpointError(f"{path}: not a CF checkpoint of this project (kind {kind[:40]!r}, missing "
+                              f"{str(err)[:60]})") from None
+    # bad JSON, tables or weights that do not fit; JSON of the wrong shape (a list where the
+    # loader expects an object) surfaces as a TypeError or AttributeError
+    except (ValueError, RuntimeError, TypeError, AttributeError) as err:
+        detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a usable CF checkpoint (kind {kind[:40]!r}): {detail}") from None
 
 
 def _method_backend(key: str) -> tuple[Backend, bool] | None:

@@ -2,26 +2,37 @@
 
 The base pipeline (LLM + LoRA + the configured CF backend) loads once, in a background
 thread (``start_loading``), so the page can be built from the dataset alone while the LLM
-loads; ``pipeline()`` waits for it. Checkpoints that are refused (any :class:`CoLLMError`)
-do not stop the app: it runs the plain LLM (``pipeline.zero_shot``) and says why in
-``notice``. Other backends' pipelines are made on first use (``with_backend``: same LLM,
-their own CF file and projector) under this hub's lock. Scoring needs no lock here: every
-model call takes the engine's own (``CoLLM.lock``, shared by the pipelines of one LLM).
+loads; ``pipeline()`` waits for it. Checkpoints that are refused (any :class:`CoLLMError`, or
+any other error while loading them) do not stop the app: it runs the plain LLM
+(``pipeline.zero_shot``), says why in ``notice`` (the file and the reason) and serves nothing
+from that folder: no CF backend is offered (``backends()`` is empty) and asking for one is
+refused. What can be checked without the LLM (the manifest's shape, every file a readable
+safetensors, the LLM and data it records) is checked when the hub is made, before the page is
+built, so the CF-model selector already offers nothing then. Other backends' pipelines are made
+on first use (``with_backend``: same LLM, their own CF file and projector) under this hub's
+lock. Scoring needs no lock here: every model call takes the engine's own (``CoLLM.lock``,
+shared by the pipelines of one LLM).
 """
 
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
+import traceback
 
 from ..cf import backend
-from ..checkpoints import TRAIN_HINT, available_backends, read_manifest
+from ..checkpoints import TRAIN_HINT, available_backends, check_folder, check_llm_name, read_manifest
 from ..config import AppConfig
 from ..data import Dataset
 from ..device import Runtime
 from ..errors import CoLLMError, InputError
-from ..llm import load_llm
-from ..pipeline import Pipeline, load_pipeline, with_backend, zero_shot
+from ..llm import load_llm, resolve_llm_name
+from ..pipeline import Pipeline, check_data, check_protocol, load_pipeline, with_backend, zero_shot
+
+# The CF-model selector's one entry when the checkpoints were refused: "" is the default
+# pipeline, i.e. the plain-LLM fallback, which holds nothing from the folder.
+REFUSED_CHOICE = ("none: the checkpoints were refused (see the banner)", "")
 
 
 class ModelHub:
@@ -34,6 +45,28 @@ class ModelHub:
         self._variants: dict[str, Pipeline] = {}  # other CF backends' pipelines, sharing the one LLM
         self._lock = threading.Lock()  # guards the loader start and the variants
         self._backends: list[str] | None = None
+        # Why the checkpoint folder was refused (None: not refused, or not known yet). Set before
+        # the fallback pipeline is published, so whoever sees that pipeline sees the refusal.
+        self.refusal: str | None = None
+        if pipeline is None:
+            self.refusal = self._precheck()
+
+    def _precheck(self) -> str | None:
+        """The checks that need neither the LLM nor a weight (milliseconds): the folder's files
+        and manifest, the LLM and the data it records. Never raises: the page is built next."""
+        cfg = self.config
+        try:
+            check_folder(cfg.checkpoint_dir)
+            manifest = read_manifest(cfg.checkpoint_dir)
+            check_protocol(manifest, self.dataset)
+            check_data(manifest, self.dataset)
+            check_llm_name(manifest, resolve_llm_name(cfg.llm))  # size and depth: once the LLM is loaded
+        except CoLLMError as err:
+            return str(err)
+        except Exception as err:  # noqa: BLE001 - an unforeseen bad file must not stop the page build
+            traceback.print_exc(file=sys.stderr)
+            return f"unexpected {type(err).__name__} while checking {cfg.checkpoint_dir}: {str(err)[:300]}"
+        return None
 
     # ------------------------------------------------------------------ loading
     def start_loading(self) -> None:
@@ -49,14 +82,23 @@ class ModelHub:
         cfg = self.config
         try:
             runtime = Runtime.choose(cfg.device, cfg.precision)
-            try:
-                self._base = load_pipeline(cfg.checkpoint_dir, cfg.llm, cfg.data, cf_name=cfg.cf_name,
-                                           dataset=self.dataset, runtime=runtime)
-            except CoLLMError as err:
-                # Refuse the checkpoints, not the app: run the plain LLM and say why.
-                note = (f"The checkpoints in {cfg.checkpoint_dir} were refused: {err}. Running the plain LLM "
-                        f"(zero-shot) instead; {TRAIN_HINT}.")
-                self._base = zero_shot(load_llm(cfg.llm), self.dataset, notice=note, runtime=runtime)
+            refusal = self.refusal
+            if refusal is None:
+                try:
+                    self._base = load_pipeline(cfg.checkpoint_dir, cfg.llm, cfg.data, cf_name=cfg.cf_name,
+                                               dataset=self.dataset, runtime=runtime, allow_other_data=False)
+                    return
+                except CoLLMError as err:
+                    refusal = str(err)
+                except Exception as err:  # noqa: BLE001 - a file no check foresaw: refuse it, keep the app
+                    traceback.print_exc(file=sys.stderr)
+                    refusal = f"unexpected {type(err).__name__} while loading them: {str(err)[:300]}"
+            # Refuse the checkpoints, not the app: run the plain LLM (from COLLM_LLM or the default,
+            # loaded afresh: a failed adapter load may have changed the first one) and say why.
+            self.refusal = refusal
+            note = (f"The checkpoints in {cfg.checkpoint_dir} were refused: {refusal.rstrip('.')}. Running the "
+                    f"plain LLM (zero-shot) instead, with nothing from that folder; {TRAIN_HINT}.")
+            self._base = zero_shot(load_llm(cfg.llm), self.dataset, notice=note, runtime=runtime)
         except BaseException as err:  # noqa: BLE001 - reported to the user by pipeline()
             self._error = err
 
@@ -69,8 +111,11 @@ class ModelHub:
             self._loader.join()
         if self._base is None:
             raise RuntimeError(f"the model could not be loaded: {self._error}")
-        if not cf or cf == self._base.cf_name:
+        if not cf or (cf == self._base.cf_name and self.refusal is None):
             return self._base
+        if self.refusal is not None:  # nothing of a refused folder is served, whichever backend is asked for
+            raise InputError(f"CF model {str(cf)[:40]!r} is not served: the checkpoints in "
+                             f"{self.config.checkpoint_dir} were refused ({self.refusal[:300]})")
         with self._lock:
             if cf not in self._variants:
                 if cf not in self.backends():
@@ -80,14 +125,20 @@ class ModelHub:
 
     def backends(self) -> list[str]:
         """CF backends the app can switch between: the configured one first, then every other
-        backend with a CF file and a projector (found once, from file names; nothing is loaded)."""
+        backend with a CF file and a projector (found once, from file names; nothing is loaded).
+        None once the checkpoints are refused."""
+        if self.refusal is not None:
+            return []
         if self._backends is None:
             first = [self.config.cf_name]
             self._backends = first + [n for n in available_backends(self.config.checkpoint_dir) if n not in first]
         return list(self._backends)
 
     def backend_choices(self) -> list[tuple[str, str]]:
-        """(label, name) for the CF-model selector."""
+        """(label, name) for the CF-model selector; one entry that says so when the checkpoints
+        are refused."""
+        if self.refusal is not None:
+            return [REFUSED_CHOICE]
         try:
             info = read_manifest(self.config.checkpoint_dir).get("cf", {})
         except CoLLMError:
@@ -107,3 +158,4 @@ class ModelHub:
     def notice(self) -> str:
         """What is missing or was refused, and how to fix it; empty when all is loaded."""
         return self.pipeline().notice
+
