@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 
 from ..errors import CoLLMError, InputError
-from . import core, embedding, explain, recommend, warm_cold
+from . import core, embedding, explain, guard, recommend, warm_cold
 from .state import AppState, get_state
 from .views import cf_label
 
@@ -170,22 +170,22 @@ def build_demo(state: AppState | None = None):
             return compare_api(state, user_id, item_ids, cf_model)
 
         gr.api(compare, api_name="compare")
-    # Only /compare is a designed API; the UI's own events stay callable but undocumented.
-    for fn in demo.fns.values():
-        if fn.api_name != "compare":
-            fn.api_visibility = "undocumented"
-    # One shared model: events run one at a time; at most max_queue requests wait, the next
-    # ones are refused at once with Gradio's "queue is full" error (a clear "busy, try again").
+    # Only /compare is a designed API: the UI's events are private (their named routes answer
+    # 404, see guard.py), rejected values are echoed briefly, and every event waits in one queue
+    # with limit 1, so one handler runs at a time. At most max_queue requests wait; the next are
+    # refused at once with Gradio's "queue is full" error (a clear "busy, try again").
+    guard.harden(demo)
     demo.queue(default_concurrency_limit=1, max_size=state.config.max_queue)
     return demo
 
 
 def launch_kwargs() -> dict:
-    """Theme and CSS (Gradio 6 takes them in launch())."""
+    """Theme and CSS (Gradio 6 takes them in launch()), and the request guard's middleware."""
     import gradio as gr
 
     # System fonts only: the app must not need the internet (no Google Fonts).
     theme = gr.themes.Soft(primary_hue="indigo", secondary_hue="orange", neutral_hue="slate",
                            font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
-    return {"theme": theme, "css": CSS}
+    # guard.RequestGuard: request bodies over 64 KB get 413 unread; named calls only for /compare
+    return {"theme": theme, "css": CSS, "app_kwargs": guard.app_kwargs()}

@@ -18,6 +18,7 @@ itself or takes a model lock: the engine does both. Results are memoised on thei
 from __future__ import annotations
 
 import html
+import re
 import time
 
 import numpy as np
@@ -34,7 +35,7 @@ from .values import Profile, ScoredResult, ScoredRow
 from .views import cf_label
 
 __all__ = ["HISTORY_COLUMNS", "InputError", "Profile", "ScoredResult", "ScoredRow", "answer_logits", "compare",
-           "history_frame", "mode_names", "parse_cf", "parse_history", "parse_item_ids", "parse_user_id",
+           "history_frame", "mode_names", "parse_cf", "parse_history", "parse_item_ids", "parse_seed", "parse_user_id",
            "profile_from_inputs", "profile_of", "prompt_html", "real_profile", "score_both", "trim_history",
            "user_vector"]
 
@@ -183,6 +184,31 @@ def _echo(value: str, limit: int = 40) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} characters)"
 
 
+# An id is 1 to 7 ASCII digits. str.isdigit() would take '²' or '①' (then int() fails) and
+# read the full-width '１３' as 13; 7 digits leave room for any real catalogue.
+ID_DIGITS = 7
+_ID = re.compile(rf"[0-9]{{1,{ID_DIGITS}}}", re.ASCII)
+SEED_MAX = 2**32 - 1  # numpy's SeedSequence takes any non-negative int; the UI offers 0..2^32-1
+
+
+def _is_id(token: str) -> bool:
+    return _ID.fullmatch(token) is not None
+
+
+def parse_seed(value, field_name: str = "seed") -> int:
+    """A random seed from the UI or an API: a whole number from 0 to 2^32 - 1 (empty = 0)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value.strip(), re.ASCII):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        shown = _echo(value) if isinstance(value, str) else _echo(repr(value))
+        raise InputError(f"{field_name} {shown} is not a whole number from 0 to {SEED_MAX}")
+    return value
+
+
 def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids") -> list[str]:
     """Validate candidate ids: numeric, known, unique, 1..MAX_CANDIDATES."""
     if text_or_list is None:
@@ -198,10 +224,10 @@ def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids") 
         raise InputError(f"{field_name} must be text like \"1, 50, 100\", not {type(text_or_list).__name__}")
     if not tokens:
         raise InputError(f"{field_name} is empty: give at least one item id, e.g. \"1, 50, 100\"")
-    bad = [t for t in tokens if not t.isdigit()]
+    bad = [t for t in tokens if not _is_id(t)]
     if bad:
         raise InputError(f"{field_name}: {', '.join(_echo(b) for b in bad[:5])} is not a numeric item id "
-                         "(use comma-separated numbers like \"1, 50, 100\")")
+                         f"(use comma-separated numbers of 1 to {ID_DIGITS} digits 0-9, like \"1, 50, 100\")")
     tokens = [str(int(t)) for t in tokens]
     seen, dup = set(), []
     for t in tokens:
@@ -221,11 +247,14 @@ def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids") 
 
 
 def parse_user_id(state: AppState, text) -> str:
+    if isinstance(text, bool) or not isinstance(text, (str, int, type(None))):
+        raise InputError(f"user_id must be one id as text such as \"1\", not a {type(text).__name__}")
     user = str(text if text is not None else "").strip()
     if not user:
         raise InputError("user_id is empty: give a user id such as \"1\"")
-    if not user.isdigit():
-        raise InputError(f"user_id {_echo(user)} is not a numeric user id (e.g. \"1\")")
+    if not _is_id(user):
+        raise InputError(f"user_id {_echo(user)} is not a numeric user id (1 to {ID_DIGITS} digits 0-9, "
+                         "e.g. \"1\")")
     user = str(int(user))
     users = state.catalog.users
     if user not in users:

@@ -134,7 +134,7 @@ def simulate(state: AppState, result: ScoredResult | None, item: str, seed: int 
     profile = core.profile_of(state, result)
     if not profile.items:
         raise InputError("The current history is empty; add movies in the Recommend tab first.")
-    return _simulate(state, profile, item, int(seed), pipe.cf_name)
+    return _simulate(state, profile, item, core.parse_seed(seed), pipe.cf_name)
 
 
 @memoize(64)
@@ -288,7 +288,8 @@ def build(state: AppState):
         w["sim_item"] = gr.Dropdown(simulator_items(state), value=None, label="Item (most-rated first)",
                                     filterable=True, min_width=280, elem_id="sim-item")
         w["sim_k"] = gr.Radio(K_CHOICES, value="3", label="Training interactions kept (k)", min_width=240)
-        w["sim_seed"] = gr.Number(0, precision=0, label="Seed (which interactions)", min_width=120)
+        w["sim_seed"] = gr.Number(0, precision=0, minimum=0, maximum=core.SEED_MAX, label="Seed (which interactions)",
+                                  min_width=120)
     w["sim_btn"] = gr.Button("Run the simulator", variant="primary", elem_id="sim-btn")
     w["sim_state"] = gr.State(None)
     w["sim_text"] = gr.Markdown()
@@ -302,7 +303,7 @@ def build(state: AppState):
 def run_outputs(state: AppState, result: ScoredResult | None, item: str | None, seed, k: str) -> tuple:
     """Everything the simulator panel shows, for one item (default: picked from the result)."""
     item = item or default_sim_item(state, result)
-    sim = simulate(state, result, item, int(seed or 0))
+    sim = simulate(state, result, item, seed)
     return (sim, item, simulation_text(sim, k), simulation_figure(sim, k), simulation_map(state, sim, k),
             simulation_table(sim))
 
