@@ -15,6 +15,8 @@ rows with an empty history are dropped (and counted); warm = user and item each 
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -74,11 +76,39 @@ def _split_title_year(raw: str) -> tuple[str, object]:
     return raw.strip(), pd.NA
 
 
+def _read_text(path: Path, encoding: str = "utf-8-sig") -> str:
+    """A whole text file; bytes that are not ``encoding`` are a :class:`DataError` naming the file
+    and the line (a BOM, as spreadsheet programs write, is dropped)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file "
+                        "as UTF-8") from None
+
+
 def _finish(inter: pd.DataFrame, items: pd.DataFrame, source: str,
             first_line: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Normalise types and check cross-file consistency. ``source`` names the interaction
     file and ``first_line`` the file line of its first data row, so errors point at a line."""
-    inter = inter.reset_index(drop=True).astype({"user": str, "item": str})
+    if not len(inter):
+        raise DataError(f"{source}: no interactions (the file has no data lines)")
+    if not len(items):
+        raise DataError(f"{source}: the item file beside it lists no items")
+    inter = inter.reset_index(drop=True)
+    for column in ("rating", "timestamp"):  # every loader: a number, and a finite one (no inf, no NaN)
+        values = pd.to_numeric(inter[column], errors="coerce").astype(float)
+        bad = np.flatnonzero(~np.isfinite(values.to_numpy()))
+        if len(bad):
+            raise DataError(f"{source} line {bad[0] + first_line}: {column} {inter.at[bad[0], column]!r} is not a "
+                            "finite number")
+        if not pd.api.types.is_numeric_dtype(inter[column]):  # numeric columns keep their dtype (int seconds)
+            inter[column] = values
+    inter = inter.astype({"user": str, "item": str})
     items = items.astype({"item": str}).drop_duplicates("item").set_index("item")
     items["year"] = items["year"].astype("Int64")
     items["title"] = items["title"].fillna("").astype(str)
@@ -97,11 +127,22 @@ def _finish(inter: pd.DataFrame, items: pd.DataFrame, source: str,
     return inter, items
 
 
+def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+    """A tab-separated file (RecBole's), its reading errors named with the file."""
+    try:
+        return pd.read_csv(io.StringIO(_read_text(path)), sep="\t", **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: not readable as a tab-separated table ({str(err).strip()[:200]})") from None
+
+
 def _load_recbole(folder: Path, stem: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    inter = pd.read_csv(folder / f"{stem}.inter", sep="\t")
+    inter = _read_table(folder / f"{stem}.inter")
     inter.columns = [c.split(":")[0] for c in inter.columns]
     inter = inter.rename(columns={"user_id": "user", "item_id": "item"})
-    items = pd.read_csv(folder / f"{stem}.item", sep="\t", dtype=str, keep_default_na=False)
+    missing = {"user", "item", "rating", "timestamp"} - set(inter.columns)
+    if missing:
+        raise DataError(f"{folder / f'{stem}.inter'} line 1: missing column(s) {sorted(missing)}")
+    items = _read_table(folder / f"{stem}.item", dtype=str, keep_default_na=False)
     items.columns = [c.split(":")[0] for c in items.columns]
     items = pd.DataFrame({
         "item": items["item_id"],
@@ -131,6 +172,11 @@ def _read_ratings(path: Path, sep: str) -> pd.DataFrame:
         bad = np.flatnonzero(values.isna().to_numpy())
         if len(bad):
             raise DataError(f"{path} line {lines[bad[0]]}: {column} {inter[column].iloc[bad[0]]!r} is not a number")
+        # 'inf' and 'nan' parse as numbers: an infinite timestamp breaks the time split later, far from here
+        bad = np.flatnonzero(~np.isfinite(values.to_numpy(dtype=float)))
+        if len(bad):
+            raise DataError(f"{path} line {lines[bad[0]]}: {column} {inter[column].iloc[bad[0]]!r} is not a "
+                            "finite number")
         inter[column] = values
     return inter
 
@@ -172,31 +218,53 @@ def _load_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """interactions.csv (user,item,rating,timestamp) + items.csv (item,title[,genres][,year])."""
     inter_path, items_path = folder / "interactions.csv", folder / "items.csv"
     records = []
-    with open(inter_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"user", "item", "rating", "timestamp"} - set(reader.fieldnames or [])
+    reader = csv.reader(io.StringIO(_read_text(inter_path), newline=""))
+    try:
+        header = next(reader, [])
+        missing = {"user", "item", "rating", "timestamp"} - set(header)
         if missing:
             raise DataError(f"{inter_path} line 1: missing column(s) {sorted(missing)}")
-        for row in reader:
-            line = reader.line_num
+        where = {name: header.index(name) for name in ("user", "item", "rating", "timestamp")}
+        end = reader.line_num
+        for fields in reader:
+            line, end = end + 1, reader.line_num  # the record's first line: the one after the last record
+            if not fields:
+                continue
+            if any("\n" in f or "\r" in f for f in fields):  # no field of this file ever spans lines
+                raise DataError(f"{inter_path} line {line}: a quote opened on this line is never closed "
+                                f"(the field runs on to line {end})")
+            if len(fields) != len(header):
+                raise DataError(f"{inter_path} line {line}: expected {len(header)} comma-separated fields "
+                                f"({','.join(header)[:80]}), found {len(fields)}")
+            row = {name: fields[n] for name, n in where.items()}
             try:
                 rating = float(row["rating"])
-            except (TypeError, ValueError):
-                raise DataError(f"{inter_path} line {line}: rating {row['rating']!r} is not a number") from None
+            except ValueError:
+                raise DataError(f"{inter_path} line {line}: rating {row['rating'][:40]!r} is not a number") from None
             try:
                 timestamp = float(row["timestamp"])
-            except (TypeError, ValueError):
+            except ValueError:
                 try:
                     timestamp = pd.Timestamp(row["timestamp"]).timestamp()
                 except (TypeError, ValueError):
-                    raise DataError(f"{inter_path} line {line}: bad timestamp {row['timestamp']!r} "
+                    raise DataError(f"{inter_path} line {line}: bad timestamp {row['timestamp'][:40]!r} "
                                     "(want seconds since 1970 or an ISO date)") from None
+            for column, value in (("rating", rating), ("timestamp", timestamp)):
+                if not math.isfinite(value):
+                    raise DataError(f"{inter_path} line {line}: {column} {row[column][:40]!r} is not a finite number")
             records.append((row["user"], row["item"], rating, timestamp))
+    except csv.Error as err:  # e.g. a NUL byte
+        raise DataError(f"{inter_path} line {reader.line_num}: not readable as CSV ({err})") from None
     inter = pd.DataFrame(records, columns=["user", "item", "rating", "timestamp"])
-    items = pd.read_csv(items_path, dtype=str, keep_default_na=False)
+    try:
+        items = pd.read_csv(io.StringIO(_read_text(items_path)), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{items_path}: not readable as CSV ({str(err).strip()[:200]})") from None
     missing = {"item", "title"} - set(items.columns)
     if missing:
         raise DataError(f"{items_path} line 1: missing column(s) {sorted(missing)}")
+    if not len(items):
+        raise DataError(f"{items_path}: no items (the file has no data lines)")
     items = pd.DataFrame({
         "item": items["item"], "title": items["title"],
         "year": [_year(v) for v in items.get("year", pd.Series([None] * len(items)))],
@@ -357,8 +425,17 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
 
 def load_dataset(path: str | os.PathLike | None = None,
                  protocol: ProtocolConfig | None = None) -> Dataset:
+    """Interactions + protocol; data too small for every split to hold a row is refused here,
+    not found later as an evaluation of 0 rows (AUC NaN) or a training run on nothing."""
     name, inter, items = load_interactions(path)
-    return build_protocol(name, inter, items, protocol)
+    dataset = build_protocol(name, inter, items, protocol)
+    rows = {split: dataset.counts["splits"][split]["rows"] for split in SPLITS}
+    if not all(rows.values()):
+        raise DataError(f"{path if path is not None else name}: too few interactions for protocol "
+                        f"{dataset.protocol.name!r}: {len(inter)} interactions give "
+                        + ", ".join(f"{split} {n}" for split, n in rows.items())
+                        + " rows with a history; every split needs at least one")
+    return dataset
 
 
 def format_counts(counts: dict) -> str:
