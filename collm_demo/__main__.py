@@ -1,4 +1,4 @@
-"""Command line: python -m collm_demo {fetch,train,evaluate,import-embeddings,embedding-map,ceiling,settings}.
+"""Command line: python -m collm_demo {fetch,train,evaluate,import-embeddings,embedding-map,ceiling,inside,settings}.
 
 Each subcommand is one ``cmd_<name>(args)`` function. A user's mistake (a bad path, data that
 cannot be read, checkpoints that do not fit) is a ``CoLLMError``: printed on one line, exit
@@ -18,6 +18,8 @@ from .config import (
     CHECKPOINT_DIR,
     DEFAULT_CF,
     DEVICES,
+    INSIDE_PATH,
+    INSIDE_ROWS,
     PRECISIONS,
     PROJECT_ROOT,
     PROTOCOLS,
@@ -49,6 +51,28 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """--seed: what numpy and torch accept, 0 to 2^32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {2**32 - 1}, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """--lora-dropout: a fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to less than 1, got {text!r}")
     return value
 
 
@@ -121,7 +145,7 @@ def cmd_evaluate(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     evaluate.run(Path(args.checkpoints), out, args.llm, args.data, methods, max_rows, cf_name=args.cf,
                  seed=args.seed, write_readme=not (args.no_readme or args.quick or args.max_rows), argv=args.argv,
-                 runtime=runtime(args), protocol=protocol(args))
+                 runtime=runtime(args), protocol=protocol(args), other_data=args.other_data)
     return 0
 
 
@@ -170,6 +194,16 @@ def cmd_ceiling(args) -> int:
     return 0
 
 
+def cmd_inside(args) -> int:
+    from . import inside
+
+    out = Path(args.out) if args.out else (Path(args.checkpoints) / "inside_quick.json" if args.quick else INSIDE_PATH)
+    rows = args.rows if args.rows is not None else (QUICK_ROWS if args.quick else INSIDE_ROWS)
+    inside.run(Path(args.checkpoints), out, args.llm, args.data, rows, args.seed, args.cf, runtime=runtime(args),
+               protocol=protocol(args), argv=args.argv, max_minutes=args.max_minutes)
+    return 0
+
+
 def cmd_settings(args) -> int:
     from .markers import replace_block
 
@@ -185,7 +219,7 @@ def cmd_settings(args) -> int:
 
 COMMANDS = {"fetch": cmd_fetch, "train": cmd_train, "evaluate": cmd_evaluate,
             "import-embeddings": cmd_import_embeddings, "embedding-map": cmd_embedding_map,
-            "ceiling": cmd_ceiling, "settings": cmd_settings}
+            "ceiling": cmd_ceiling, "inside": cmd_inside, "settings": cmd_settings}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data", default=None, help="MovieLens / CSV folder (default: embedded ML-100K)")
     common.add_argument("--checkpoints", default=str(CHECKPOINT_DIR), help="checkpoint folder")
     common.add_argument("--quick", action="store_true", help="tiny slice of the same code, for tests")
-    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--seed", type=seed, default=0)
     common.add_argument("--cf", default=DEFAULT_CF, help="CF backend: mf, lightgcn, sasrec, or a name given to import-embeddings")
     common.add_argument("--protocol", choices=PROTOCOLS, default="global",
                         help="global: time-sorted 80/10/10 (default); collm-ml1m: the CoLLM paper's monthly ML-1M split")
@@ -218,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--cf-dim", type=positive_int, default=None)
     p_train.add_argument("--batch-size", type=positive_int, default=None, help="rows per micro-batch (per process under torchrun)")
     p_train.add_argument("--grad-accum", type=positive_int, default=None, help="micro-batches per optimiser step")
-    p_train.add_argument("--lora-dropout", type=float, default=None)
+    p_train.add_argument("--lora-dropout", type=probability, default=None)
     p_train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (large LLMs)")
     p_train.add_argument("--load-bf16", action="store_true", help="keep the frozen base weights in bf16 (large LLMs)")
     p_train.add_argument("--projector-foldin-l2", type=foldin_strength, default=None,
@@ -231,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--methods", default=None,
                         help="comma-separated; default mf,mf_no_foldin,zero_shot,text_only,collm (or <cf>,collm_<cf> with --cf)")
     p_eval.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    p_eval.add_argument("--other-data", action="store_true",
+                        help="evaluate checkpoints on data other than the data their manifest records (refused "
+                             "without it: their scores there mean little)")
 
     sub.add_parser("embedding-map", parents=[common], help="compute the UMAP layout into assets/")
 
@@ -252,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_ceil.add_argument("--out", default=None, help="report file (default assets/fusion_ceiling[_<cf>].json; "
                                                     "--quick: checkpoints folder)")
 
+    p_ins = sub.add_parser("inside", parents=[common],
+                           help="how much the LLM uses the CF tokens (attention, attribution, ablation), warm vs cold")
+    p_ins.add_argument("--rows", type=positive_int, default=None,
+                       help=f"seeded test rows to measure (default {INSIDE_ROWS}; --quick {QUICK_ROWS})")
+    p_ins.add_argument("--out", default=None, help="report file (default assets/inside.json; --quick: checkpoints folder)")
+    p_ins.add_argument("--max-minutes", type=positive_float, default=None,
+                       help="start no new chunk of rows after this many minutes (the report records it)")
+
     p_set = sub.add_parser("settings", help="the table of environment variables (the README's settings table)")
     p_set.add_argument("--readme", action="store_true", help="write it into README.md between its markers")
     return parser
@@ -264,9 +309,31 @@ def check_paths(args) -> None:
 
     if getattr(args, "data", None) is not None:
         check_data_path(args.data)
+    if getattr(args, "llm", None) is not None:
+        check_llm_arg(args.llm)
     checkpoints = getattr(args, "checkpoints", None)
     if checkpoints is not None and Path(checkpoints).exists() and not Path(checkpoints).is_dir():
         raise CheckpointError(f"checkpoint folder {checkpoints} is a file, not a folder")
+
+
+def check_llm_arg(name: str) -> None:
+    """--llm is an existing local folder, ``embedded:...`` or a well-formed Hugging Face id: a name
+    that is none of these is a folder that does not exist (Hugging Face would only say "Repo id
+    must be in the form...")."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from .errors import AssetError
+
+    if name.startswith("embedded:") or Path(name).expanduser().is_dir():
+        return
+    if Path(name).expanduser().exists():
+        raise AssetError(f"--llm {name}: is a file; give a model folder (config.json + weights) or a Hugging Face id")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise AssetError(f"--llm {name[:200]}: the local folder does not exist (and the name is not a Hugging Face "
+                         "id such as 'HuggingFaceTB/SmolLM2-135M-Instruct')") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,10 +162,14 @@ class Batch:
     slot_cols: torch.Tensor  # (S,) column of each CF slot
     cf: torch.Tensor | None  # (S, cf_dim) the CF vector written at each slot; None when there is no slot
     last: torch.Tensor  # (B,) column of each row's last real token: the answer position
+    # (B, 1, T, past + T) True where a token may attend, past included: only for rows that pack
+    # several sequences (``pack_segments``); None = causal within the row over ``mask``.
+    attention: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(None if t is None else t.to(device) for t in
-                       (self.ids, self.mask, self.positions, self.slot_rows, self.slot_cols, self.cf, self.last)))
+                       (self.ids, self.mask, self.positions, self.slot_rows, self.slot_cols, self.cf, self.last,
+                        self.attention)))
 
 
 def pack(seqs: Sequence[Sequence[int]], slots: Sequence[Sequence[tuple[int, torch.Tensor]]], pad_id: int,
@@ -192,6 +196,71 @@ def pack(seqs: Sequence[Sequence[int]], slots: Sequence[Sequence[tuple[int, torc
     last = torch.full((len(seqs),), width - 1) if left else mask.sum(-1) - 1
     return Batch(ids, mask, positions, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
                  torch.stack(vectors) if vectors else None, last)
+
+
+def plan_packed_rows(owners: Sequence[int], lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
+    """How suffixes that continue the same cached prefix share rows (``pack_segments``): per owner
+    (cache row), the fewest rows of at most ``row_tokens`` tokens, filled evenly (a suffix longer
+    than that gets a row of its own; ``row_tokens=0``: one suffix per row). Returns rows → indices
+    into ``owners``, each row with one owner. Pure: no model, no tensors."""
+    by_owner: dict[int, list[int]] = {}
+    for index, owner in enumerate(owners):
+        by_owner.setdefault(owner, []).append(index)
+    rows: list[list[int]] = []
+    for members in by_owner.values():
+        if row_tokens <= 0:
+            rows += [[m] for m in members]
+            continue
+        total = sum(lengths[m] for m in members)
+        target = total / -(-total // row_tokens)  # even rows: total / (number of rows needed)
+        current, filled = [], 0
+        for m in members:
+            if current and (filled + lengths[m] > row_tokens or filled >= target):
+                rows.append(current)
+                current, filled = [], 0
+            current.append(m)
+            filled += lengths[m]
+        rows.append(current)
+    return rows
+
+
+def pack_segments(rows: Sequence[Sequence[Sequence[int]]],
+                  slots: Sequence[Sequence[Sequence[tuple[int, torch.Tensor]]]], pad_id: int,
+                  start: torch.Tensor, past_mask: torch.Tensor) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """Several suffixes per row, each continuing the row's cached prefix: ``rows[b]`` lists the
+    token sequences laid end to end in row b, ``slots[b][j]`` the CF slots of sequence j. Each
+    sequence sees the prefix (``past_mask[b]``) and itself, causally, never its neighbours, and its
+    rotary positions start at ``start[b]``, so every one computes exactly what it would alone in a
+    padded row. Padding (right) costs only the row tails. Returns the batch and, for every
+    sequence in order, the (row, column) of its last token: the answer positions."""
+    width = max(sum(len(seq) for seq in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # which sequence owns the column
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    slot_rows, slot_cols, vectors, answer_rows, answer_cols = [], [], [], [], []
+    for b, (row, row_slots) in enumerate(zip(rows, slots)):
+        offset = 0
+        for j, (seq, seq_slots) in enumerate(zip(row, row_slots)):
+            span = slice(offset, offset + len(seq))
+            ids[b, span] = torch.tensor(seq, dtype=torch.long)
+            mask[b, span], segment[b, span] = 1, j
+            positions[b, span] = start[b] + torch.arange(len(seq))
+            for index, vector in seq_slots:
+                slot_rows.append(b), slot_cols.append(offset + index), vectors.append(vector)
+            offset += len(seq)
+            answer_rows.append(b), answer_cols.append(offset - 1)
+    query, key = torch.arange(width).view(-1, 1), torch.arange(width).view(1, -1)
+    same = (segment[:, :, None] == segment[:, None, :]) & (key <= query) & (segment[:, None, :] >= 0)
+    # Padding queries look at themselves only: their outputs are never read, but they must stay finite
+    # (a fully masked row would give NaN keys/values to the next layer).
+    same |= (segment[:, :, None] < 0) & (key == query)
+    past = past_mask.bool()[:, None, :].expand(-1, width, -1)
+    attention = torch.cat([past, same], -1)[:, None]
+    batch = Batch(ids, mask, positions, torch.tensor(slot_rows, dtype=torch.long),
+                  torch.tensor(slot_cols, dtype=torch.long), torch.stack(vectors) if vectors else None,
+                  mask.sum(-1) - 1, attention)
+    return batch, torch.tensor(answer_rows), torch.tensor(answer_cols)
 
 
 def plan_prefix_batches(prefix_keys: Sequence[Hashable], prefix_lengths: Sequence[int], prefix_batch: int,
@@ -336,7 +405,13 @@ class CoLLM(nn.Module):
         if past_mask is not None:
             past_mask = past_mask.to(self.device)
         embeds = self.embed(batch.ids, batch.slot_rows, batch.slot_cols, batch.cf)
-        mask = batch.mask if past_mask is None else torch.cat([past_mask, batch.mask], 1)
+        if batch.attention is not None:  # a prepared 4D mask (packed rows): transformers uses it as is
+            mask = batch.attention
+            if self._base().config._attn_implementation == "eager":  # eager adds the mask to the scores
+                mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=mask.device).masked_fill(
+                    ~mask, torch.finfo(embeds.dtype).min)
+        else:
+            mask = batch.mask if past_mask is None else torch.cat([past_mask, batch.mask], 1)
         return self._base().model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.positions,
                                   cache=cache, use_cache=cache is not None, **outputs)
 
@@ -396,7 +471,8 @@ class CoLLM(nn.Module):
     @torch.no_grad()
     def score_shared(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
                      item_vecs: torch.Tensor | None = None, use_lora: bool = True, prefix_batch: int = 16,
-                     suffix_batch: int = 64, progress=None, shard: tuple[int, int] | None = None) -> torch.Tensor:
+                     suffix_batch: int = 64, progress=None, shard: tuple[int, int] | None = None,
+                     suffix_row_tokens: int = 256) -> torch.Tensor:
         """P(Yes) like ``score``, computed by sharing what prompts have in common (within 1e-5, tested).
 
         Prompts with the same prefix (same history, same user CF vector) form a group: the prefix
@@ -463,17 +539,23 @@ class CoLLM(nn.Module):
                     cache = select_rows(cache, owner.to(self.device))
                     self._run(batch, cache, mask[owner])
                     mask, length, nodes = torch.cat([mask[owner], batch.mask], 1), length[owner] + batch.mask.sum(-1), children
-                # last level: every candidate suffix on its node's cache, read at its own last token
+                # last level: every candidate suffix on its node's cache, read at its own last token.
+                # The suffixes of one node are laid end to end in a few rows (no padding to the longest
+                # suffix, one cache row per packed row instead of one per candidate).
                 members = [(row, n) for row, group in enumerate(nodes) for n in group]
                 for s in range(0, len(members), suffix_batch):
                     chunk = members[s: s + suffix_batch]
-                    owner = torch.tensor([row for row, _ in chunk])
-                    suffix = self._pack([segments[n][-1] for _, n in chunk], [slots(n, levels - 1) for _, n in chunk],
-                                        left=False, start=length[owner])
-                    hidden = self._run(suffix, select_rows(cache, owner.to(self.device)), mask[owner]).last_hidden_state
-                    rows = torch.arange(len(chunk), device=hidden.device)
-                    answer = self.answer_logit(hidden[rows, suffix.last.to(hidden.device)])
-                    out[[n for _, n in chunk]] = torch.sigmoid(answer).cpu()
+                    packed = plan_packed_rows([row for row, _ in chunk], [len(segments[n][-1]) for _, n in chunk],
+                                              suffix_row_tokens)
+                    owner = torch.tensor([chunk[r[0]][0] for r in packed])
+                    order = [chunk[i][1] for r in packed for i in r]
+                    suffix, answer_rows, answer_cols = pack_segments(
+                        [[segments[chunk[i][1]][-1] for i in r] for r in packed],
+                        [[slots(chunk[i][1], levels - 1) for i in r] for r in packed],
+                        self.pad_id, length[owner], mask[owner])
+                    hidden = self._run(suffix, select_rows(cache, owner.to(self.device))).last_hidden_state
+                    answer = self.answer_logit(hidden[answer_rows.to(hidden.device), answer_cols.to(hidden.device)])
+                    out[order] = torch.sigmoid(answer).cpu()
         return out
 
     @torch.no_grad()
@@ -521,6 +603,125 @@ class CoLLM(nn.Module):
             yield
         finally:
             self._base().set_attn_implementation(before)
+
+    # ------------------------------------------------- looking inside (the "Inside the LLM" view)
+    # Appended for the teaching analysis; every method below goes through ``_run`` (the one
+    # forward) or ``score_shared``, in float32 (no autocast: attributions and attention shares
+    # are read to 3 digits, bf16 would blur them).
+
+    def analyse(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
+                item_vecs: torch.Tensor | None = None, use_lora: bool = True, attention: bool = True,
+                attribution: bool = True) -> Analysis:
+        """Whole prompts (left-padded) through ``_run`` once: per prompt, the answer position's
+        attention by layer (mean over heads) and gradient x input of logit(Yes) - logit(No) per input
+        position. The gradient is taken on the input embeddings *after* the CF slots are written
+        (a forward pre-hook on the decoder makes them a leaf), so the slots get attributions too."""
+        batch = self._pack([p.ids for p in prompts],
+                           [self._slots(p, "all", None if user_vecs is None else user_vecs[n],
+                                        None if item_vecs is None else item_vecs[n])
+                            for n, p in enumerate(prompts)], left=True)
+        captured: dict[str, torch.Tensor] = {}
+
+        def leaf_embeds(module, args, kwargs):
+            kwargs["inputs_embeds"] = kwargs["inputs_embeds"].detach().requires_grad_(attribution)
+            captured["embeds"] = kwargs["inputs_embeds"]
+            return args, kwargs
+
+        handle = self._base().model.register_forward_pre_hook(leaf_embeds, with_kwargs=True)
+        grad_mode = torch.enable_grad() if attribution else torch.no_grad()
+        try:
+            with self.lock, self.adapter(use_lora), grad_mode, self._attention_weights(attention):
+                out = self._run(batch, output_attentions=attention)
+                diff = self.answer_logit(out.last_hidden_state[:, -1])
+                contrib = None
+                if attribution:
+                    embeds = captured["embeds"]
+                    contrib = grad_x_input(diff.sum(), embeds)  # rows are independent: one backward for all
+        finally:
+            handle.remove()
+        width = batch.ids.shape[1]
+        attn = None
+        if attention:  # (B, layers, T): the last row of each layer's weights, averaged over heads
+            attn = torch.stack([a[:, :, -1, :].float().mean(1) for a in out.attentions], 1).detach().cpu()
+        rows = [slice(width - len(p), width) for p in prompts]  # left padding: real tokens end at the last column
+        return Analysis(diff=diff.detach().cpu(),
+                        attention=None if attn is None else [attn[b, :, r] for b, r in enumerate(rows)],
+                        attribution=None if contrib is None else [contrib[b, r].detach().cpu() for b, r in enumerate(rows)])
+
+    @torch.no_grad()
+    def ablation_scores(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor, item_vecs: torch.Tensor,
+                        none_user: torch.Tensor, none_item: torch.Tensor, use_lora: bool = True,
+                        **kwargs) -> dict[str, torch.Tensor]:
+        """P(Yes) of CF prompts with the user slot, the item slot or both holding the CF model's
+        no-information vectors instead of the row's own (``score_shared``: the full and the
+        item-ablated prompts of a row share their prefix, so do the two user-ablated ones)."""
+        n = len(prompts)
+        nu, ni = none_user.view(1, -1).expand(n, -1), none_item.view(1, -1).expand(n, -1)
+        variants = {"full": (user_vecs, item_vecs), "user_none": (nu, item_vecs), "item_none": (user_vecs, ni),
+                    "both_none": (nu, ni)}
+        users = torch.cat([u for u, _ in variants.values()])
+        items = torch.cat([i for _, i in variants.values()])
+        scores = self.score_shared(list(prompts) * len(variants), users, items, use_lora, **kwargs)
+        return {name: scores[k * n: (k + 1) * n] for k, name in enumerate(variants)}
+
+    @torch.no_grad()
+    def logit_lens(self, hidden_states: Sequence[torch.Tensor], position: int, top_k: int = 5
+                   ) -> list[list[tuple[str, float]]]:
+        """Per layer, the ``top_k`` next-token words a position's hidden state points to when read
+        through the final norm and the output head (float32), as if the model stopped there.
+        ``hidden_states`` is ``Inspection.hidden_states`` (index 0 = the input embeddings); its last
+        entry already has the final norm applied (transformers returns the normed last state)."""
+        norm = self._base().model.norm
+        out = []
+        for layer, states in enumerate(hidden_states):
+            h = states[position].to(self.device).float().view(1, -1)
+            if layer < len(hidden_states) - 1:
+                h = norm(h)
+            probs = torch.softmax(self._head(h)[0], -1)
+            top = torch.topk(probs, top_k)
+            out.append([(self.tokenizer.decode([int(t)]), float(p)) for p, t in zip(top.values, top.indices)])
+        return out
+
+
+@dataclass
+class Analysis:
+    """What ``CoLLM.analyse`` measures for each prompt of a batch (padding removed)."""
+
+    diff: torch.Tensor  # (B,) logit(Yes) - logit(No), as ``score`` computes it (float32)
+    attention: list[torch.Tensor] | None  # per prompt (layers, T): answer position's attention, mean over heads
+    attribution: list[torch.Tensor] | None  # per prompt (T,): gradient x input, summed over the hidden size
+
+
+def grad_x_input(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Gradient x input of a scalar ``output`` per input vector: (..., hidden) -> (...). For a
+    function linear in ``inputs`` (no bias) the values are exactly each vector's contribution."""
+    (grad,) = torch.autograd.grad(output, inputs)
+    return (grad * inputs).sum(-1)
+
+
+def position_groups(builder: PromptBuilder, prompt: Prompt, target_title: str) -> list[str]:
+    """One label per position of ``prompt.ids``: "user slot", "item slot", "title" (the candidate's
+    quoted title), "history" (the rated movies, from after "movies:" to the end of the opening)
+    or "template" (the rest of the instruction)."""
+    opening = prompt_pieces("\0", target_title, prompt.user_slot is not None)[0][0].split("\0")[0].rstrip()
+    head = _common_prefix(builder._encode(opening), prompt.prefix)
+    title = _common_prefix(builder._encode(f' "{target_title}"'), prompt.suffix)
+    labels = ["template"] * len(prompt)
+    labels[head: prompt.shared] = ["history"] * (prompt.shared - head)
+    start = len(prompt.prefix)
+    labels[start: start + title] = ["title"] * title
+    if prompt.user_slot is not None:
+        labels[prompt.user_slot] = "user slot"
+    if prompt.item_pos is not None:
+        labels[prompt.item_pos] = "item slot"
+    return labels
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def select_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:

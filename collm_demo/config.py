@@ -30,6 +30,12 @@ LORA_TARGETS = ("q_proj", "v_proj")  # stage-1 LoRA on the attention query/value
 MAX_CANDIDATES = 50  # candidates per scoring call, in the UI and the API
 QUICK_ROWS = 48  # evaluate / ceiling --quick: rows scored
 CEILING_ROWS = 1600  # ceiling: held-out valid rows scored by default
+INSIDE_ROWS = 1000  # inside: seeded test rows measured (warm vs cold intervals need about this many)
+INSIDE_K = 10  # inside: neighbours compared before and after the projector
+INSIDE_BATCH = 8  # inside: prompts per analysis pass (attention weights and gradients held for each)
+INSIDE_CHUNK = 48  # inside: rows measured between time-budget checks
+INSIDE_BOOTSTRAP = 2000  # inside: bootstrap resamples per interval
+INSIDE_PATH = ASSETS_DIR / "inside.json"  # inside: the warm-vs-cold result the app shows
 
 
 # Environment variables: (name, default shown to people, meaning). The README's table is this list.
