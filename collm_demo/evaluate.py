@@ -19,13 +19,13 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from .cf import backend, method_label
+from .cf import BACKENDS, backend, method_label
 from .cf.backend import LLM_METHODS, MF_NO_FOLDIN
-from .checkpoints import read_manifest, write_manifest
+from .checkpoints import available_backends, read_manifest, write_manifest
 from .config import DEFAULT_CF, PROJECT_ROOT, ProtocolConfig
 from .device import Runtime
 from .distributed import init_ranks
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .markers import replace_block
 from .pipeline import load_pipeline
 
@@ -114,14 +114,34 @@ def update_readme(results: dict, readme: Path = PROJECT_ROOT / "README.md") -> N
     replace_block(readme, "results", results_table(results))
 
 
+def check_cf_name(checkpoint_dir: Path, cf_name: str) -> None:
+    """``--cf`` names a built-in CF model or one imported into ``checkpoint_dir``: any other name is
+    a typo, said before the LLM is loaded (not found later as "no method can run")."""
+    if cf_name in BACKENDS or (Path(checkpoint_dir) / backend(cf_name).cf_file).exists():
+        return
+    there = available_backends(checkpoint_dir)
+    raise InputError(f"unknown CF model {cf_name[:40]!r}: not one of the built-in {', '.join(BACKENDS)}, and "
+                     f"{checkpoint_dir} holds no {backend(cf_name).cf_file} (available there: "
+                     f"{', '.join(there) or 'none'})")
+
+
 def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path: str | None = None,
         methods: list[str] | None = None, max_rows: int | None = None, seed: int = 0,
         write_readme: bool = True, argv: list[str] | None = None, cf_name: str = DEFAULT_CF,
-        runtime: Runtime | None = None, protocol: ProtocolConfig | None = None) -> dict:
+        runtime: Runtime | None = None, protocol: ProtocolConfig | None = None, other_data: bool = False) -> dict:
+    """Score ``methods`` on the test split; checkpoints whose manifest records other data than
+    ``data_path`` are refused unless ``other_data`` (``--other-data``)."""
+    check_cf_name(checkpoint_dir, cf_name)
+    spec = backend(cf_name)
+    known = [spec.alone_key, *spec.extra_methods, *LLM_METHODS, spec.collm_key]
+    unknown = [m for m in methods or [] if m not in known]
+    if unknown:  # a typo is said before the LLM is loaded
+        raise InputError(f"unknown method(s) {', '.join(repr(m[:40]) for m in unknown[:5])} for --cf {cf_name}: "
+                         f"choose from {', '.join(known)}")
     runtime = runtime or Runtime.choose()
     ranks = init_ranks(runtime.device.type)  # under torchrun: each process scores its share of the batches
     pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, ranks=ranks,
-                             protocol=protocol)
+                             protocol=protocol, allow_other_data=other_data)
     if pipeline.notice:
         print(pipeline.notice, file=sys.stderr)
     rows = pipeline.dataset.split("test")
@@ -143,7 +163,8 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
         results["commands"] = previous.get("commands", {})
     if not set(methods) & set(pipeline.available_methods()):
         raise CheckpointError(f"none of the methods {', '.join(methods)} can run with {checkpoint_dir} "
-                              f"(available: {', '.join(pipeline.available_methods())}); {pipeline.notice}")
+                              f"(available: {', '.join(pipeline.available_methods())})"
+                              + (f"; {pipeline.notice}" if pipeline.notice else ""))
     for method in methods:
         if method not in pipeline.available_methods():
             print(f"[evaluate] skipping {method}: not available ({pipeline.notice})", file=sys.stderr)
