@@ -98,6 +98,9 @@ def banner(state: AppState) -> str:
     notice = state.hub.notice
     if not notice:
         return ""
+    if state.hub.refusal is not None:  # the notice names the refused file and the reason
+        return (f"⚠️ **The checkpoints were refused.** {notice} Scores still work (the plain LLM, no CF tokens); columns "
+                "that need the checkpoints show “—”.")
     return (f"⚠️ **Not everything is trained.** {notice} Scores still work in the mode the loaded checkpoints "
             "allow; columns that need missing parts show “—”.")
 
