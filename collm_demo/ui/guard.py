@@ -98,10 +98,13 @@ class RequestGuard:
         await self.app(scope, replayed, send)
 
 
+def _cut(text: str, limit: int = ECHO_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def shorten(value, limit: int = ECHO_CHARS) -> str:
     """repr() of a value, cut to ``limit`` characters with the full length stated."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+    return _cut(repr(value), limit)
 
 
 _CHOICE_ERROR = re.compile(r"Value: (.*?) (?:\(type: .*?\) )?is not in the list of choices: ", re.DOTALL)
@@ -111,7 +114,7 @@ def short_input_error(message: str) -> str:
     """A component's complaint about a value, without the choice list it would repeat."""
     found = _CHOICE_ERROR.match(message)
     if found:
-        return f"Value {shorten(found.group(1))} is not one of this menu's choices"
+        return f"Value {_cut(found.group(1))} is not one of this menu's choices"  # already a repr()
     return message if len(message) <= 2 * ECHO_CHARS + 40 else message[: 2 * ECHO_CHARS] + "… (cut)"
 
 
