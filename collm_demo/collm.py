@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from .config import PROJECTOR_EXPAND
+from .config import PROJECTOR_EXPAND, use_gqa_attention
 from .device import Runtime
 from .llm import answer_token_ids
 
@@ -328,6 +328,8 @@ class CoLLM(nn.Module):
         # Device and precision (bf16 = autocast; the answer head stays float32). The caller has
         # put the LLM and the projector on ``runtime.device``; batches are moved there in ``_run``.
         self.runtime = runtime or Runtime()
+        if self.runtime.device.type == "cpu":
+            use_gqa_attention()
         self.lock = lock or threading.RLock()
         self.builder = PromptBuilder(tokenizer)
         self.yes_id, self.no_id = answer_token_ids(tokenizer)

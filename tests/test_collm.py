@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from collm_demo.checkpoints import load_projector, save_projector
-from collm_demo.collm import CoLLM, Projector, pack, plan_prefix_batches, prompt_text
+from collm_demo.collm import CoLLM, Projector, pack, pack_segments, plan_packed_rows, plan_prefix_batches, prompt_text
 from collm_demo.errors import CheckpointError
 from collm_demo.llm import load_llm
 from conftest import TITLES
@@ -135,8 +135,9 @@ def test_projector_round_trip_and_mismatch(tmp_path):
         load_projector(tmp_path / "p.safetensors", hidden_size=32, cf_dim=66)
 
 
+@pytest.mark.parametrize("row_tokens", [0, 9, 10_000])
 @pytest.mark.parametrize("with_cf", [False, True])
-def test_grouped_shared_prefix_scoring_matches_full_prompts(tiny, with_cf):
+def test_grouped_shared_prefix_scoring_matches_full_prompts(tiny, with_cf, row_tokens):
     """Many users at once (the evaluation's case): prefixes of different lengths, groups of
     different sizes, small batches so that groups are split across suffix chunks."""
     _, model = tiny
@@ -151,7 +152,8 @@ def test_grouped_shared_prefix_scoring_matches_full_prompts(tiny, with_cf):
     items = torch.randn(len(cand), 6)
     kwargs = dict(user_vecs=users if with_cf else None, item_vecs=items if with_cf else None)
     full = model.score(cand, **kwargs)
-    shared = model.score_shared(cand, prefix_batch=2, suffix_batch=3, **kwargs)
+    # row_tokens: one suffix per row (0), a few per packed row (9), all of a prefix's suffixes in one row
+    shared = model.score_shared(cand, prefix_batch=2, suffix_batch=3, suffix_row_tokens=row_tokens, **kwargs)
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
 
 
@@ -168,6 +170,31 @@ def test_plan_groups_equal_prefixes_and_bounds_batches():
         assert len(batch) <= 2
         assert len(batch) == 1 or sum(len(g) for g in batch) <= 4
     assert plan_prefix_batches([], [], 2, 4) == []
+
+
+def test_packed_rows_keep_one_owner_and_fill_evenly():
+    owners = [0, 0, 0, 0, 1, 1, 0]
+    lengths = [4, 4, 4, 4, 20, 3, 4]
+    rows = plan_packed_rows(owners, lengths, row_tokens=16)
+    assert sorted(i for row in rows for i in row) == list(range(7))  # every suffix exactly once
+    assert all(len({owners[i] for i in row}) == 1 for row in rows)  # a row continues one cache row
+    assert all(sum(lengths[i] for i in row) <= 16 or len(row) == 1 for row in rows)
+    # owner 0: 20 tokens in 5 suffixes -> two even rows (12 + 8, not 16 + 4); the 20-token suffix alone
+    assert [sum(lengths[i] for i in row) for row in rows if owners[row[0]] == 0] == [12, 8]
+    assert [20] in [[lengths[i] for i in row] for row in rows]
+    assert plan_packed_rows(owners, lengths, row_tokens=0) == [[i] for i in (0, 1, 2, 3, 6, 4, 5)]
+
+
+def test_packed_segments_see_the_prefix_and_themselves_only():
+    past = torch.tensor([[0, 1, 1]])  # a cached prefix of 2 real tokens after one pad
+    batch, rows, cols = pack_segments([[[5, 6], [7, 8, 9]]], [[[], [(1, torch.ones(3))]]], 0,
+                                      torch.tensor([2]), past)
+    assert batch.positions.tolist() == [[2, 3, 2, 3, 4]]  # each suffix starts right after the prefix
+    assert (rows.tolist(), cols.tolist()) == ([0, 0], [1, 4])  # their last tokens
+    assert batch.slot_cols.tolist() == [3]
+    seen = batch.attention[0, 0].int().tolist()
+    assert seen[3] == [0, 1, 1, 0, 0, 1, 1, 0]  # token 8: the prefix, 7 and itself, not 5 or 6
+    assert seen[1] == [0, 1, 1, 1, 1, 0, 0, 0]
 
 
 def test_pack_left_and_right_padding():
