@@ -7,8 +7,12 @@ so its memory is this process's)."""
 from __future__ import annotations
 
 import json
+import random
 import sys
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -179,3 +183,43 @@ def test_every_event_waits_in_one_queue_of_one(app_url, demo, client):
     page_event(app_url, _fn_index(demo, "on_user"), ["user", "1"])
     assert set(demo._queue.event_queue_per_concurrency_id) == {"model"}
     assert demo._queue.event_queue_per_concurrency_id["model"].concurrency_limit == 1
+
+
+def test_a_mixed_burst_runs_one_handler_at_a_time(app_url, demo):
+    """/compare calls and the page's Score event at once, each uncached (fresh candidates): the
+    queue never has two jobs running (before: one per event, so a mixed burst ran two)."""
+    from collm_demo.ui.core import HISTORY_COLUMNS
+
+    rng = random.Random(17)
+    fresh = [", ".join(str(i) for i in rng.sample(range(1, 1683), 3)) for _ in range(4)]
+    history = {"headers": HISTORY_COLUMNS, "data": [["1", "Toy Story", "1995", "", True, ""]], "metadata": None}
+    score = _fn_index(demo, "on_score")
+    most, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            most[0] = max(most[0], sum(job is not None for job in demo._queue.active_jobs))
+            time.sleep(0.001)
+
+    def via_api(items: str) -> str:
+        event = httpx.post(app_url + "gradio_api/call/compare", json={"data": ["1", items, ""]},
+                           timeout=30).json()["event_id"]
+        with httpx.stream("GET", f"{app_url}gradio_api/call/compare/{event}", timeout=300) as stream:
+            return "".join(stream.iter_text())
+
+    def via_page(items: str) -> dict:
+        return page_event(app_url, score, ["composed", None, history, items.split(", "), None])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda job: job[0](job[1]),
+                                    [(via_api, fresh[0]), (via_page, fresh[1]), (via_api, fresh[2]),
+                                     (via_page, fresh[3])]))
+    finally:
+        stop.set()
+        watcher.join()
+    assert "event: complete" in results[0] and "event: complete" in results[2]
+    assert results[1]["success"] and results[3]["success"], (results[1], results[3])
+    assert most[0] == 1
