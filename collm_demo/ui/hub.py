@@ -26,7 +26,7 @@ from ..checkpoints import TRAIN_HINT, available_backends, check_folder, check_ll
 from ..config import AppConfig
 from ..data import Dataset
 from ..device import Runtime
-from ..errors import CoLLMError, InputError
+from ..errors import AssetError, CoLLMError, InputError
 from ..llm import load_llm, resolve_llm_name
 from ..pipeline import Pipeline, check_data, check_protocol, load_pipeline, with_backend, zero_shot
 
@@ -109,9 +109,10 @@ class ModelHub:
         if self._base is None:
             self.start_loading()
             self._loader.join()
-        if self._base is None:
-            raise RuntimeError(f"the model could not be loaded: {self._error}")
-        if not cf or (cf == self._base.cf_name and self.refusal is None):
+        if self._base is None:  # not even the plain LLM loads (COLLM_LLM, the embedded asset): said, not a bug
+            raise AssetError(f"the model could not be loaded: {type(self._error).__name__}: "
+                             f"{str(self._error)[:300]}")
+        if not cf or cf == self._base.cf_name:  # after a refusal: the plain LLM, nothing from the folder
             return self._base
         if self.refusal is not None:  # nothing of a refused folder is served, whichever backend is asked for
             raise InputError(f"CF model {str(cf)[:40]!r} is not served: the checkpoints in "
