@@ -108,8 +108,8 @@ def bootstrap_difference(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples:
 
 
 def _round(x, digits: int = 5):
-    x = np.asarray(x, dtype=np.float64)
-    return round(float(x), digits) if x.ndim == 0 else [round(float(v), digits) for v in x]
+    """Numbers (scalar or nested lists) for JSON."""
+    return np.round(np.asarray(x, dtype=np.float64), digits).tolist()
 
 
 def stratified_sample(rows: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
@@ -275,3 +275,56 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(result["finding"])
     return result
+
+
+# ------------------------------------------------------------------ one prompt, for the app
+
+WHY_LENS_DIFFERS = ("The nearest input words compare the token with the vocabulary's *input* embeddings, which "
+                    "the LLM never compares against; the logit lens reads what the token's hidden state has become "
+                    "after each layer through the model's own final norm and output head, so it shows what the "
+                    "layers make of the token rather than which word it happens to resemble on the way in.")
+
+
+def explain_prompt(pipe, history: Sequence[str], labels: Sequence[int], item: str, user_vec: torch.Tensor,
+                   top_k: int = 5) -> dict:
+    """Everything the "Inside the LLM" view shows for one (history, candidate), as plain JSON:
+    attention shares by layer with CF on and off, per-token attribution, ablation scores, the logit
+    lens of both CF slots and their nearest input words. Five passes of the engine."""
+    from .embedding_map import nearest_words
+
+    model, title = pipe.model, pipe.dataset.title
+    hist = [title(i) for i in history]
+    target = title(item)
+    cf_prompt = model.builder.build(hist, list(labels), target, True)
+    text_prompt = model.builder.build(hist, list(labels), target, False)
+    item_vec = pipe.cf.item_vectors([item])[0]
+    users, items = user_vec.view(1, -1), item_vec.view(1, -1)
+    on = model.analyse([cf_prompt], users, items)
+    off = model.analyse([text_prompt], use_lora=pipe.has_lora, attribution=False)
+    groups_on = position_groups(model.builder, cf_prompt, target)
+    groups_off = position_groups(model.builder, text_prompt, target)
+    ablation = {k: float(v[0]) for k, v in model.ablation_scores([cf_prompt], users, items, *none_vectors(pipe)).items()}
+    ablation["text_only"] = float(torch.sigmoid(off.diff[0]))
+    states = model.inspect(cf_prompt, user_vec, item_vec, hidden_states=True).hidden_states
+    with torch.no_grad():
+        tokens = model.projector(torch.stack([user_vec, item_vec]).to(model.device)).float().cpu().numpy()
+    words = nearest_words(pipe, tokens, top_k)
+    decode = model.tokenizer.decode
+    shown = [decode([t]) for t in cf_prompt.ids]
+    shown[cf_prompt.user_slot], shown[cf_prompt.item_pos] = "<UserID>", "<ItemID>"
+    contrib = on.attribution[0].numpy()
+    return {"title": target, "groups": list(GROUPS), "layers": int(on.attention[0].shape[0]),
+            "score_cf": float(torch.sigmoid(on.diff[0])), "score_text": ablation["text_only"],
+            "attention": {"cf_on": _round(group_shares(on.attention[0], groups_on), 5),
+                          "cf_off": _round(group_shares(off.attention[0], groups_off), 5)},
+            "attribution": {"tokens": shown, "groups": groups_on, "values": _round(contrib, 6),
+                            "shares": {g: round(v, 5) for g, v in attribution_shares(contrib, groups_on).items()},
+                            "method": "gradient x input of logit(Yes) - logit(No) on the input embeddings"},
+            "ablation": ablation,
+            "logit_lens": {"user slot": [[[w, round(p, 5)] for w, p in row]
+                                         for row in model.logit_lens(states, cf_prompt.user_slot, top_k)],
+                           "item slot": [[[w, round(p, 5)] for w, p in row]
+                                         for row in model.logit_lens(states, cf_prompt.item_pos, top_k)]},
+            "nearest_input_words": {"user slot": [[w, round(s, 4)] for w, s in words[0]],
+                                    "item slot": [[w, round(s, 4)] for w, s in words[1]]},
+            "why_they_differ": WHY_LENS_DIFFERS}

@@ -187,3 +187,72 @@ def test_inside_command_writes_the_report(tiny_checkpoints, tiny_llm_dir, tiny_d
     hood = report["neighbourhood"]
     assert hood["k"] == 10 and sum(hood["histogram"]["items"]) == hood["items"]
     assert report["finding"].startswith("Warm items vs cold items")
+
+
+def test_explain_prompt_on_quick_checkpoints(tiny_checkpoints, tiny_llm_dir, tiny_data_dir):
+    """The app's one-prompt report: shares sum to 1 with CF on and off, the ablation's full score is
+    the CF score, the lens has one row per layer (+ the input) for each slot."""
+    from collm_demo.pipeline import load_pipeline
+
+    pipe = load_pipeline(tiny_checkpoints, str(tiny_llm_dir), str(tiny_data_dir))
+    row = pipe.dataset.split("test").iloc[0]
+    users, _ = pipe.cf_vectors(pipe.dataset.split("test").iloc[:1], for_tokens=True)
+    out = inside.explain_prompt(pipe, row["history_items"], row["history_labels"], row["item"], users[0], top_k=3)
+    json.dumps(out)  # plain JSON
+    for mode in ("cf_on", "cf_off"):
+        np.testing.assert_allclose(np.asarray(out["attention"][mode]).sum(1), 1.0, atol=1e-4)
+    assert np.asarray(out["attention"]["cf_off"])[:, :2].max() == 0  # no slots without CF
+    assert out["ablation"]["full"] == pytest.approx(out["score_cf"], abs=1e-5)
+    assert out["ablation"]["text_only"] == pytest.approx(out["score_text"])
+    assert out["attribution"]["tokens"].count("<UserID>") == 1 and len(out["attribution"]["values"]) == len(
+        out["attribution"]["tokens"])
+    assert sum(out["attribution"]["shares"].values()) == pytest.approx(1.0, abs=1e-4)
+    for slot in ("user slot", "item slot"):
+        assert len(out["logit_lens"][slot]) == out["layers"] + 1 and len(out["logit_lens"][slot][0]) == 3
+        assert len(out["nearest_input_words"][slot]) == 3
+
+
+# ------------------------------------------------------------- the app on the real embedded LLM
+
+@pytest.mark.integration
+def test_inside_view_handlers(real_state):
+    """The tab's numbers for a real user, the charts and tables it draws, and the scenarios' picks."""
+    from collm_demo.ui import inside as view
+    from collm_demo.ui.warm_cold import measured_figure, measured_table, measured_text
+
+    data = view.inside_json(real_state, "1", "50")
+    assert data["title"] == real_state.dataset.title("50") and data["layers"] == 30
+    assert len(data["attention"]["cf_on"]) == 30
+    np.testing.assert_allclose(np.asarray(data["attention"]["cf_on"]).sum(1), 1.0, atol=1e-4)
+    assert data["ablation"]["full"] == pytest.approx(data["score_cf"], abs=1e-5)
+    assert 0 < data["neighbourhood"]["mean"] <= 1
+    summary, fig, table, shaded, ablation, lens, note, hood_md, hood_fig = view.outputs(data)
+    assert fig.layout.height == view.ATTENTION_HEIGHT and hood_fig.layout.height == view.HISTOGRAM_HEIGHT
+    assert len(table) == 30 and shaded.count("<span") == len(data["attribution"]["tokens"])
+    assert list(ablation["P(Yes)"])[0] == pytest.approx(data["score_cf"], abs=1e-4)
+    assert len(lens) == 32 and "Why the two differ" in note and "%" in hood_md
+    with pytest.raises(view.InputError, match="exactly one"):
+        view.inside_json(real_state, "1", "50, 51")
+    for name in ("warm", "cold", "composed"):
+        profile, item = view.scenario_pick(real_state, name, None)
+        assert profile.items and item in real_state.catalog.item_title
+        assert real_state.catalog.item_warm(item) == (name != "cold")
+    report = real_state.assets.inside()
+    if report is not None:  # the shipped assets/inside.json
+        assert "Measured on" in measured_text(report) and len(measured_table(report)) > 10
+        assert measured_figure(report).layout.height is not None
+
+
+@pytest.mark.integration
+@pytest.mark.api
+def test_inside_endpoint_over_http(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/inside"]["parameters"]]
+    assert params == ["user_id", "item_id", "cf_model"]
+    out = client.predict(user_id="1", item_id="50", api_name="/inside")
+    assert set(out) >= {"attention", "attribution", "ablation", "logit_lens", "nearest_input_words", "neighbourhood"}
+    assert len(out["attention"]["cf_on"]) == out["layers"]
+    assert 0 <= out["score_cf"] <= 1 and out["item"] == "50"

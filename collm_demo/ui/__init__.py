@@ -14,6 +14,7 @@ import functools
 
 from ..errors import CoLLMError, InputError
 from . import core, embedding, explain, guard, recommend, warm_cold
+from . import inside as inside_view
 from .state import AppState, get_state
 from .views import cf_label
 
@@ -74,6 +75,12 @@ def compare_api(state: AppState, user_id: str, item_ids: str, cf_model: str | No
     return core.compare(state, user_id, item_ids, cf_model)
 
 
+@gr_error
+def inside_api(state: AppState, user_id: str, item_id: str, cf_model: str | None = None) -> dict:
+    """The logic behind the /inside endpoint (raises gr.Error on bad input)."""
+    return inside_view.inside_json(state, user_id, item_id, cf_model)
+
+
 def status_line(state: AppState) -> str:
     pipe = state.pipeline()
     cf = pipe.cf
@@ -114,7 +121,7 @@ def build_demo(state: AppState | None = None):
         notice = gr.Markdown(visible=False, elem_classes=["banner"], elem_id="notice")
         status = gr.Markdown(elem_classes=["status-line"], elem_id="status-line")
         result_state = gr.State(None)
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Recommend", id="recommend", elem_id="tab-recommend"):
                 rec = recommend.build(state)
             with gr.Tab("Embedding space", id="embedding", elem_id="tab-embedding"):
@@ -123,16 +130,20 @@ def build_demo(state: AppState | None = None):
                 wc = warm_cold.build(state)
             with gr.Tab("How it works", id="how", elem_id="tab-how"):
                 exp = explain.build(state)
+            with gr.Tab("Inside the LLM", id="inside", elem_id="tab-inside"):
+                ins = inside_view.build(state)
 
         scored, render, render_out = recommend.wire(state, rec, result_state, gr_error)
         map_fn, map_in, map_out = embedding.wire(state, emb, result_state)
         exp_fn, exp_in, exp_out = explain.wire(state, exp, result_state, gr_error)
         sim_fn, sim_in, sim_out = warm_cold.wire(state, wc, result_state, gr_error)
+        ins_fn, ins_in, ins_out = inside_view.wire(state, ins, result_state, gr_error, tabs, (sim_fn, sim_in, sim_out))
 
         def after_render(chain):
             """After each scoring, bring the other tabs up to date with the new selection."""
             chain = chain.then(map_fn, map_in, map_out)
             chain = chain.then(exp_fn, exp_in, exp_out)
+            chain = chain.then(ins_fn, ins_in, ins_out)  # only the candidate list: the look itself is on demand
             return chain.then(sim_fn, sim_in, sim_out)
 
         for chain in scored:  # the Score button and the CF-model selector
@@ -173,6 +184,21 @@ def build_demo(state: AppState | None = None):
             return compare_api(state, user_id, item_ids, cf_model)
 
         gr.api(compare, api_name="compare")
+
+        def inside(user_id: str, item_id: str, cf_model: str = "") -> dict:
+            """How much the LLM uses the CF tokens for one real user and one item (the Inside the LLM tab's numbers).
+
+            user_id: a user id such as "1". item_id: one item id such as "50". cf_model (optional): as in
+            /compare. Returns: score_cf, score_text; attention {cf_on, cf_off}: per layer, the answer
+            position's attention share on [user slot, item slot, title, history, template] (groups);
+            attribution: tokens, their group, gradient x input of logit(Yes) - logit(No), and each group's
+            share of the total |attribution|; ablation: P(Yes) with the user / item / both tokens at the CF
+            model's no-information vectors; logit_lens and nearest_input_words of both CF slots;
+            neighbourhood: the projector's k=10 neighbourhood preservation over all items.
+            """
+            return inside_api(state, user_id, item_id, cf_model)
+
+        gr.api(inside, api_name="inside")
     # Only /compare is a designed API: the UI's events are private (their named routes answer
     # 404, see guard.py), rejected values are echoed briefly, and every event waits in one queue
     # with limit 1, so one handler runs at a time. At most max_queue requests wait; the next are

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cf import backend
-from ..config import AppConfig
+from ..config import INSIDE_PATH, AppConfig
 from ..embedding_map import load_layout
 
 
@@ -44,6 +44,13 @@ class Assets:
         try:
             return json.loads(path.read_text())
         except json.JSONDecodeError:
+            return None
+
+    def inside(self) -> dict | None:
+        """The warm-vs-cold measurement of ``python -m collm_demo inside``; None if absent or unreadable."""
+        try:
+            return json.loads(Path(INSIDE_PATH).read_text())
+        except (OSError, json.JSONDecodeError):
             return None
 
     def word_norm_mean(self, pipe) -> float:

@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from ..cf import method_colour, method_label
 from ..errors import InputError
 from ..evaluate import SLICES
+from ..inside import SLICES as INSIDE_SLICES
 from . import core
 from .memo import memoize
 from .state import AppState
@@ -96,6 +97,72 @@ def results_note(state: AppState, results: dict | None) -> str:
                  "UAUC averages per-user AUCs over users with both liked and disliked test items, so it asks "
                  "“does the model rank *this user's* movies well?”. The dotted line is chance (0.5).")
     return "".join(parts)
+
+
+# ------------------------------------------------- inside the LLM: warm vs cold, measured
+
+INSIDE_HEIGHT = 400
+
+
+def measured_text(report: dict | None) -> str:
+    """The warm-vs-cold measurement of ``python -m collm_demo inside`` (assets/inside.json), in words."""
+    if not report:
+        return ("No measurement yet: `python -m collm_demo inside` writes `assets/inside.json` (attention, "
+                "attribution and ablation on seeded test rows, warm vs cold, with bootstrap intervals).")
+    p = report["protocol"]
+    partial = (f" (asked {p['rows_asked']}; the {p['max_minutes']}-minute budget stopped it)"
+               if p.get("rows_asked", p["rows"]) > p["rows"] else "")
+    counts = {s: report["slices"][s]["attention_cf_mean"]["n"] for s in ("warm_item", "cold_item", "warm_user",
+                                                                         "cold_user")}
+    return (f"**Measured on {p['rows']} test rows**{partial}, seed {p['seed']}, {p['sampling']} "
+            f"(warm items {counts['warm_item']}, cold items {counts['cold_item']}; warm users {counts['warm_user']}, "
+            f"cold users {counts['cold_user']}). {report['finding']} Intervals: {p['bootstrap']}.")
+
+
+def measured_table(report: dict | None) -> pd.DataFrame:
+    cols = ["measure", "slice", "mean", "95% CI", "n"]
+    if not report:
+        return pd.DataFrame(columns=cols)
+    names = {"attention_cf_mean": "attention share on the CF slots (mean over layers)",
+             "attribution_cf_share": "attribution share of the CF slots",
+             "ablation_drop_both": "|ΔP(Yes)| both slots → no-information",
+             "ablation_drop_item": "|ΔP(Yes)| item slot → no-information",
+             "ablation_drop_user": "|ΔP(Yes)| user slot → no-information"}
+    rows = []
+    for key, name in names.items():
+        for s in INSIDE_SLICES:
+            m = report["slices"][s][key]
+            ci = "—" if m["low"] is None else f"[{m['low']:.4f}, {m['high']:.4f}]"
+            rows.append((name, s.replace("_", " "), None if m["mean"] is None else round(m["mean"], 4), ci, m["n"]))
+        for side in ("item", "user"):
+            d = report["warm_minus_cold"][side][key]
+            ci = "—" if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+            rows.append((name, f"warm − cold {side}s", None if d["diff"] is None else round(d["diff"], 4), ci, None))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def measured_figure(report: dict | None) -> go.Figure:
+    if not report:
+        return empty_figure("No measurement yet (python -m collm_demo inside).", height=INSIDE_HEIGHT)
+    fig = go.Figure()
+    colours = {"warm_item": "#4C6EF5", "cold_item": "#F08C00", "warm_user": "#15AABF", "cold_user": "#E8590C"}
+    layers = list(range(1, report["layers"] + 1))
+    for s, colour in colours.items():
+        m = report["slices"][s]["attention_cf_by_layer"]
+        if m["mean"] is None:
+            continue
+        dash = "solid" if s.endswith("item") else "dot"
+        fig.add_trace(go.Scatter(x=layers + layers[::-1], y=m["high"] + m["low"][::-1], fill="toself",
+                                 fillcolor=colour, opacity=0.15, line=dict(width=0), showlegend=False,
+                                 hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=layers, y=m["mean"], mode="lines", name=f"{s.replace('_', ' ')}s (n={m['n']})",
+                                 line=dict(color=colour, dash=dash, width=2)))
+    fig.update_layout(height=INSIDE_HEIGHT, template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text="Attention share on the two CF slots by layer (95% bootstrap bands)",
+                                 font_size=13),
+                      xaxis_title="layer", yaxis_title="share of the answer position's attention",
+                      legend=dict(orientation="h", y=-0.2, x=0))
+    return fig
 
 
 # -------------------------------------------------------------- cold-start simulator
@@ -278,6 +345,14 @@ def build(state: AppState):
     w["results_table"] = gr.Dataframe(results_frame(results), interactive=False, label="AUC / UAUC by method and slice",
                                       elem_id="results-eval")
     w["results_chart"] = gr.Plot(results_figure(results), label="AUC and UAUC", elem_id="results-chart")
+    gr.Markdown("### Does the LLM use the CF tokens more for warm items?")
+    report = state.assets.inside()
+    w["inside_note"] = gr.Markdown(measured_text(report), elem_classes=["note"], elem_id="inside-measured")
+    with gr.Row(equal_height=False):
+        w["inside_table"] = gr.Dataframe(measured_table(report), interactive=False, wrap=True, min_width=420,
+                                         label="Attention, attribution and ablation: warm vs cold (95% bootstrap CI)",
+                                         elem_id="inside-measured-table")
+        w["inside_chart"] = gr.Plot(measured_figure(report), label="CF-slot attention by layer", min_width=360)
     gr.Markdown("### Cold-start simulator")
     gr.Markdown("Pretend an item is new: keep only **k** of its training interactions, refit its CF vector from "
                 "them (the users' vectors stay frozen), and watch its CoLLM score for the current user move — "
