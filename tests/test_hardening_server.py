@@ -134,6 +134,18 @@ def test_a_malformed_body_is_not_echoed_back(app_url):
     assert response.status_code == 422 and len(response.content) < 2000
 
 
+def test_an_unknown_id_in_the_history_table_is_echoed_briefly(real_state):
+    from collm_demo.ui import core, recommend
+    from collm_demo.ui.core import InputError
+
+    with pytest.raises(InputError, match="Unknown movie id") as err:
+        core.profile_from_inputs(real_state, "composed", None, [["7" * 20_000, "", "", "", True, ""]])
+    assert len(str(err.value)) < 200
+    with pytest.raises(InputError, match="Unknown movie id") as err:
+        recommend.add_to_history(real_state, [], ["x" * 20_000], "liked")
+    assert len(str(err.value)) < 200
+
+
 # ----------------------------------------------------------------- /compare: strict ids
 
 @pytest.mark.parametrize("user_id, item_ids, field", [

@@ -117,7 +117,7 @@ def profile_from_inputs(state: AppState, source: str, user: str | None, table) -
     rows, _ = trim_history(state, parse_history(table))
     unknown = [i for i, _, _ in rows if i not in state.catalog.item_title]
     if unknown:
-        raise InputError(f"Unknown movie id(s) in the history table: {', '.join(unknown[:5])}")
+        raise InputError(f"Unknown movie id(s) in the history table: {', '.join(_echo(u) for u in unknown[:5])}")
     if source == "composed" or not user:
         return Profile("composed", None, [i for i, _, _ in rows], [y for _, y, _ in rows],
                        ["" for _ in rows])

@@ -78,7 +78,7 @@ def add_to_history(state: AppState, table, items: list[str] | None, liked: str, 
     for item in items or []:
         item = str(item)
         if item not in state.catalog.item_title:
-            raise InputError(f"Unknown movie id {item!r}")
+            raise InputError(f"Unknown movie id {core._echo(item)}")
         if item in have:
             rows = [(i, int(liked == "liked") if i == item else y, d) for i, y, d in rows]
             continue
