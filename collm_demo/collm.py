@@ -629,18 +629,18 @@ class CoLLM(nn.Module):
             captured["embeds"] = kwargs["inputs_embeds"]
             return args, kwargs
 
-        handle = self._base().model.register_forward_pre_hook(leaf_embeds, with_kwargs=True)
         grad_mode = torch.enable_grad() if attribution else torch.no_grad()
-        try:
-            with self.lock, self.adapter(use_lora), grad_mode, self._attention_weights(attention):
-                out = self._run(batch, output_attentions=attention)
-                diff = self.answer_logit(out.last_hidden_state[:, -1])
-                contrib = None
-                if attribution:
-                    embeds = captured["embeds"]
-                    contrib = grad_x_input(diff.sum(), embeds)  # rows are independent: one backward for all
-        finally:
-            handle.remove()
+        with self.lock:  # the hook is on the shared decoder: no other call may run while it is there
+            handle = self._base().model.register_forward_pre_hook(leaf_embeds, with_kwargs=True)
+            try:
+                with grad_mode, self.adapter(use_lora), self._attention_weights(attention):
+                    out = self._run(batch, output_attentions=attention)
+                    diff = self.answer_logit(out.last_hidden_state[:, -1])
+                    contrib = None
+                    if attribution:  # rows are independent: one backward gives every row's gradient
+                        contrib = grad_x_input(diff.sum(), captured["embeds"])
+            finally:
+                handle.remove()
         width = batch.ids.shape[1]
         attn = None
         if attention:  # (B, layers, T): the last row of each layer's weights, averaged over heads

@@ -204,3 +204,37 @@ def test_narrow_window(browser, app_url):
     wait_idle(page)
     shot(page, "07_narrow")
     context.close()
+
+
+INSIDE_TIMEOUT = 300_000  # ms: five passes of the LLM (one with gradients), slow on 2 shared cores
+
+
+def test_inside_the_llm_and_scenarios(page):
+    """The Inside the LLM view on the current selection, then each guided scenario."""
+    page.get_by_role("tab", name="Inside the LLM").click()
+    page.wait_for_function("() => document.querySelector('#inside-candidate input')?.value", timeout=STEP_TIMEOUT)
+    page.locator("#inside-run").click()
+    page.wait_for_function("() => document.querySelector('#inside-summary').innerText.includes('Attribution:')",
+                           timeout=INSIDE_TIMEOUT)
+    page.wait_for_selector("#inside-attention .js-plotly-plot", timeout=STEP_TIMEOUT)
+    assert page.locator("#inside-attribution span").count() > 50  # every prompt token, shaded
+    assert table_rows(page, "inside-ablation") == 5
+    wait_idle(page)
+    shot(page, "10_inside_the_llm")
+    from collm_demo.ui.inside import SCENARIOS
+
+    for key, expected in (("warm", "(warm item"), ("cold", "(cold item"), ("composed", "your composed user")):
+        page.locator(f"#inside-scenario-{key}").click()
+        label = SCENARIOS[key][0]
+        page.wait_for_function(f"() => document.querySelector('#inside-scenario-text').innerText.includes({label!r})",
+                               timeout=STEP_TIMEOUT)
+        page.wait_for_function(f"() => document.querySelector('#inside-summary').innerText.includes({expected!r})",
+                               timeout=INSIDE_TIMEOUT)
+        wait_idle(page)
+        shot(page, f"11_inside_scenario_{key}")
+    page.locator("#inside-scenario-simulator").click()
+    page.wait_for_function("() => document.body.innerText.includes('text-only score stays')", timeout=STEP_TIMEOUT)
+    assert page.locator("#tab-warmcold").is_visible() and page.locator("#inside-measured").is_visible()
+    wait_idle(page)
+    shot(page, "12_inside_scenario_simulator")
+    assert not page.errors, page.errors

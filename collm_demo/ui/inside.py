@@ -298,17 +298,25 @@ def wire(state: AppState, w: dict, result_state, gr_error, tabs, simulator: tupl
         return gr.update(choices=choices, value=value)
 
     def scenario(name):
+        """First what to look at (at once), then the look itself (seconds)."""
         @gr_error
-        def run(result, progress=gr.Progress()):
+        def pick(result):
             profile, item = scenario_pick(state, name, result)
             label, text = SCENARIOS[name]
             head = f"**{label}** — {profile.describe()}, candidate **{state.dataset.title(item)}** (#{item}). {text}"
-            return [head] + outputs(explain(state, profile, item, None, progress))
-        return run
+            return head, (profile, item), "*Running the five passes of the LLM…*"
+        return pick
+
+    @gr_error
+    def look_selection(selection, progress=gr.Progress()):
+        profile, item = selection
+        return outputs(explain(state, profile, item, None, progress))
 
     w["run"].click(look, [result_state, w["focus"]], outs)
     for key in ("warm", "cold", "composed"):
-        w[f"scenario_{key}"].click(scenario(key), [result_state], [w["scenario_text"]] + outs)
+        picked = w[f"scenario_{key}"].click(scenario(key), [result_state],
+                                            [w["scenario_text"], w["selection"], w["summary"]])
+        picked.success(look_selection, [w["selection"]], outs)
     label, text = SCENARIOS["simulator"]
     open_simulator = w["scenario_simulator"].click(lambda: (f"**{label}** — {text}", gr.Tabs(selected="warmcold")),
                                                     None, [w["scenario_text"], tabs])
