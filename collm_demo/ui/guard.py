@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 MAX_BODY_BYTES = 64 * 1024  # the page's largest request (a scoring call) is ~2 KB; /compare's < 1 KB
 ECHO_CHARS = 60  # at most this much of a rejected value is repeated in an error message
@@ -118,7 +122,7 @@ def short_input_error(message: str) -> str:
     return message if len(message) <= 2 * ECHO_CHARS + 40 else message[: 2 * ECHO_CHARS] + "… (cut)"
 
 
-def harden(demo) -> None:
+def harden(demo: gr.Blocks) -> None:
     """Private UI events, short input errors, one event at a time (see the module docstring)."""
     import gradio as gr
 
