@@ -199,9 +199,9 @@ def build_demo(state: AppState | None = None):
             return inside_api(state, user_id, item_id, cf_model)
 
         gr.api(inside, api_name="inside")
-    # Only /compare is a designed API: the UI's events are private (their named routes answer
-    # 404, see guard.py), rejected values are echoed briefly, and every event waits in one queue
-    # with limit 1, so one handler runs at a time. At most max_queue requests wait; the next are
+    # Only the gr.api endpoints (/compare, /inside) are the designed API: the UI's events are
+    # private (their named routes answer 404, see guard.py), rejected values are echoed briefly,
+    # and every event waits in one queue with limit 1, so one handler runs at a time. At most max_queue requests wait; the next are
     # refused at once with Gradio's "queue is full" error (a clear "busy, try again").
     guard.harden(demo)
     demo.queue(default_concurrency_limit=1, max_size=state.config.max_queue)

@@ -8,7 +8,8 @@ name, short echoes of bad input, one event at a time.
   Gradio's own ``max_file_size`` covers uploads only, and its ``api_visibility="private"`` only
   hides an endpoint from the docs and the Python client: the named routes still run it.
 * FastAPI's 422 answer to a malformed body repeats the body; ours keeps a short prefix.
-* :func:`harden` makes every UI event private, bounds the echo of rejected component values
+* :func:`harden` makes every UI event private (the designed API is what ``gr.api`` declares:
+  ``/compare``, ``/inside``; those stay public), bounds the echo of rejected component values
   (Gradio's dropdown error repeats the whole choice list: 1,682 titles) and puts every event
   on one concurrency id with limit 1, so the server runs at most one handler at a time.
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 64 * 1024  # the page's largest request (a scoring call) is ~2 KB; /compare's < 1 KB
 ECHO_CHARS = 60  # at most this much of a rejected value is repeated in an error message
 CONCURRENCY_ID = "model"  # the one queue every event waits in
-PUBLIC_API = ("compare",)
 _NAMED_CALL = re.compile(r"/gradio_api/(?:call/v2|call|run|api)/([^/]+)/?")
 
 
@@ -47,12 +47,17 @@ def _respond(status: int, detail: str):
 
 
 def _public_names(scope: Scope) -> set[str]:
-    """Endpoints of the running Blocks that are public (``/compare``), read per request."""
+    """Endpoints of the running Blocks that are public (those ``gr.api`` declared), read per request."""
     app = scope.get("app")
     blocks = app.get_blocks() if app is not None and hasattr(app, "get_blocks") else None
     if blocks is None:
-        return set(PUBLIC_API)
+        return set()
     return {fn.api_name for fn in blocks.fns.values() if fn.api_visibility == "public" and fn.api_name}
+
+
+def is_designed_api(fn) -> bool:
+    """An endpoint declared with ``gr.api`` (no component triggers it), as opposed to a UI event."""
+    return fn.fn is not None and not fn.targets
 
 
 class RequestGuard:
@@ -68,10 +73,13 @@ class RequestGuard:
             return
         method = scope.get("method", "GET")
         named = _NAMED_CALL.fullmatch(scope.get("path", ""))
-        if method == "POST" and named and named.group(1) not in _public_names(scope):
-            await _respond(404, f"no public endpoint /{named.group(1)[:ECHO_CHARS]}: this app's API is "
-                                "/compare")(send)
-            return
+        if method == "POST" and named:
+            public = _public_names(scope)
+            if named.group(1) not in public:
+                listed = ", ".join(f"/{name}" for name in sorted(public)) or "none"
+                await _respond(404, f"no public endpoint /{named.group(1)[:ECHO_CHARS]}: this app's API is "
+                                    f"{listed}")(send)
+                return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None:
             if not length.isdigit() or int(length) > self.max_bytes:
@@ -127,7 +135,7 @@ def harden(demo: gr.Blocks) -> None:
     import gradio as gr
 
     for fn in demo.fns.values():
-        if fn.api_name not in PUBLIC_API:
+        if not is_designed_api(fn):
             fn.api_visibility = "private"
         # One shared model: a single queue for every event, so a mixed burst never runs two
         # handlers at once (default_concurrency_limit=1 alone limits each event separately).
