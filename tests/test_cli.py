@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -82,3 +83,114 @@ def test_performance_table_is_generated_from_the_benchmark_files():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.report", "--check"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ issue 17: the message is the true cause
+
+def main_error(capsys, *args: str) -> str:
+    """``main`` in this process: exit status 2 and exactly one ``error:`` line, returned."""
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-2000:]
+    return errors[0]
+
+
+HEADER = "user,item,rating,timestamp\n"
+ITEMS = "item,title\n" + "".join(f"{i},Movie {i}\n" for i in range(1, 13))
+
+
+def csv_lines(n_users: int = 30) -> list[str]:
+    return [f"{u},{i},{(u + i) % 5 + 1},{880_000_000 + 100 * u + i}\n" for u in range(1, n_users + 1)
+            for i in range(1, 10)]
+
+
+def csv_folder(folder, interactions: str | bytes, items: str | bytes = ITEMS):
+    folder.mkdir()
+    for name, content in (("interactions.csv", interactions), ("items.csv", items)):
+        (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return folder
+
+
+def with_line(line: str, at: int = 20) -> str:
+    """A good interaction file with ``line`` as file line ``at`` (the header is line 1)."""
+    lines = csv_lines()
+    return HEADER + "".join(lines[: at - 2]) + line + "".join(lines[at - 2:])
+
+
+@pytest.mark.parametrize("interactions, items, needles", [
+    (HEADER, ITEMS, ["interactions.csv", "no interactions"]),
+    (HEADER + "1,1,5,880000000\n2,2,4,880000001\n", ITEMS, ["too few interactions", "every split"]),
+    (with_line("1,11,5,inf\n"), ITEMS, ["interactions.csv line 20", "timestamp 'inf' is not a finite number"]),
+    (with_line("1,11,nan,880000000\n"), ITEMS, ["interactions.csv line 20", "rating 'nan'"]),
+    (with_line("1,11\n"), ITEMS, ["interactions.csv line 20", "expected 4", "found 2"]),
+    (with_line('1,"11,5,880000000\n'), ITEMS, ["interactions.csv line 20", "never closed"]),
+    (with_line("1,11,5,880000000\n").encode() + b"\xe9,1,5,1\n", ITEMS, ["interactions.csv line 273", "not UTF-8"]),
+    (HEADER + "".join(csv_lines()), ITEMS.replace("Movie 2", "Caf\xe9").encode("latin-1"),
+     ["items.csv line 3", "not UTF-8"]),
+    (HEADER + "".join(csv_lines()), "item,title\n", ["items.csv", "no items"]),
+])
+def test_bad_data_files_are_named_with_the_true_cause(capsys, tmp_path, tiny_llm_dir, interactions, items, needles):
+    data = csv_folder(tmp_path / "data", interactions, items)
+    error = main_error(capsys, "evaluate", "--quick", "--no-readme", "--data", str(data), "--llm", str(tiny_llm_dir),
+                       "--checkpoints", str(tmp_path / "none"), "--out", str(tmp_path / "out.json"))
+    for needle in needles:
+        assert needle in error, error
+
+
+def test_an_infinite_movielens_timestamp_is_named(capsys, tmp_path, tiny_data_dir, tiny_llm_dir):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    lines = (data / "u.data").read_text().splitlines()
+    (data / "u.data").write_text("\n".join(lines + ["1\t11\t5\tinf"]) + "\n")
+    error = main_error(capsys, "evaluate", "--quick", "--data", str(data), "--llm", str(tiny_llm_dir),
+                       "--checkpoints", str(tmp_path / "none"), "--out", str(tmp_path / "out.json"))
+    assert f"u.data line {len(lines) + 1}: timestamp 'inf' is not a finite number" in error
+
+
+def test_an_unknown_cf_model_is_said_before_the_llm_loads(capsys, tiny_checkpoints, tiny_data_dir, monkeypatch):
+    from collm_demo import pipeline
+
+    monkeypatch.setattr(pipeline, "load_llm", lambda *a, **k: pytest.fail("the LLM was loaded"))
+    error = main_error(capsys, "evaluate", "--quick", "--cf", "nosuch", "--data", str(tiny_data_dir),
+                       "--checkpoints", str(tiny_checkpoints))
+    assert "unknown CF model 'nosuch'" in error and "available there: mf" in error
+    error = main_error(capsys, "evaluate", "--quick", "--methods", "mf,colm", "--data", str(tiny_data_dir),
+                       "--checkpoints", str(tiny_checkpoints))
+    assert "unknown method(s) 'colm'" in error and "collm" in error
+
+
+@pytest.mark.parametrize("llm, needle", [("no such model", "does not exist"), (__file__, "is a file")])
+def test_an_llm_that_is_neither_a_folder_nor_a_hub_id(tiny_data_dir, tmp_path, llm, needle):
+    proc = run_cli("evaluate", "--data", str(tiny_data_dir), "--llm", llm, "--checkpoints", str(tmp_path))
+    assert_one_line_error(proc, llm, needle)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--seed", "-1"], "argument --seed"),
+    (["evaluate", "--seed", str(2**32)], "argument --seed"),
+    (["train", "--lora-dropout", "-0.5"], "argument --lora-dropout"),
+    (["train", "--lora-dropout", "1"], "argument --lora-dropout"),
+])
+def test_out_of_range_numbers_are_refused_by_the_parser(args, needle):
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert needle in proc.stderr, proc.stderr[-1000:]
+
+
+def test_checkpoints_are_not_evaluated_on_other_data_unless_asked(capsys, tiny_checkpoints, tiny_llm_dir, tmp_path):
+    """The manifest records the data the checkpoints were trained on: other data is refused, with
+    the way to insist; ``--other-data`` insists."""
+    from conftest import synthetic_ratings, write_ml100k
+
+    data = write_ml100k(tmp_path / "other", synthetic_ratings(seed=11))
+    args = ["evaluate", "--quick", "--methods", "mf", "--data", str(data), "--llm", str(tiny_llm_dir),
+            "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "out.json")]
+    error = main_error(capsys, *args)
+    assert "trained on other data" in error and "--other-data" in error
+    assert not (tmp_path / "out.json").exists()
+    assert main([*args, "--other-data"]) == 0
+    assert "mf" in json.loads((tmp_path / "out.json").read_text())["methods"]
