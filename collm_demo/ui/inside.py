@@ -317,8 +317,11 @@ def wire(state: AppState, w: dict, result_state, gr_error, tabs, simulator: tupl
         picked = w[f"scenario_{key}"].click(scenario(key), [result_state],
                                             [w["scenario_text"], w["selection"], w["summary"]])
         picked.success(look_selection, [w["selection"]], outs)
-    label, text = SCENARIOS["simulator"]
-    open_simulator = w["scenario_simulator"].click(lambda: (f"**{label}** — {text}", gr.Tabs(selected="warmcold")),
-                                                    None, [w["scenario_text"], tabs])
+    def to_simulator():
+        label, text = SCENARIOS["simulator"]
+        gr.Info(f"{label}: {text}", duration=20)  # the other tab is shown: say what to look at there too
+        return f"**{label}** — {text}", gr.Tabs(selected="warmcold")
+
+    open_simulator = w["scenario_simulator"].click(to_simulator, None, [w["scenario_text"], tabs])
     open_simulator.then(*simulator)
     return refresh, [result_state], [w["focus"]]
