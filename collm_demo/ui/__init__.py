@@ -89,7 +89,7 @@ def status_line(state: AppState) -> str:
              f"CF model {cf_label(pipe) + ', ' + str(cf.dim) + '-dim vectors' if cf is not None else '—'}"
              + (f" (also: {', '.join(backends[1:])})" if len(backends) > 1 else ""),
              f"LoRA {'✓' if pipe.has_lora else '✗'}", f"projector {'✓' if pipe.has_projector else '✗'}",
-             f"checkpoints `{state.config.checkpoint_dir}`",
+             f"checkpoints `{state.config.checkpoint_dir}`" + (" (refused)" if state.hub.refusal is not None else ""),
              f"runs on {pipe.model.device.type} in " + ("bf16 autocast" if pipe.model.runtime.bf16 else "float32")
              + (f" (chosen by auto: {auto_reason(pipe.model.runtime)})" if state.config.precision == "auto" else "")]
     return " · ".join(parts)
