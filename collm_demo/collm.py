@@ -336,10 +336,46 @@ class CoLLM(nn.Module):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # -- adapter switch: zero-shot = LoRA disabled, text_only / collm = LoRA enabled
+    @contextlib.contextmanager
     def adapter(self, enabled: bool):
-        if not enabled and hasattr(self.llm, "disable_adapter"):
-            return self.llm.disable_adapter()
-        return contextlib.nullcontext()
+        """LoRA on or off for one call. Scoring (no gradients) runs LoRA *merged*: each adapted
+        layer computes with W + ΔW in one matmul instead of W x + B A x (four small, slow matmuls
+        and an add per layer, ~10 % of a scoring call on CPU). The base W is kept and put back
+        after the call, so switching is exact (peft's merge/unmerge would drift by rounding).
+        With gradients (training, attribution) peft's own path runs: dropout and trainable A, B."""
+        if not hasattr(self.llm, "disable_adapter"):
+            yield
+            return
+        if enabled and torch.is_grad_enabled():
+            yield
+            return
+        with self.llm.disable_adapter():
+            if not enabled:
+                yield
+                return
+            layers = self._merged_lora()
+            try:
+                for layer, (_, merged) in layers.items():
+                    layer.base_layer.weight = merged
+                yield
+            finally:
+                for layer, (base, _) in layers.items():
+                    layer.base_layer.weight = base
+
+    def _merged_lora(self) -> dict[nn.Module, tuple[nn.Parameter, nn.Parameter]]:
+        """Per adapted layer: (its base weight, base + ΔW of the active adapters), made once and
+        again only when a LoRA weight has changed (training in the same process bumps versions)."""
+        lora = [(name, p) for name, p in self.llm.named_parameters() if "lora_" in name]
+        version = tuple((p.data_ptr(), p._version) for _, p in lora)
+        if getattr(self, "_merged_version", None) != version:
+            merged = {}
+            for module in self.llm.modules():
+                if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+                    base = module.base_layer.weight
+                    delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
+                    merged[module] = (base, nn.Parameter((base + delta).to(base.dtype).detach(), requires_grad=False))
+            self._merged, self._merged_version = merged, version
+        return self._merged
 
     @property
     def device(self) -> torch.device:

@@ -57,6 +57,29 @@ def test_parity_with_disabled_lora_adapter(tiny_llm_dir):
     torch.testing.assert_close(wrapped.score(text, use_lora=False), before, atol=1e-5, rtol=0)
 
 
+def test_merged_lora_scoring_equals_peft_path_and_restores_the_base(tiny_llm_dir):
+    """Scoring runs LoRA merged (W + ΔW); with gradients on, peft's own branch runs. Same numbers,
+    the base weights are put back untouched, and a changed adapter is re-merged."""
+    llm = load_llm(str(tiny_llm_dir))
+    peft_model = get_peft_model(llm.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = CoLLM(peft_model, llm.tokenizer)
+    text = prompts(model, False)
+    bases = {n: p for n, p in peft_model.named_parameters() if "base_layer" in n}
+    snapshot = {n: p.detach().clone() for n, p in bases.items()}
+    merged = model.score(text, use_lora=True)  # no_grad: merged
+    with model.session(True):  # gradients on: peft's path
+        unmerged = torch.sigmoid(model.answer_logit(model._run(model._pack(
+            [p.ids for p in text], [[] for _ in text], left=True)).last_hidden_state[:, -1])).detach()
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+    after = dict((n, p) for n, p in peft_model.named_parameters() if "base_layer" in n)
+    assert all(after[n] is bases[n] and torch.equal(after[n], snapshot[n]) for n in bases)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(2)
+    assert not torch.allclose(model.score(text, use_lora=True), merged, atol=1e-4)  # re-merged
+
+
 def test_cf_vectors_land_exactly_on_the_slots_in_a_padded_batch(tiny):
     llm, model = tiny
     cf_prompts = prompts(model, True)
