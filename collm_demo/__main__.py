@@ -199,8 +199,13 @@ def cmd_inside(args) -> int:
 
     out = Path(args.out) if args.out else (Path(args.checkpoints) / "inside_quick.json" if args.quick else INSIDE_PATH)
     rows = args.rows if args.rows is not None else (QUICK_ROWS if args.quick else INSIDE_ROWS)
-    inside.run(Path(args.checkpoints), out, args.llm, args.data, rows, args.seed, args.cf, runtime=runtime(args),
-               protocol=protocol(args), argv=args.argv, max_minutes=args.max_minutes)
+    result = inside.run(Path(args.checkpoints), out, args.llm, args.data, rows, args.seed, args.cf,
+                        runtime=runtime(args), protocol=protocol(args), argv=args.argv, max_minutes=args.max_minutes)
+    if out == INSIDE_PATH and not args.quick:  # the shipped measurement: the README shows it
+        from .markers import replace_block
+
+        if replace_block(PROJECT_ROOT / "README.md", "inside", inside.readme_table(result)):
+            print("inside table written into README.md")
     return 0
 
 

@@ -210,6 +210,33 @@ def finding(result: dict) -> str:
     return "Warm items vs cold items — " + "; ".join(parts) + "."
 
 
+def readme_table(result: dict) -> str:
+    """The README's "what the LLM uses" block: warm vs cold items and users, with intervals."""
+    proto, slices, diff = result["protocol"], result["slices"], result["warm_minus_cold"]
+    measures = (("ablation_drop_both", "P(Yes) change, both CF tokens → no-information vectors"),
+                ("ablation_drop_item", "… item token only"), ("ablation_drop_user", "… user token only"),
+                ("attribution_cf_share", "CF slots' share of \\|gradient × input\\|"),
+                ("attention_cf_mean", "CF slots' share of the answer's attention (mean over layers)"))
+
+    def cell(stats: dict) -> str:
+        return f"{stats['mean']:.4f} [{stats['low']:.4f}, {stats['high']:.4f}]"
+
+    def gap(d: dict) -> str:
+        return "—" if d["low"] is None else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+    lines = [f"Measured by `{proto.get('command', 'python -m collm_demo inside')}` on {proto['rows']} seeded test rows "
+             f"(of {proto['rows_asked']} asked; {proto['cf']}), 95 % bootstrap intervals; `assets/inside.json`.", "",
+             "| measure | warm items | cold items | warm − cold items | warm − cold users |", "|---|---|---|---|---|"]
+    for key, label in measures:
+        lines.append(f"| {label} | {cell(slices['warm_item'][key])} | {cell(slices['cold_item'][key])} | "
+                     f"{gap(diff['item'][key])} | {gap(diff['user'][key])} |")
+    nb = result.get("neighbourhood")
+    if nb:
+        lines += ["", f"The projector keeps {nb['mean']:.2f} of each item's {nb['k']} nearest CF neighbours "
+                      f"among its mapped tokens' {nb['k']} nearest ({nb['items']} items; 1.0 = all kept)."]
+    return "\n".join(lines)
+
+
 def neighbourhoods(pipe, k: int = INSIDE_K) -> dict:
     """The projector's neighbourhood preservation over all CF items: mean and a histogram."""
     cf = pipe.cf

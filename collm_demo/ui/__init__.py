@@ -157,15 +157,19 @@ def build_demo(state: AppState | None = None):
             table, note = recommend.load_history(state, "user", user)
             cands = recommend.candidate_set(state, "test", 20, "user", user, table, seed=0)
             text = banner(state)
+            # The CF selector again, now that the model has loaded: a refusal found only while
+            # reading weights (a projector of the wrong shape) must not leave its backends offered.
+            choices = state.hub.backend_choices()
             return (gr.update(value=text, visible=bool(text)), status_line(state), user, table, note,
-                    gr.update(choices=recommend.history_choices(state, table), value=[]), cands)
+                    gr.update(choices=recommend.history_choices(state, table), value=[]), cands,
+                    gr.update(choices=choices, value=choices[0][1], interactive=len(choices) > 1))
 
         @gr_error
         def initial_score(source, user, table, candidates, cf, progress=gr.Progress()):
             return recommend.score(state, source, user, table, candidates, progress=progress, cf=cf)
 
         loaded = demo.load(on_load, None, [notice, status, rec["user"], rec["history"], rec["user_md"],
-                                           rec["remove_items"], rec["candidates"]])
+                                           rec["remove_items"], rec["candidates"], rec["cf_model"]])
         first = loaded.then(initial_score, [rec["source"], rec["user"], rec["history"], rec["candidates"],
                                             rec["cf_model"]], result_state)
         after_render(first.success(render, [result_state, rec["sort_by"], rec["inject"]], render_out))

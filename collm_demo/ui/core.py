@@ -274,6 +274,8 @@ def parse_cf(state: AppState, cf) -> str | None:
     name = cf.strip().lower()
     backends = state.hub.backends()
     if name not in backends:
+        if not backends:  # the checkpoints were refused: say why, not "this app has: " and nothing
+            raise InputError(f"cf_model {_echo(cf)} is not available: {state.hub.notice or 'no CF model is loaded'}")
         raise InputError(f"cf_model {_echo(cf)} is not available; this app has: {', '.join(backends)}")
     return name
 

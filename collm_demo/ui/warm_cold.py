@@ -370,7 +370,10 @@ def build(state: AppState):
     w["sim_text"] = gr.Markdown()
     with gr.Row(equal_height=False):
         w["sim_chart"] = gr.Plot(simulation_figure(None), label="Scores as k grows", min_width=320)
-        w["sim_map"] = gr.Plot(simulation_map(state, None), label="Map position as k grows", min_width=320)
+        # Not simulation_map(state, None): that asks the model why a map is missing, and the page
+        # must be built from the dataset alone while the model loads (or fails to).
+        w["sim_map"] = gr.Plot(empty_figure("Run the simulator.", height=360), label="Map position as k grows",
+                               min_width=320)
     w["sim_table"] = gr.Dataframe(simulation_table(None), interactive=False, label="Every version of the item vector")
     return w
 
