@@ -46,7 +46,9 @@ def load_llm(name: str | None = None, dtype: torch.dtype = torch.float32) -> Loa
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
-        raise AssetError(f"could not load the LLM {name!r}: {str(err).splitlines()[0][:300]}") from err
+        # "models/smol" is both a relative path and a well-formed Hub id: say that neither was found.
+        hint = "" if Path(name).expanduser().exists() else " (there is no local folder of that name either)"
+        raise AssetError(f"could not load the LLM {name!r}{hint}: {str(err).splitlines()[0][:300]}") from err
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)  # the LLM itself is never tuned

@@ -169,6 +169,17 @@ def test_an_llm_that_is_neither_a_folder_nor_a_hub_id(tiny_data_dir, tmp_path, l
     assert_one_line_error(proc, llm, needle)
 
 
+def test_an_llm_name_that_is_a_hub_id_and_no_folder_says_both(tiny_data_dir, tmp_path, monkeypatch):
+    """'models/smol' is a well-formed Hub id and a relative path: the message says neither exists."""
+    from collm_demo.errors import AssetError
+    from collm_demo.llm import load_llm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network wait: the Hub lookup fails at once
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AssetError, match="no local folder of that name either"):
+        load_llm("models/smol")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train", "--seed", "-1"], "argument --seed"),
     (["evaluate", "--seed", str(2**32)], "argument --seed"),
