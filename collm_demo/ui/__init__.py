@@ -81,13 +81,24 @@ def inside_api(state: AppState, user_id: str, item_id: str, cf_model: str | None
     return inside_view.inside_json(state, user_id, item_id, cf_model)
 
 
-def status_line(state: AppState) -> str:
-    pipe = state.pipeline()
+def plain_status(state: AppState, cf: str | None = None) -> str:
+    """The header's one line in plain words (file paths and flags are in the details fold)."""
+    pipe = state.pipeline(cf or None)
+    llm = pipe.llm.name.split(":")[-1].split("/")[-1]
+    if pipe.has_projector:
+        tokens = f"with {cf_label(pipe)} tokens"
+    else:
+        tokens = "text only (no CF tokens: " + ("the checkpoints were refused)" if state.hub.refusal else "none trained)")
+    return f"Running **{llm}** {tokens} on MovieLens-100K, on the {pipe.model.device.type.upper()}."
+
+
+def status_line(state: AppState, cf: str | None = None) -> str:
+    pipe = state.pipeline(cf or None)
     cf = pipe.cf
     backends = state.hub.backends()
     parts = [f"LLM `{pipe.llm.name}`", f"data `{state.dataset.name}`",
              f"CF model {cf_label(pipe) + ', ' + str(cf.dim) + '-dim vectors' if cf is not None else '—'}"
-             + (f" (also: {', '.join(backends[1:])})" if len(backends) > 1 else ""),
+             + (f" (also: {', '.join(others)})" if (others := [b for b in backends if b != pipe.cf_name]) else ""),
              f"LoRA {'✓' if pipe.has_lora else '✗'}", f"projector {'✓' if pipe.has_projector else '✗'}",
              f"checkpoints `{state.config.checkpoint_dir}`" + (" (refused)" if state.hub.refusal is not None else ""),
              f"runs on {pipe.model.device.type} in " + ("bf16 autocast" if pipe.model.runtime.bf16 else "float32")
@@ -119,7 +130,9 @@ def build_demo(state: AppState | None = None):
     with gr.Blocks(title="CoLLM demo: CF tokens inside an LLM", analytics_enabled=False) as demo:
         gr.Markdown(HEADER)
         notice = gr.Markdown(visible=False, elem_classes=["banner"], elem_id="notice")
-        status = gr.Markdown(elem_classes=["status-line"], elem_id="status-line")
+        headline = gr.Markdown(elem_classes=["status-line"], elem_id="status-plain")
+        with gr.Accordion("Details: model, data, checkpoints, device", open=False, elem_id="status-details"):
+            status = gr.Markdown(elem_classes=["status-line"], elem_id="status-line")
         result_state = gr.State(None)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Recommend", id="recommend", elem_id="tab-recommend"):
@@ -140,7 +153,9 @@ def build_demo(state: AppState | None = None):
         ins_fn, ins_in, ins_out = inside_view.wire(state, ins, result_state, gr_error, tabs, (sim_fn, sim_in, sim_out))
 
         def after_render(chain):
-            """After each scoring, bring the other tabs up to date with the new selection."""
+            """After each scoring, bring the other tabs (and the header's CF model) up to date."""
+            chain = chain.then(lambda cf: (plain_status(state, cf), status_line(state, cf)), rec["cf_model"],
+                               [headline, status])
             chain = chain.then(map_fn, map_in, map_out)
             chain = chain.then(exp_fn, exp_in, exp_out)
             chain = chain.then(ins_fn, ins_in, ins_out)  # only the candidate list: the look itself is on demand
@@ -168,6 +183,7 @@ def build_demo(state: AppState | None = None):
         def initial_score(source, user, table, candidates, cf, progress=gr.Progress()):
             return recommend.score(state, source, user, table, candidates, progress=progress, cf=cf)
 
+        demo.load(lambda: plain_status(state), None, headline)
         loaded = demo.load(on_load, None, [notice, status, rec["user"], rec["history"], rec["user_md"],
                                            rec["remove_items"], rec["candidates"], rec["cf_model"]])
         first = loaded.then(initial_score, [rec["source"], rec["user"], rec["history"], rec["candidates"],
