@@ -307,3 +307,59 @@ def test_app_starts_without_checkpoints(tmp_path):
 
     assert "Not everything is trained" in banner(state)
     build_demo(state)
+
+
+# ----------------------------------------------------- demos that repeat (issue 19)
+
+def _many_test_items(state, min_each: int = 15) -> str:
+    """The user with the most test items among those with at least ``min_each`` of each answer."""
+    users = [u for u in state.catalog.users.values()
+             if u.n_pretest and u.n_test_pos >= min_each and u.n_test - u.n_test_pos >= min_each]
+    return max(users, key=lambda u: (u.n_test, u.user)).user
+
+
+def test_test_items_are_the_same_on_every_click(real_state):
+    """'This user's test items' is fixed by (user, size): a rehearsed demo gets its numbers back."""
+    user = _many_test_items(real_state)
+    assert real_state.catalog.users[user].n_test > 40  # so a random draw would differ
+    table, _ = recommend.load_history(real_state, "user", user)
+    first = recommend.candidate_set(real_state, "test", 20, "user", user, table)
+    assert recommend.candidate_set(real_state, "test", 20, "user", user, table) == first
+    assert recommend.candidate_set(real_state, "test", 20, "user", user, None) == first  # history plays no part
+
+
+def test_test_items_are_balanced(real_state):
+    """Half liked, half disliked where the user has both; the smaller side whole when it is short."""
+    user = _many_test_items(real_state)
+    labels = real_state.catalog.true_labels(user)
+    for n in (6, 10, 20, 30):
+        cands = recommend.candidate_set(real_state, "test", n, "user", user, None)
+        liked = sum(labels[i] for i in cands)
+        assert len(cands) == n and liked == n // 2, (n, liked)
+    # a user with few disliked test items: all of them are in, the liked fill the rest
+    skewed = next(u for u in real_state.catalog.users.values()
+                  if u.n_pretest and 2 <= u.n_test - u.n_test_pos <= 5 and u.n_test_pos >= 25)
+    cands = recommend.candidate_set(real_state, "test", 20, "user", skewed.user, None)
+    known = real_state.catalog.true_labels(skewed.user)
+    assert len(cands) == 20 and sum(1 - known[i] for i in cands) == skewed.n_test - skewed.n_test_pos
+
+
+def test_user_change_refreshes_candidates_and_clears_results(real_state, scored):
+    """Picking another user in the app: their test items become the candidates and the previous
+    user's results leave the screen (no stale table under the old name)."""
+    from collm_demo.ui import build_demo
+
+    demo = build_demo(real_state)
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    dropdown = by_id["user-dropdown"]
+    (fn,) = [f for f in demo.fns.values() if (dropdown._id, "input") in [tuple(t) for t in f.targets]]
+    other = next(u for _, u in real_state.catalog.user_choices()
+                 if u != scored.profile.user and real_state.catalog.users[u].n_test >= 25)
+    out = dict(zip(fn.outputs, fn.fn("user", other, 20, recommend.SORT_CHOICES[0], True)))
+    assert out[by_id["candidates"]] == recommend.candidate_set(real_state, "test", 20, "user", other, None)
+    assert out[by_id["results-table"]].empty
+    assert "Press **Score candidates**" in out[by_id["summary"]]
+    states = [b for b in fn.outputs if b.__class__.__name__ == "State"]
+    assert states and all(out[b] is None for b in states)  # the scored result is dropped too
+    table, note, cands, result = recommend.change_user(real_state, "user", other, 20)
+    assert f"User **{other}**" in note and cands == out[by_id["candidates"]] and result is None

@@ -168,9 +168,13 @@ def build_demo(state: AppState | None = None):
         def on_load(progress=gr.Progress()):
             progress(0.05, desc="loading the model (first visit after start-up only)")
             state.pipeline()
+            # One tiny scoring first (once per process), so the first result on screen does
+            # not report the one-off cost of the first forward passes.
+            progress(0.5, desc="warming up the model (first visit after start-up only)")
+            core.warm_up(state)
             user = state.catalog.default_user()
             table, note = recommend.load_history(state, "user", user)
-            cands = recommend.candidate_set(state, "test", 20, "user", user, table, seed=0)
+            cands = recommend.user_candidates(state, user, recommend.DEFAULT_SET_SIZE)  # = the button's set
             text = banner(state)
             # The CF selector again, now that the model has loaded: a refusal found only while
             # reading weights (a projector of the wrong shape) must not leave its backends offered.

@@ -7,6 +7,7 @@ Handlers are plain functions of plain values (tests call them without a server);
 from __future__ import annotations
 
 import time
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ SORT_CHOICES = ["score with CF tokens", "score without CF tokens", "difference (
 RESULT_COLUMNS = ["rank", "movie", "item (train)", "without CF", "with CF", "Δ", "rank w/o CF", "rank w/ CF",
                   "truth"]
 COL_TEXT, COL_CF, COL_DELTA = "without CF", "with CF", "Δ"
+DEFAULT_SET_SIZE = 20  # the page's first candidates and the one-click sets: enough for a within-user AUC
 
 
 # ------------------------------------------------------------------------ history
@@ -45,6 +47,16 @@ def user_summary(state: AppState, user: str | None) -> str:
     return (f"User **{user}**: {info.n_train} training interactions, {status}; {vec}. {test} "
             f"The history shows their last {len(state.catalog.real_history(user))} ratings before the test period "
             f"(liked = rating ≥ {state.dataset.protocol.positive_rating:g}).")
+
+
+def demo_users_note(state: AppState) -> str:
+    """One line naming the curated demo users (catalog.DEMO_USERS) and their test items' answers."""
+    demo = state.catalog.demo_users()
+    if not demo:
+        return ""
+    return ("**Good demo users** (warm; their test items have both answers, and the CF tokens visibly "
+            "reorder them): " + "; ".join(f"user {u.user} ({u.n_test_pos} liked / {u.n_test - u.n_test_pos} "
+                                           "disliked test items)" for u in demo) + ".")
 
 
 def composed_example(state: AppState) -> list[tuple[str, int, str]]:
@@ -118,21 +130,42 @@ def history_status(state: AppState, source: str, user: str | None, table) -> str
 
 # --------------------------------------------------------------------- candidates
 
+def test_seed(user: str, n: int) -> int:
+    """A seed fixed by (user, size): a rehearsed demo draws the same test items every time
+    (crc32, not hash(), which Python salts per process)."""
+    return zlib.crc32(f"{user}|{n}".encode())
+
+
+def balanced_test_items(test: pd.DataFrame, n: int, seed: int) -> list[str]:
+    """At most ``n`` of a user's test items, half liked and half disliked where the user has both
+    (the smaller side is taken whole and the other fills the rest), so an AUC always exists; oldest first."""
+    test = test.drop_duplicates("item")
+    if len(test) <= n:
+        return [str(i) for i in test.sort_values("timestamp", kind="stable")["item"]]
+    liked, disliked = test[test["label"] == 1], test[test["label"] == 0]
+    n_liked = min(len(liked), max(n - len(disliked), n // 2))
+    n_disliked = min(len(disliked), n - n_liked)
+    picked = pd.concat([liked.sample(n=n_liked, random_state=seed),
+                        disliked.sample(n=n_disliked, random_state=(seed + 1) % 2 ** 32)])
+    return [str(i) for i in picked.sort_values("timestamp", kind="stable")["item"]]
+
+
 def candidate_set(state: AppState, kind: str, n: int, source: str, user: str | None, table,
                   seed: int | None = None) -> list[str]:
-    """One-click candidate sets: 'test', 'popular', 'cold' or 'random'."""
+    """One-click candidate sets: 'test', 'popular', 'cold' or 'random'.
+
+    'test' is the same for the same (user, n) unless ``seed`` is given; 'random' and 'cold'
+    draw anew on each click (their point is variety)."""
     n = int(max(1, min(MAX_CANDIDATES, n or 10)))
     in_history = {i for i, _, _ in core.parse_history(table)}
-    rng = np.random.default_rng(seed if seed is not None else time.time_ns() % (2 ** 32))
     if kind == "test":
         if source == "composed" or not user:
             raise InputError("A composed user has no test-period ratings; pick a real user for this set.")
-        test = state.catalog.test_items(user).drop_duplicates("item")
+        test = state.catalog.test_items(user)
         if test.empty:
             raise InputError(f"User {user} rated nothing in the test period; try another set.")
-        if len(test) > n:  # seeded sample, keeping both answers when possible
-            test = test.sample(n=n, random_state=int(rng.integers(2 ** 31)))
-        return [str(i) for i in test.sort_values("timestamp")["item"]]
+        return balanced_test_items(test, n, test_seed(user, n) if seed is None else int(seed))
+    rng = np.random.default_rng(seed if seed is not None else time.time_ns() % (2 ** 32))
     pool = [i for i in state.catalog.item_ids if i not in in_history]
     if kind == "popular":
         pool = sorted(pool, key=lambda i: -state.catalog.item_train.get(i, 0))
@@ -142,6 +175,21 @@ def candidate_set(state: AppState, kind: str, n: int, source: str, user: str | N
     if not pool:
         raise InputError("No items left for this set.")
     return [str(i) for i in rng.choice(pool, size=min(n, len(pool)), replace=False)]
+
+
+def user_candidates(state: AppState, user: str | None, n: int) -> list[str]:
+    """The candidates a newly picked user starts with: their (deterministic, balanced) test
+    items, or none when they rated nothing in the test period."""
+    if not user or user not in state.catalog.users or not state.catalog.users[user].n_test:
+        return []
+    return candidate_set(state, "test", n, "user", user, None)
+
+
+def change_user(state: AppState, source: str, user: str | None, n: int) -> tuple[pd.DataFrame, str, list[str], None]:
+    """A new user: their history, its note, their test items as candidates, and no result, so
+    the previous user's table and chart are not left on screen under the new name."""
+    table, note = load_history(state, source, user)
+    return table, note, user_candidates(state, user, n), None
 
 
 # ------------------------------------------------------------------------ scoring
@@ -291,6 +339,7 @@ def build(state: AppState):
                                    value="user", label="History from", elem_id="source")
             w["user"] = gr.Dropdown(state.catalog.user_choices(), value=None, label="User (type to search, e.g. “warm” or an id)",
                                     filterable=True, elem_id="user-dropdown")
+            w["demo_users_md"] = gr.Markdown(demo_users_note(state), elem_classes=["note"], elem_id="demo-users")
             w["user_md"] = gr.Markdown(elem_classes=["note"])
             w["history"] = gr.Dataframe(
                 value=core.history_frame(state, []), headers=core.HISTORY_COLUMNS,
@@ -316,7 +365,7 @@ def build(state: AppState):
             w["candidates"] = gr.Dropdown(state.catalog.item_choices(), multiselect=True, max_choices=MAX_CANDIDATES,
                                           label=f"Candidate movies (type to search; up to {MAX_CANDIDATES})",
                                           filterable=True, elem_id="candidates")
-            w["n_set"] = gr.Slider(3, MAX_CANDIDATES, value=10, step=1, label="Size of a one-click set")
+            w["n_set"] = gr.Slider(3, MAX_CANDIDATES, value=DEFAULT_SET_SIZE, step=1, label="Size of a one-click set")
             with gr.Row():
                 w["set_test"] = gr.Button("This user's test items", size="sm", min_width=140, elem_id="set-test")
                 w["set_popular"] = gr.Button("Popular warm items", size="sm", min_width=140, elem_id="set-popular")
@@ -368,6 +417,11 @@ def wire(state: AppState, w: dict, result_state, gr_error):
         table, note = load_history(state, source, user)
         return table, note, gr.update(choices=history_choices(state, table), value=[])
 
+    def on_pick_user(source, user, n, sort_by, inject):
+        table, note, cands, result = change_user(state, source, user, n)
+        return ((table, note, gr.update(choices=history_choices(state, table), value=[]), cands, result)
+                + render(result, sort_by, inject))
+
     def on_table(source, user, table):
         return history_status(state, source, user, table), gr.update(choices=history_choices(state, table))
 
@@ -407,7 +461,6 @@ def wire(state: AppState, w: dict, result_state, gr_error):
 
     w["source"].change(on_source, [w["source"], w["user"]],
                        [w["user"], w["history"], w["user_md"], w["remove_items"], w["set_test"], w["edit_box"]])
-    w["user"].input(on_user, [w["source"], w["user"]], [w["history"], w["user_md"], w["remove_items"]])
     w["history"].change(on_table, [w["source"], w["user"], w["history"]], [w["history_md"], w["remove_items"]])
     w["add_btn"].click(on_add, [w["history"], w["add_items"], w["add_liked"]], [w["history"], w["add_items"]])
     w["remove_btn"].click(on_remove, [w["history"], w["remove_items"]], [w["history"], w["remove_items"]])
@@ -415,6 +468,8 @@ def wire(state: AppState, w: dict, result_state, gr_error):
     for kind in ("test", "popular", "cold", "random"):
         w[f"set_{kind}"].click(make_set(kind), [w["n_set"], w["source"], w["user"], w["history"]], w["candidates"])
     render_out = [w["summary"], w["table"], w["chart"], w["focus"], w["prompt_text"], w["prompt_cf"]]
+    w["user"].input(on_pick_user, [w["source"], w["user"], w["n_set"], w["sort_by"], w["inject"]],
+                    [w["history"], w["user_md"], w["remove_items"], w["candidates"], result_state] + render_out)
     score_in = [w["source"], w["user"], w["history"], w["candidates"], w["cf_model"]]
     chains = []
     for trigger in (w["score_btn"].click, w["cf_model"].input):
