@@ -96,10 +96,14 @@ def headline_table(results: dict | None):
     """The headline rows with the best per column in bold on green (a pandas Styler, which
     gr.Dataframe displays with its cell styles)."""
     frame = results_frame(results, HEADLINE)
-    best = best_cells(frame)
+    return styled(frame, best_cells(frame))
+
+
+def styled(frame: pd.DataFrame, best: set[tuple[int, str]] | None = None):
+    """``frame`` with every metric at 4 decimals (0.7490, not 0.749) and the ``best`` cells marked."""
 
     def style(column: pd.Series) -> list[str]:
-        return [BEST_STYLE if (n, column.name) in best else "" for n in range(len(column))]
+        return [BEST_STYLE if (n, column.name) in (best or ()) else "" for n in range(len(column))]
 
     return frame.style.apply(style, axis=0).format(lambda v: "—" if v is None or v != v else f"{v:.4f}",
                                                    subset=list(frame.columns[1:]))
@@ -124,7 +128,7 @@ def results_reading(results: dict | None) -> str:
     and MF on warm rows, who leads on all rows and why (the cold share, MF's fold-in), and the
     text-only model's per-user AUC against chance."""
     if not results or not results.get("methods"):
-        return "No evaluation results yet, so there is nothing to read here (see *All methods* below)."
+        return "No evaluation results yet: `python -m collm_demo evaluate` writes them (how: the section below)."
     names = {"text_only": "the text-only model", "mf": "MF", "mf_no_foldin": "MF without fold-in", "collm": "CoLLM"}
     sentences = []
 
@@ -176,7 +180,8 @@ def results_reading(results: dict | None) -> str:
                              f"ranks films by their general appeal, the same for every user{lift}.")
         else:
             sentences.append(f"The text-only model's per-user AUC (UAUC) is {text_uauc:.4f}{lift}.")
-    return " ".join(sentences)
+    # one bullet a sentence: a projected page is scanned, not read as a paragraph
+    return "\n".join(f"- {sentence}" for sentence in sentences)
 
 
 def terms_text(warm_min: int) -> str:
@@ -534,7 +539,7 @@ def build(state: AppState):
     w["results_reading"] = gr.Markdown(results_reading(results), elem_id="results-reading")
     # ids kept from the full table and chart (the browser test looks for them): both now show the headline rows
     w["results_table"] = gr.Dataframe(headline_table(results), interactive=False, elem_id="results-eval",
-                                      label="Headline: AUC / UAUC on all, warm and cold test rows")
+                                      label="Headline: AUC / UAUC on all, warm and cold test rows (best per column in green)")
     w["results_terms"] = gr.Markdown(terms_text(state.catalog.warm_min), elem_classes=["note"], elem_id="results-terms")
     w["results_paper"] = gr.Markdown(paper_reference(results), elem_classes=["note"], elem_id="results-paper")
     # no label badge: it would sit on the left subplot's title
@@ -543,7 +548,7 @@ def build(state: AppState):
     with gr.Accordion(f"All {n_methods} methods: every CF backend alone and inside CoLLM, the zero-shot LLM, how "
                       "they were measured", open=False, elem_id="results-more"):
         w["results_note"] = gr.Markdown(results_note(state, results), elem_classes=["note"])
-        w["results_all"] = gr.Dataframe(results_frame(results), interactive=False, elem_id="results-all",
+        w["results_all"] = gr.Dataframe(styled(results_frame(results)), interactive=False, elem_id="results-all",
                                         label="AUC / UAUC by method and slice (each backend alone, then with CoLLM)")
         w["results_all_chart"] = gr.Plot(results_figure(results), show_label=False, elem_id="results-all-chart")
         others = tuple(k for k in PAPER_REFERENCE["auc"] if k not in PAPER_HEADLINE)
