@@ -357,9 +357,27 @@ def test_user_change_refreshes_candidates_and_clears_results(real_state, scored)
                  if u != scored.profile.user and real_state.catalog.users[u].n_test >= 25)
     out = dict(zip(fn.outputs, fn.fn("user", other, 20, recommend.SORT_CHOICES[0], True)))
     assert out[by_id["candidates"]] == recommend.candidate_set(real_state, "test", 20, "user", other, None)
-    assert out[by_id["results-table"]].empty
+    assert getattr(out[by_id["results-table"]], "data", out[by_id["results-table"]]).empty  # a Styler's frame
     assert "Press **Score candidates**" in out[by_id["summary"]]
     states = [b for b in fn.outputs if b.__class__.__name__ == "State"]
     assert states and all(out[b] is None for b in states)  # the scored result is dropped too
     table, note, cands, result = recommend.change_user(real_state, "user", other, 20)
     assert f"User **{other}**" in note and cands == out[by_id["candidates"]] and result is None
+
+
+def test_ground_truth_is_visible(real_state, scored):
+    """Liked / disliked coloured in the table, marked on the Δ bars, a rank-without -> rank-with
+    chart coloured by the answer, and the line saying only the ranking matters."""
+    frame = recommend.results_table(scored, recommend.SORT_CHOICES[0], True)
+    assert {"liked", "disliked"} <= set(frame["truth"])
+    html = recommend.styled_table(frame).to_html()
+    assert recommend.LIKED_BG in html and recommend.DISLIKED_BG in html
+    bars = recommend.delta_figure(scored, True)
+    words = [w for t in bars.data for w in t.text]
+    assert words.count("✓ liked") == sum(r.label == 1 for r in scored.rows)
+    assert words.count("✗ disliked") == sum(r.label == 0 for r in scored.rows)
+    fig = recommend.rank_figure(scored)
+    assert len(fig.data) == len(scored.rows) and fig.layout.yaxis.autorange == "reversed"
+    colours = {t.name: t.line.color for t in fig.data}
+    assert colours["liked"] == recommend.LIKED_LINE and colours["disliked"] == recommend.DISLIKED_LINE
+    assert "Only the ranking matters" in recommend.summary(real_state, scored, True)

@@ -24,6 +24,10 @@ SORT_CHOICES = ["score with CF tokens", "score without CF tokens", "difference (
 RESULT_COLUMNS = ["rank", "movie", "item (train)", "without CF", "with CF", "Δ", "rank w/o CF", "rank w/ CF",
                   "truth"]
 COL_TEXT, COL_CF, COL_DELTA = "without CF", "with CF", "Δ"
+LIKED_BG, DISLIKED_BG = "#d3f9d8", "#ffe3e3"  # truth cells: liked green, disliked red (pale: text stays legible)
+LIKED_LINE, DISLIKED_LINE, UNKNOWN_LINE = "#2b8a3e", "#c92a2a", "#adb5bd"
+TRUTH_LINE = {1: LIKED_LINE, 0: DISLIKED_LINE}
+TRUTH_WORD = {1: "✓ liked", 0: "✗ disliked"}
 DEFAULT_SET_SIZE = 20  # the page's first candidates and the one-click sets: enough for a within-user AUC
 
 
@@ -231,6 +235,46 @@ def results_table(result: ScoredResult | None, sort_by: str = SORT_CHOICES[0], i
     return frame.sort_values(column, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
 
 
+def styled_table(frame: pd.DataFrame):
+    """The results table with the truth visible: the movie and truth cells of liked candidates
+    green, of disliked ones red (a pandas Styler, which gr.Dataframe draws when not interactive)."""
+    colour = {"liked": f"background-color: {LIKED_BG}", "disliked": f"background-color: {DISLIKED_BG}"}
+
+    def row_style(row: pd.Series) -> list[str]:
+        css = colour.get(row["truth"], "")
+        return [css if c in ("movie", "truth") else "" for c in row.index]
+
+    return frame.style.apply(row_style, axis=1).format(precision=4, subset=[COL_TEXT, COL_CF, COL_DELTA])
+
+
+def rank_figure(result: ScoredResult | None) -> go.Figure:
+    """'Rank without → rank with' CF tokens, one line per candidate coloured by its true answer:
+    whether the liked films rise is seen at a glance."""
+    if not result or not result.has_cf:
+        msg = "Score some candidates first." if not result else "No projector loaded: no CF ranking to compare."
+        return empty_figure(msg, height=260)
+    rows = result.rows
+    r_text = ranks([r.score_text for r in rows])
+    r_cf = ranks([r.score_cf for r in rows])
+    fig = go.Figure()
+    seen = set()
+    for n, r in sorted(enumerate(rows), key=lambda nr: {1: 2, 0: 1}.get(nr[1].label, 0)):  # liked drawn on top
+        name, colour = {1: ("liked", LIKED_LINE), 0: ("disliked", DISLIKED_LINE)}.get(
+            r.label, ("answer unknown", UNKNOWN_LINE))
+        fig.add_trace(go.Scatter(
+            x=["without CF tokens", "with CF tokens"], y=[r_text[n], r_cf[n]], mode="lines+markers",
+            line=dict(color=colour, width=3 if r.label == 1 else 2), marker=dict(size=9),
+            name=name, legendgroup=name, showlegend=name not in seen,
+            hovertemplate=f"{shorten(r.title)} · #{r.item}<br>rank %{{y}}<extra>{name}</extra>"))
+        seen.add(name)
+    fig.update_layout(
+        height=max(300, 18 * len(rows) + 140), template="plotly_white",
+        title=dict(text="Rank without → rank with CF tokens (1 = top; green = liked, red = disliked)", font_size=14),
+        yaxis=dict(autorange="reversed", title="rank", dtick=1 if len(rows) <= 20 else 5),
+        xaxis=dict(title=""), legend=dict(orientation="h", y=-0.15, x=0), margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
 def summary(state: AppState, result: ScoredResult | None, inject: bool = True) -> str:
     if not result:
         return "Press **Score candidates** to run the model."
@@ -266,6 +310,9 @@ def summary(state: AppState, result: ScoredResult | None, inject: bool = True) -
         if cold:
             parts.append(f"cold items {np.mean(cold):+.3f}")
         lines.append("Effect of the CF tokens: " + ", ".join(parts) + ".")
+        lines.append("*Only the ranking matters:* most Δ can be negative because the tokens shift the level "
+                     "of P(Yes) for every movie; what counts is whether the liked films move above the "
+                     "disliked ones (the AUC, and the rank chart).")
     return "\n\n".join(lines)
 
 
@@ -283,12 +330,16 @@ def delta_figure(result: ScoredResult | None, inject: bool = True) -> go.Figure:
         fig.add_trace(go.Bar(
             x=[r.delta for r in part], y=[shorten(r.title) + f" · #{r.item}" for r in part],
             orientation="h", marker_color=color, name=name,
+            # the true answer on each bar: a green / red outline and its word
+            marker_line=dict(color=[TRUTH_LINE.get(r.label, "rgba(0,0,0,0)") for r in part], width=3),
+            text=[TRUTH_WORD.get(r.label, "") for r in part], textposition="outside", cliponaxis=False,
             customdata=[[r.score_text, r.score_cf, r.n_train] for r in part], showlegend=True,
             hovertemplate="%{y}<br>without CF %{customdata[0]:.3f} → with CF %{customdata[1]:.3f}"
                           "<br>Δ %{x:+.3f}<br>training interactions: %{customdata[2]}<extra></extra>"))
     fig.update_layout(
         height=max(280, 26 * len(rows) + 130), barmode="relative",
-        title=dict(text="What the CF tokens change: score with CF − score without CF", font_size=14),
+        title=dict(text="What the CF tokens change: score with CF − score without CF (outline: true answer)",
+                   font_size=14),
         xaxis_title="Δ score (positive = CF tokens make “Yes” more likely)",
         yaxis=dict(categoryorder="array", categoryarray=[shorten(r.title) + f" · #{r.item}" for r in rows],
                    automargin=True),
@@ -394,7 +445,10 @@ def build(state: AppState):
                                     "truth = what the user actually did (test items only)",
                               column_widths=[58, 400, 104, 92, 92, 80, 92, 92, 96],
                               elem_id="results-table")
-    w["chart"] = gr.Plot(delta_figure(None), label="Difference per candidate", elem_id="delta-chart")
+    with gr.Row(equal_height=False):
+        w["chart"] = gr.Plot(delta_figure(None), label="Difference per candidate", elem_id="delta-chart")
+        w["rank_chart"] = gr.Plot(rank_figure(None), label="Rank without → rank with CF tokens",
+                                  elem_id="rank-chart")
     gr.Markdown("### The exact prompts")
     w["focus"] = gr.Dropdown([], label="Show the prompts for", elem_id="prompt-candidate")
     with gr.Row(equal_height=False):
@@ -446,15 +500,16 @@ def wire(state: AppState, w: dict, result_state, gr_error):
     def render(result, sort_by, inject):
         choices, value = focus_choices(result, inject)
         text, cf = prompts_html(state, result, value, inject)
-        return (summary(state, result, inject), results_table(result, sort_by, inject),
-                delta_figure(result, inject), gr.update(choices=choices, value=value), text, cf)
+        return (summary(state, result, inject), styled_table(results_table(result, sort_by, inject)),
+                delta_figure(result, inject), gr.update(choices=choices, value=value), text, cf,
+                rank_figure(result))
 
     def on_inject(result, inject):
         sort_by = sort_key_for(inject)
         return (sort_by,) + render(result, sort_by, inject)
 
     def on_sort(result, sort_by, inject):
-        return results_table(result, sort_by, inject)
+        return styled_table(results_table(result, sort_by, inject))
 
     def on_focus(result, item, inject):
         return prompts_html(state, result, item, inject)
@@ -467,7 +522,8 @@ def wire(state: AppState, w: dict, result_state, gr_error):
     w["reset_btn"].click(on_user, [w["source"], w["user"]], [w["history"], w["user_md"], w["remove_items"]])
     for kind in ("test", "popular", "cold", "random"):
         w[f"set_{kind}"].click(make_set(kind), [w["n_set"], w["source"], w["user"], w["history"]], w["candidates"])
-    render_out = [w["summary"], w["table"], w["chart"], w["focus"], w["prompt_text"], w["prompt_cf"]]
+    render_out = [w["summary"], w["table"], w["chart"], w["focus"], w["prompt_text"], w["prompt_cf"],
+                  w["rank_chart"]]
     w["user"].input(on_pick_user, [w["source"], w["user"], w["n_set"], w["sort_by"], w["inject"]],
                     [w["history"], w["user_md"], w["remove_items"], w["candidates"], result_state] + render_out)
     score_in = [w["source"], w["user"], w["history"], w["candidates"], w["cf_model"]]
