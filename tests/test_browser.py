@@ -89,22 +89,23 @@ def test_recommend_flow(page, real_state):
     option = page.locator(f'[role=option][aria-label^="user {user} ·"]')
     option.first.click()
     page.wait_for_function(f"() => document.body.innerText.includes('User {user}:')", timeout=STEP_TIMEOUT)
+    wait_summary(page, "Press Score candidates")  # the previous user's results are cleared
 
     # one-click candidate set, then score
     page.locator("#set-popular").click()
-    page.wait_for_function("() => document.querySelectorAll('#candidates .token').length == 10",
+    page.wait_for_function("() => document.querySelectorAll('#candidates .token').length == 20",
                            timeout=STEP_TIMEOUT)
     page.locator("#score-btn").click()
     wait_summary(page, f"user {user}")
     wait_summary(page, "Top picks — CoLLM")
-    page.wait_for_function("() => document.querySelectorAll('#results-table .virtual-row').length == 10",
+    page.wait_for_function("() => document.querySelectorAll('#results-table .virtual-row').length == 20",
                            timeout=STEP_TIMEOUT)
     headers = page.locator("#results-table thead").inner_text()
     for column in ("without CF", "with CF", "rank w/ CF", "truth"):
         assert column in headers
     # the bar chart of differences is drawn, one bar per candidate
     page.wait_for_selector("#delta-chart .js-plotly-plot", timeout=STEP_TIMEOUT)
-    assert page.locator("#delta-chart .barlayer .point").count() == 10
+    assert page.locator("#delta-chart .barlayer .point").count() == 20
     # prompts with the two CF slots highlighted
     assert page.locator("#prompt-cf .slot-user").count() == 1
     assert page.locator("#prompt-cf .slot-item").count() == 1

@@ -373,11 +373,29 @@ def test_ground_truth_is_visible(real_state, scored):
     html = recommend.styled_table(frame).to_html()
     assert recommend.LIKED_BG in html and recommend.DISLIKED_BG in html
     bars = recommend.delta_figure(scored, True)
-    words = [w for t in bars.data for w in t.text]
-    assert words.count("✓ liked") == sum(r.label == 1 for r in scored.rows)
-    assert words.count("✗ disliked") == sum(r.label == 0 for r in scored.rows)
+    names = [y for t in bars.data for y in t.y]
+    assert sum(y.startswith("✓ liked") for y in names) == sum(r.label == 1 for r in scored.rows)
+    assert sum(y.startswith("✗ disliked") for y in names) == sum(r.label == 0 for r in scored.rows)
+    outlines = [c for t in bars.data for c in t.marker.line.color]
+    assert outlines.count(recommend.LIKED_LINE) == sum(r.label == 1 for r in scored.rows)
     fig = recommend.rank_figure(scored)
-    assert len(fig.data) == len(scored.rows) and fig.layout.yaxis.autorange == "reversed"
+    assert len(fig.data) == len(scored.rows) and fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]  # 1 on top
     colours = {t.name: t.line.color for t in fig.data}
     assert colours["liked"] == recommend.LIKED_LINE and colours["disliked"] == recommend.DISLIKED_LINE
     assert "Only the ranking matters" in recommend.summary(real_state, scored, True)
+
+
+def test_page_opens_on_a_measured_demo_user(real_state):
+    """The first user is the first curated demo user (warm, both answers among the test items),
+    and the Recommend tab lists the demo users with their liked / disliked counts."""
+    from collm_demo.ui.catalog import DEMO_USERS
+
+    demo = real_state.catalog.demo_users()
+    assert [u.user for u in demo] == list(DEMO_USERS["ml-100k"])
+    assert real_state.catalog.default_user() == demo[0].user == "94"
+    note = recommend.demo_users_note(real_state)
+    for u in demo:
+        assert f"user {u.user} ({u.n_test_pos} liked / {u.n_test - u.n_test_pos} disliked" in note
+    cands = recommend.user_candidates(real_state, "94", recommend.DEFAULT_SET_SIZE)
+    labels = real_state.catalog.true_labels("94")
+    assert len(cands) == 20 and sum(labels[i] for i in cands) == 10

@@ -270,7 +270,7 @@ def rank_figure(result: ScoredResult | None) -> go.Figure:
     fig.update_layout(
         height=max(300, 18 * len(rows) + 140), template="plotly_white",
         title=dict(text="Rank without → rank with CF tokens (1 = top; green = liked, red = disliked)", font_size=14),
-        yaxis=dict(autorange="reversed", title="rank", dtick=1 if len(rows) <= 20 else 5),
+        yaxis=dict(range=[len(rows) + 0.5, 0.5], title="rank", dtick=1 if len(rows) <= 20 else 5),
         xaxis=dict(title=""), legend=dict(orientation="h", y=-0.15, x=0), margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
@@ -316,6 +316,12 @@ def summary(state: AppState, result: ScoredResult | None, inject: bool = True) -
     return "\n\n".join(lines)
 
 
+def bar_label(row) -> str:
+    """A bar's name with its true answer in front ('✓ liked', '✗ disliked'), where known."""
+    mark = TRUTH_WORD.get(row.label)
+    return (mark + " · " if mark else "") + shorten(row.title) + f" · #{row.item}"
+
+
 def delta_figure(result: ScoredResult | None, inject: bool = True) -> go.Figure:
     if not result or not result.has_cf:
         msg = "Score some candidates first." if not result else "No projector loaded: no CF scores to compare."
@@ -328,11 +334,10 @@ def delta_figure(result: ScoredResult | None, inject: bool = True) -> go.Figure:
         if not part:
             continue
         fig.add_trace(go.Bar(
-            x=[r.delta for r in part], y=[shorten(r.title) + f" · #{r.item}" for r in part],
+            x=[r.delta for r in part], y=[bar_label(r) for r in part],
             orientation="h", marker_color=color, name=name,
             # the true answer on each bar: a green / red outline and its word
             marker_line=dict(color=[TRUTH_LINE.get(r.label, "rgba(0,0,0,0)") for r in part], width=3),
-            text=[TRUTH_WORD.get(r.label, "") for r in part], textposition="outside", cliponaxis=False,
             customdata=[[r.score_text, r.score_cf, r.n_train] for r in part], showlegend=True,
             hovertemplate="%{y}<br>without CF %{customdata[0]:.3f} → with CF %{customdata[1]:.3f}"
                           "<br>Δ %{x:+.3f}<br>training interactions: %{customdata[2]}<extra></extra>"))
@@ -341,7 +346,7 @@ def delta_figure(result: ScoredResult | None, inject: bool = True) -> go.Figure:
         title=dict(text="What the CF tokens change: score with CF − score without CF (outline: true answer)",
                    font_size=14),
         xaxis_title="Δ score (positive = CF tokens make “Yes” more likely)",
-        yaxis=dict(categoryorder="array", categoryarray=[shorten(r.title) + f" · #{r.item}" for r in rows],
+        yaxis=dict(categoryorder="array", categoryarray=[bar_label(r) for r in rows],
                    automargin=True),
         legend=dict(orientation="h", y=-0.25, x=0), margin=dict(l=10, r=10, t=50, b=10),
         template="plotly_white")
