@@ -273,12 +273,12 @@ def test_explain_walkthrough(real_state, scored):
     assert "rank" in data["step5_md"]
 
 
-def test_build_demo_has_compare_endpoint(real_state):
+def test_build_demo_has_only_the_designed_endpoints_public(real_state):
     from collm_demo.ui import build_demo
 
     demo = build_demo(real_state)
-    public = [fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"]
-    assert public == ["compare"]
+    public = sorted(fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public")
+    assert public == ["compare", "inside"]
 
 
 def test_app_starts_without_checkpoints(tmp_path):
