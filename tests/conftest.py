@@ -269,3 +269,20 @@ def vectors(tmp_path, tiny_data_dir):
     (tmp_path / "user_ids.json").write_text(json.dumps(users))
     (tmp_path / "item_ids.txt").write_text("\n".join(items))
     return ds, tmp_path, users, items
+
+
+# Three prompts of mixed lengths, and a tiny CoLLM with a random projector (CF dim 6), shared by
+# the forward-pass and the inside tests.
+HISTORIES = [(["Heat", "Jaws"], [1, 0]), (["Toy Story"], [1]),
+             (["Alien", "Casino", "Fargo", "Brazil", "Clerks"], [1, 1, 0, 1, 0])]
+TARGETS = ["Vertigo", "Babe", "Twister Speed Heat"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llm_dir):
+    from collm_demo.collm import CoLLM, Projector
+    from collm_demo.llm import load_llm
+
+    llm = load_llm(str(tiny_llm_dir))
+    torch.manual_seed(0)
+    return llm, CoLLM(llm.model, llm.tokenizer, Projector(6, llm.hidden_size))

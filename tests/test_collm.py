@@ -10,18 +10,7 @@ from collm_demo.checkpoints import load_projector, save_projector
 from collm_demo.collm import CoLLM, Projector, pack, pack_segments, plan_packed_rows, plan_prefix_batches, prompt_text
 from collm_demo.errors import CheckpointError
 from collm_demo.llm import load_llm
-from conftest import TITLES
-
-HISTORIES = [(["Heat", "Jaws"], [1, 0]), (["Toy Story"], [1]),
-             (["Alien", "Casino", "Fargo", "Brazil", "Clerks"], [1, 1, 0, 1, 0])]
-TARGETS = ["Vertigo", "Babe", "Twister Speed Heat"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llm_dir):
-    llm = load_llm(str(tiny_llm_dir))
-    torch.manual_seed(0)
-    return llm, CoLLM(llm.model, llm.tokenizer, Projector(6, llm.hidden_size))
+from conftest import HISTORIES, TARGETS, TITLES
 
 
 def prompts(model, with_cf, histories=HISTORIES, targets=TARGETS):

@@ -11,19 +11,8 @@ import pytest
 import torch
 
 from collm_demo import inside
-from collm_demo.collm import CoLLM, Projector, grad_x_input, position_groups
-from collm_demo.llm import load_llm
-
-HISTORIES = [(["Heat", "Jaws"], [1, 0]), (["Toy Story"], [1]),
-             (["Alien", "Casino", "Fargo", "Brazil", "Clerks"], [1, 1, 0, 1, 0])]
-TARGETS = ["Vertigo", "Babe", "Twister Speed Heat"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llm_dir):
-    llm = load_llm(str(tiny_llm_dir))
-    torch.manual_seed(0)
-    return llm, CoLLM(llm.model, llm.tokenizer, Projector(6, llm.hidden_size))
+from collm_demo.collm import grad_x_input, position_groups
+from conftest import HISTORIES, TARGETS
 
 
 def prompts(model, with_cf):
