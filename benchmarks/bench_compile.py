@@ -52,8 +52,8 @@ def main() -> None:
     print(f"eager: best {best_eager:.2f} s; compiled: first call {first:.1f} s (compile + run), "
           f"then best {best_compiled:.2f} s; max |score diff| {diff:.1e}")
     saved = best_eager - best_compiled
-    print("compile cost repaid after " + (f"{(first - best_compiled) / saved:.0f} calls" if saved > 0 else "never")
-          + " (a Space restarts cold; the app does not compile)")
+    print((f"compile cost repaid after {(first - best_compiled) / saved:.0f} calls" if saved > 0
+           else "never repaid: the compiled layers are not faster") + " (the app does not compile)")
 
 
 if __name__ == "__main__":
