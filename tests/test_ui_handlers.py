@@ -256,7 +256,7 @@ def test_cold_start_simulator(real_state, scored):
     assert all(r["xy"] is not None for r in rows)
     table = warm_cold.simulation_table(sim)
     assert len(table) == len(warm_cold.K_CHOICES) + 1
-    assert warm_cold.simulation_figure(sim, "3").layout.height == 360
+    assert warm_cold.simulation_figure(sim, "3").layout.height == warm_cold.SIM_HEIGHT
     assert "text-only score stays" in warm_cold.simulation_text(sim, "3")
 
 
@@ -399,3 +399,203 @@ def test_page_opens_on_a_measured_demo_user(real_state):
     cands = recommend.user_candidates(real_state, "94", recommend.DEFAULT_SET_SIZE)
     labels = real_state.catalog.true_labels("94")
     assert len(cands) == 20 and sum(labels[i] for i in cands) == 10
+
+
+# ------------------------------------------------------- projected: map, simulator, walkthrough
+
+def _no_fixed_width(fig: go.Figure) -> None:
+    """Explicit height, no width: a fixed width would not follow the container (the app's plots are
+    responsive, and re-measured when their tab is shown)."""
+    assert fig.layout.height and fig.layout.width is None
+
+
+def test_map_colours_by_popularity_with_a_colour_bar(real_state, scored):
+    """Default colouring is popularity (training interactions) on a log colour bar, not genres;
+    mean rating is the other readable choice; warm / cold stays available."""
+    assert embedding.COLOR_CHOICES[0][1] == "popularity"
+    fig, caption = embedding.map_figure(real_state, scored)
+    _no_fixed_width(fig)
+    bars = [t for t in fig.data if t.marker.colorbar.title.text]
+    assert len(bars) == 1 and bars[0].marker.colorbar.title.text == "training interactions"
+    assert bars[0].marker.colorbar.ticktext[:3] == ("1", "3", "10")  # log scale, labelled in counts
+    assert fig.layout.legend.font.size >= 13 and "training interactions" in caption
+    fig, _ = embedding.map_figure(real_state, scored, "rating")
+    rated = next(t for t in fig.data if t.marker.colorbar.title.text)
+    assert rated.marker.colorbar.title.text == "mean rating" and (rated.marker.cmin, rated.marker.cmax) == (1, 5)
+    assert 1 <= min(rated.marker.color) and max(rated.marker.color) <= 5
+    fig, _ = embedding.map_figure(real_state, scored, "warm")
+    assert {"warm items", "cold items"} <= {t.name for t in fig.data}
+
+
+def test_map_names_several_candidates_without_stacking(real_state, scored):
+    fig, _ = embedding.map_figure(real_state, scored, focus=scored.rows[-1].item)
+    notes = fig.layout.annotations
+    titles = {r.title[:10] for r in scored.rows}
+    named = [a for a in notes if a.text.replace("<b>", "")[:10] in titles]
+    assert len(named) == min(embedding.LABELLED + 1, len(scored.rows)) > 1
+    assert sum(a.text.startswith("<b>") for a in named) == 1  # the inspected candidate stands out
+    # labels of candidates at the same spot go different ways
+    offsets = {(a.ax, a.ay) for a in named}
+    assert len(offsets) > 1
+
+
+def test_spread_labels_separates_close_points():
+    from collm_demo.ui.views import spread_labels
+
+    offsets = [(0, 1), (0, -1), (1, 0), (-1, 0)]
+    assert len(set(spread_labels([(0, 0), (0.01, 0), (0.02, 0)], offsets))) == 3
+    assert spread_labels([(0, 0), (100, 0)], offsets, alternate=True)[1] != spread_labels([(0, 0)], offsets)[0]
+
+
+def test_simulator_draws_every_k_and_offsets_its_labels(real_state, scored):
+    sim = warm_cold.simulate(real_state, scored, warm_cold.default_sim_item(real_state, scored), seed=0)
+    labels = [f"k={c}" for c in warm_cold.K_CHOICES]
+    fig = warm_cold.simulation_figure(sim, "3")
+    _no_fixed_width(fig)
+    assert list(fig.layout.xaxis.categoryarray) == labels
+    assert list(fig.layout.xaxis.range) == [-0.5, len(labels) - 0.5]  # the k=all marker is inside the plot
+    assert all(list(t.x) == labels for t in fig.data[:3])
+    m = warm_cold.simulation_map(real_state, sim, "3")
+    _no_fixed_width(m)
+    path = next(t for t in m.data if t.name == "refit item (placed)")
+    assert list(path.text) == labels
+    positions = list(path.textposition)
+    assert all(a != b for a, b in zip(positions, positions[1:]))  # neighbouring k never on the same side
+
+
+def test_walkthrough_bar_labels_stay_below_the_subplot_titles(real_state, scored):
+    fig = explain.explain(real_state, scored, scored.rows[0].item)["step4_fig"]
+    _no_fixed_width(fig)
+    logits = [v for t in fig.data if t.xaxis == "x" for v in t.y]
+    diffs = [v for t in fig.data if t.xaxis == "x2" for v in t.y]
+    top = max(0, max(logits))
+    assert fig.layout.yaxis.range[1] >= top + 0.25 * max(abs(v) for v in logits)  # room for the labels
+    assert fig.layout.yaxis2.range[0] <= min(0, min(diffs)) and fig.layout.yaxis2.range[1] > max(0, max(diffs))
+    assert fig.layout.margin.t >= 80
+
+
+def test_showing_a_tab_resizes_its_plots(real_state):
+    """A plot updated while its tab was hidden kept plotly's default 700 px width (the map at
+    about 55 % of its box after a CF-model switch): showing a tab dispatches a window resize."""
+    from collm_demo.ui import RESIZE_PLOTS_JS, build_demo
+
+    demo = build_demo(real_state)
+    resizers = [fn for fn in demo.fns.values() if fn.js == RESIZE_PLOTS_JS]
+    assert resizers and all(fn.fn is None for fn in resizers)  # client-side only
+    triggers = {event for fn in resizers for _, event in fn.targets}
+    assert {"select", "change"} <= triggers
+    assert "resize" in RESIZE_PLOTS_JS
+
+
+# ------------------------------------------------- issue 19: a page a presenter can drive
+
+def _synthetic_result(n: int = 8) -> ScoredResult:
+    """K rows whose CF order, text order and Δ order all differ (a fixed pattern, no model)."""
+    from collm_demo.ui.values import ScoredRow
+
+    rows = tuple(ScoredRow(item=str(i + 1), title=f"Movie {i + 1}", year=None, genres="", n_train=10, warm=True,
+                           score_text=0.5 + 0.01 * ((3 * i) % n), score_cf=0.5 + 0.013 * ((5 * i + 2) % n),
+                           label=i % 2, in_history=False) for i in range(n))
+    return ScoredResult(profile=Profile("composed", None, ("1",), (1,)), rows=rows, vector_source="", cf="mf",
+                        cf_label="MF", text_mode="text-only (LoRA)", cf_mode="CoLLM (MF tokens)", user_warm=False,
+                        user_n_train=0, seconds=0.0)
+
+
+@pytest.mark.parametrize("sort_by", recommend.SORT_CHOICES)
+@pytest.mark.parametrize("inject", [True, False])
+def test_rank_column_reads_in_order_under_every_sort(sort_by, inject):
+    """Sorted by Δ (or by the other mode), the first column still reads 1, 2, 3 ...; the two
+    modes' own ranks stay with their movies."""
+    result = _synthetic_result()
+    frame = recommend.results_table(result, sort_by, inject)
+    assert list(frame["rank"]) == list(range(1, len(result.rows) + 1))
+    by_cf = recommend.results_table(result, recommend.SORT_CHOICES[0], True)
+    own = {m: (a, b) for m, a, b in zip(by_cf["movie"], by_cf["rank w/o CF"], by_cf["rank w/ CF"])}
+    assert {m: (a, b) for m, a, b in zip(frame["movie"], frame["rank w/o CF"], frame["rank w/ CF"])} == own
+    column = {recommend.SORT_CHOICES[0]: recommend.COL_CF, recommend.SORT_CHOICES[1]: recommend.COL_TEXT,
+              recommend.SORT_CHOICES[2]: recommend.COL_DELTA}[sort_by]
+    assert frame[column].is_monotonic_decreasing
+
+
+def test_rank_correlations_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from collm_demo.ui.values import kendall, spearman
+
+    a, b = [0.3, 0.1, 0.9, 0.5, 0.5, 0.7], [0.2, 0.4, 0.8, 0.1, 0.6, 0.9]
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert kendall(a, b) == pytest.approx(stats.kendalltau(a, b).statistic)
+
+
+def test_comparison_sentence_follows_the_numbers():
+    same = recommend.comparison_sentence(0.93, 0.95, 0.97, 0.4)
+    assert "almost the same way (ρ = 0.93)" in same and "general appeal, not the user's taste" in same
+    assert "barely differ (cosine 0.97" in same
+    apart = recommend.comparison_sentence(0.35, 0.9, 0.2, 0.4)
+    assert "differently (ρ = 0.35)" in apart and "almost the same" not in apart and "barely" not in apart
+
+
+def _small_presets(state, n: int = 6) -> dict:
+    preset = recommend.compare_presets(state)
+    half = preset["candidates"][:10]
+    return preset | {"candidates": half[: n // 2] + preset["candidates"][10: 10 + n // 2]}
+
+
+def test_compare_two_composed_profiles(real_state):
+    """Two composed profiles (the sci-fi fan and the children's-film fan, from the catalogue by
+    genre and popularity), the same candidates for both: two top lists, the rank correlation of
+    their CF scores, the cosine of their user tokens and a sentence that reads the number."""
+    preset = _small_presets(real_state)
+    genres = real_state.dataset.items["genres"]
+    assert all("Sci-Fi" in genres[i] for i in preset["a_liked"] + preset["b_disliked"])
+    assert all("Children's" in genres[i] for i in preset["b_liked"] + preset["a_disliked"])
+    history = set(preset["a_liked"] + preset["a_disliked"] + preset["b_liked"] + preset["b_disliked"])
+    assert not history & set(preset["candidates"])
+    comp = recommend.compare_profiles(real_state, preset["a_liked"], preset["a_disliked"], preset["b_liked"],
+                                      preset["b_disliked"], preset["candidates"])
+    assert comp.a.items == comp.b.items == preset["candidates"]
+    assert comp.a.profile != comp.b.profile and comp.a.profile.kind == comp.b.profile.kind == "composed"
+    from collm_demo.ui.values import spearman
+    assert comp.rho_cf == pytest.approx(spearman([r.score_cf for r in comp.a.rows], [r.score_cf for r in comp.b.rows]))
+    assert -1 <= comp.rho_cf <= 1 and -1 <= comp.tau_cf <= 1 and -1 <= comp.cos_tokens <= 1
+    assert ("almost the same way" in comp.sentence) == (comp.rho_cf >= recommend.SAME_RANKING_RHO)
+    assert f"ρ = {comp.rho_cf:.2f}" in comp.sentence
+    table = recommend.comparison_table(comp, ("A", "B"))
+    assert list(table.columns) == ["rank", "A", "B"] and len(table) == recommend.COMPARE_TOP_K
+    assert comp.sentence in recommend.comparison_md(comp)
+    with pytest.raises(InputError, match="both liked and disliked"):
+        recommend.compare_profiles(real_state, ["1"], ["1"], ["2"], [], preset["candidates"])
+
+
+def test_compare_button_handler(real_state):
+    """The accordion's button, through the app's own event function."""
+    from collm_demo.ui import build_demo
+
+    demo = build_demo(real_state)
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    button = by_id["compare-btn"]
+    (fn,) = [f for f in demo.fns.values() if (button._id, "click") in [tuple(t) for t in f.targets]]
+    preset = _small_presets(real_state)
+    md, table, fig = fn.fn("Sci-Fi fan", preset["a_liked"], preset["a_disliked"], "Children's fan",
+                           preset["b_liked"], preset["b_disliked"], preset["candidates"], None)
+    assert "ρ =" in md and "Kendall τ" in md and "cosine" in md
+    assert list(table.columns) == ["rank", "Sci-Fi fan", "Children's fan"]
+    assert sum(len(t.x) for t in fig.data) == len(preset["candidates"])
+    import gradio as gr
+    with pytest.raises(gr.Error, match="pick at least one candidate movie"):
+        fn.fn("A", preset["a_liked"], [], "B", preset["b_liked"], [], [], None)
+
+
+def test_ui_messages_speak_of_picking_movies(real_state, user):
+    """The Recommend tab's candidate errors say what to pick, not the API's id syntax; /compare keeps its own."""
+    table, _ = recommend.load_history(real_state, "user", user)
+    with pytest.raises(InputError) as err:
+        recommend.score(real_state, "user", user, table, [])
+    assert "pick at least one candidate movie" in str(err.value) and 'e.g. "1, 50' not in str(err.value)
+    with pytest.raises(InputError) as err:
+        recommend.score(real_state, "user", user, table, ["50", "50"])
+    assert "Star Wars" in str(err.value) and "item id" not in str(err.value)
+    with pytest.raises(InputError, match='give at least one item id, e.g. "1, 50, 100"'):
+        core.compare(real_state, "1", "")
+    flipped = table.copy()
+    flipped.loc[0, "liked"] = not bool(flipped.loc[0, "liked"])
+    assert recommend.FOLD_IN in recommend.history_status(real_state, "user", user, flipped)  # fold-in explained

@@ -45,6 +45,10 @@ pre.prompt {white-space: pre-wrap; word-break: break-word; font-size: 0.86em; li
 .tok-item {background: #a5d8ff; border-color: #1c7ed6; font-weight: 700;}
 """
 
+# Run in the browser when a tab is shown: let the tab take its size, then a window resize makes
+# every (responsive) plotly figure re-measure its container.
+RESIZE_PLOTS_JS = "() => { requestAnimationFrame(() => setTimeout(() => window.dispatchEvent(new Event('resize')), 30)); }"
+
 HEADER = """
 # CoLLM demo: collaborative-filtering tokens inside an LLM
 
@@ -145,6 +149,15 @@ def build_demo(state: AppState | None = None):
                 exp = explain.build(state)
             with gr.Tab("Inside the LLM", id="inside", elem_id="tab-inside"):
                 ins = inside_view.build(state)
+
+        # A plot updated while its tab is hidden is laid out at plotly's default 700 px (its
+        # container has no size then) and Gradio only resizes it when its value changes, so after a
+        # CF-model switch the map filled ~55 % of its width and the simulator chart overflowed its
+        # box (its last point cut off). Gradio's plots are responsive (they listen to window
+        # resizes): one resize event once the newly shown tab has its size fixes every plot in it.
+        # Client-side only (no server round trip); `change` also fires when a handler opens a tab.
+        for event in (tabs.select, tabs.change):
+            event(None, None, None, js=RESIZE_PLOTS_JS)
 
         scored, render, render_out = recommend.wire(state, rec, result_state, gr_error)
         map_fn, map_in, map_out = embedding.wire(state, emb, result_state)

@@ -14,49 +14,98 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import core
+from .memo import memoize
 from .state import AppState
 from .values import ScoredResult, focus_choices
-from .views import CANDIDATE_COLOUR, cf_label, empty_figure, layout_traces, shorten
+from .views import CANDIDATE_COLOUR, cf_label, empty_figure, layout_traces, shorten, spread_labels
 
-COLOR_CHOICES = [("warm / cold item", "warm"), ("genre (first listed)", "genre")]
-MAP_HEIGHT = 620
+COLOR_CHOICES = [("popularity (training interactions)", "popularity"), ("mean rating", "rating"),
+                 ("warm / cold item", "warm")]
+MAP_HEIGHT = 640
+COLOUR_NOTE = {
+    "popularity": "Items are coloured (and sized) by how many training interactions they have: the CF "
+                  "model's strongest signal, and the main direction along which the item tokens spread. ",
+    "rating": "Items are coloured by their mean training rating (1-5). ",
+    "warm": "Items are coloured warm (enough training interactions for a trained CF vector) or cold. ",
+}
+LABELLED = 6  # candidates named on the map: the best few in the active ranking (and the inspected one)
+LABEL_PX = 48  # how far (pixels) a name sits from its candidate, with an arrow back to it
+# label directions around a candidate (pixels, y up): above, below, right, left, then the diagonals
+LABEL_OFFSETS = [(0, 1), (0, -1), (1.3, 0), (-1.3, 0), (1, 0.8), (-1, 0.8), (1, -0.8), (-1, -0.8)]
 
 
-def map_figure(state: AppState, result: ScoredResult | None, color_by: str = "warm", show_words: bool = True,
+@memoize(2)
+def mean_ratings(state: AppState) -> dict[str, float]:
+    """Mean rating (1-5) of each item's training interactions: what "liked by many" looks like."""
+    inter = state.dataset.interactions
+    return inter[inter["split"] == "train"].groupby("item")["rating"].mean().astype(float).to_dict()
+
+
+def candidate_labels(xy: list[tuple[float, float]], titles: list[str], bounds: tuple[float, float, float, float],
+                     size: tuple[int, int] = (1150, 520), focus: int | None = None) -> list[dict]:
+    """Plotly annotations naming candidates without stacking the names: each gets the free
+    direction (see ``views.spread_labels``, in approximate screen pixels) and an arrow back."""
+    x0, x1, y0, y1 = bounds
+    px = [((x - x0) / max(x1 - x0, 1e-9) * size[0], (y - y0) / max(y1 - y0, 1e-9) * size[1]) for x, y in xy]
+    offsets = [(dx * LABEL_PX * 1.6, dy * LABEL_PX) for dx, dy in LABEL_OFFSETS]
+    chosen = spread_labels(px, offsets)
+    out = []
+    for n, ((x, y), title, j) in enumerate(zip(xy, titles, chosen)):
+        dx, dy = offsets[j]
+        out.append(dict(x=x, y=y, text=f"<b>{title}</b>" if n == focus else title, showarrow=True, arrowhead=0,
+                        arrowwidth=1.2, arrowcolor=CANDIDATE_COLOUR, ax=dx, ay=-dy, standoff=7,
+                        bgcolor="rgba(255,255,255,0.88)", bordercolor=CANDIDATE_COLOUR if n == focus else "#ADB5BD",
+                        borderwidth=1.5 if n == focus else 1, borderpad=2, font=dict(size=13, color="#1a1a1a")))
+    return out
+
+
+def map_figure(state: AppState, result: ScoredResult | None, color_by: str = "popularity", show_words: bool = True,
                focus: str | None = None) -> tuple[go.Figure, str]:
-    """The scatter with the current user and candidates highlighted, plus a caption."""
+    """The scatter with the current user and candidates highlighted (the best few named), plus a caption."""
     cf = result.cf if result else None
     why = core.map_unavailable(state, cf)
     if why:
         return empty_figure(why), why
     pipe = state.pipeline(cf)
     layout = state.assets.layout(pipe.cf_name)
-    fig = go.Figure(layout_traces(layout["points"], color_by, show_words))
+    fig = go.Figure(layout_traces(layout["points"], color_by, show_words,
+                                  mean_rating=mean_ratings(state) if color_by == "rating" else None))
     profile = core.profile_of(state, result)
     (ux, uy), how = core.user_position(state, profile, cf)
     candidates = result.items if result else []
+    labelled: list[str] = []
     if candidates:
         xy, was_placed = core.item_positions(state, candidates, cf)
         titles = {r.item: r.title for r in result.rows}
         fig.add_trace(go.Scatter(
             x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers", name="candidates",
-            marker=dict(size=13, color="rgba(0,0,0,0)", line=dict(width=2.5, color=CANDIDATE_COLOUR)),
+            marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(width=3, color=CANDIDATE_COLOUR)),
             text=[f"<b>{titles[i]}</b> · #{i}" + (" (placed: not in the layout)" if pl else "")
                   for i, pl in zip(candidates, was_placed)],
             hovertemplate="%{text}<extra>candidate</extra>"))
-        if focus in candidates:
-            fx, fy = xy[candidates.index(focus)]
-            fig.add_annotation(x=fx, y=fy, text=shorten(titles[focus], 30), showarrow=True, arrowhead=2,
-                               ax=30, ay=-30, bgcolor="rgba(255,255,255,0.85)", font=dict(size=12))
+        # The best few in the active ranking (the dropdown's order), and the inspected one.
+        order = [item for _, item in focus_choices(result)[0]]
+        labelled = order[:LABELLED] + ([focus] if focus in candidates and focus not in order[:LABELLED] else [])
+        # name the inspected candidate first: it gets the freest spot
+        labelled.sort(key=lambda i: i != focus)
+        pos = {i: xy[candidates.index(i)] for i in labelled}
+        xs = [p["x"] for p in layout["points"]] + [ux]
+        ys = [p["y"] for p in layout["points"]] + [uy]
+        for note in candidate_labels([pos[i] for i in labelled], [shorten(titles[i], 22) for i in labelled],
+                                     (min(xs), max(xs), min(ys), max(ys)),
+                                     focus=labelled.index(focus) if focus in labelled else None):
+            fig.add_annotation(**note)
     fig.add_trace(go.Scatter(
         x=[ux], y=[uy], mode="markers", name=f"{profile.describe()}",
-        marker=dict(size=20, symbol="star", color="#E64980", line=dict(width=1.5, color="#1a1a1a")),
+        marker=dict(size=24, symbol="star", color="#E64980", line=dict(width=1.5, color="#1a1a1a")),
         text=[f"{profile.describe()}: {how}"], hovertemplate="%{text}<extra></extra>"))
+    # No width: the figure fills its container (Gradio's plots are responsive; see RESIZE_PLOTS_JS).
     fig.update_layout(
         height=MAP_HEIGHT, template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
         title=dict(text=f"Mapped {cf_label(pipe)} tokens and word embeddings (UMAP, cosine)",
-                   font_size=14),
-        legend=dict(orientation="h", y=-0.06, x=0, font_size=11), dragmode="pan",
+                   font_size=16),
+        legend=dict(orientation="h", y=-0.02, x=0, yanchor="top", font_size=14, itemsizing="constant"),
+        dragmode="pan", hoverlabel_font_size=13,
         xaxis=dict(showticklabels=False, title=None, zeroline=False),
         yaxis=dict(showticklabels=False, title=None, zeroline=False))
     meta = layout.get("meta", {})
@@ -64,7 +113,8 @@ def map_figure(state: AppState, result: ScoredResult | None, color_by: str = "wa
                f"(UMAP, cosine metric, seed {meta.get('seed', '?')}) on {meta.get('counts', {}).get('item', '?')} "
                f"mapped item tokens, {meta.get('counts', {}).get('user', '?')} mapped user tokens and "
                f"{meta.get('counts', {}).get('word', '?')} sampled word embeddings; distances are only roughly "
-               f"meaningful. The ★ is {profile.describe()}: {how}. Red rings are the candidates. "
+               f"meaningful. {COLOUR_NOTE.get(color_by, '')}The ★ is {profile.describe()}: {how}. Red rings are "
+               f"the candidates{'; the best few in the current ranking are named' if labelled else ''}. "
                "Mapped tokens that form their own islands away from the green words are normal: CoLLM only needs "
                "the LLM to read them, not to make them word-like. Scroll to zoom, drag to pan, click legend "
                "entries to hide groups.")
@@ -105,6 +155,11 @@ def token_report(state: AppState, result: ScoredResult | None, focus: str | None
     return frame, text
 
 
+NEAREST_CAUTION = ("A cosine of about 0.2 is weak: these are merely the closest of tens of thousands of "
+                   "words, not what the token means. The **Inside the LLM** tab's logit lens (what the model "
+                   "itself reads at each layer) says more.")
+
+
 def build(state: AppState):
     import gradio as gr
 
@@ -113,16 +168,21 @@ def build(state: AppState):
                 "projector's output for one user or item; the plot squeezes those 576-dimensional vectors, "
                 "together with a sample of real word embeddings, into two dimensions.", elem_classes=["lead"])
     with gr.Row():
-        w["color_by"] = gr.Radio(COLOR_CHOICES, value="warm", label="Colour items by", min_width=240)
+        w["color_by"] = gr.Radio(COLOR_CHOICES, value="popularity", label="Colour items by", min_width=300,
+                                 elem_id="map-colour")
         w["show_words"] = gr.Checkbox(True, label="Show vocabulary words", min_width=200)
         w["focus"] = gr.Dropdown([], label="Candidate to inspect", min_width=240, elem_id="map-candidate")
-    w["map"] = gr.Plot(empty_figure("Score candidates in the Recommend tab (or wait for the first load)."),
-                       label="Embedding map", elem_id="embedding-map")
+    # No label badge: it would sit on the figure's title (and Gradio then adds a 100 px top margin).
+    w["map"] = gr.Plot(empty_figure("Score candidates in the Recommend tab (or wait for the first load).",
+                                    height=MAP_HEIGHT), show_label=False, elem_id="embedding-map")
     w["caption"] = gr.Markdown(elem_classes=["note"])
-    gr.Markdown("### What do the two CF tokens look like to the LLM?")
-    w["norms"] = gr.Markdown()
-    w["nearest"] = gr.Dataframe(interactive=False, label="Nearest vocabulary tokens by cosine similarity",
-                                elem_id="nearest-words")
+    # Collapsed on purpose: word lists with cosines around 0.2 invite reading meaning into the tokens.
+    with gr.Accordion("Nearest vocabulary words of the two CF tokens (a weak signal: read with care)", open=False,
+                      elem_id="nearest-fold"):
+        gr.Markdown(NEAREST_CAUTION, elem_classes=["note"])
+        w["norms"] = gr.Markdown(elem_classes=["note"])
+        w["nearest"] = gr.Dataframe(interactive=False, label="Nearest vocabulary tokens by cosine similarity",
+                                    elem_id="nearest-words")
     return w
 
 

@@ -23,6 +23,16 @@ from .views import COLD_COLOUR, WARM_COLOUR, cf_label, shorten
 SHOW_DIMS = 5
 
 
+STEP4_HEIGHT = 400
+
+
+def _headroom(values: list[float], share: float = 0.3, minimum: float = 0.5) -> list[float]:
+    """A y range over 0 and ``values`` with room beyond the largest bar, either side, for its label."""
+    low, high = min(0.0, min(values)), max(0.0, max(values))
+    pad = max(minimum, share * max(abs(low), abs(high)))
+    return [low - pad if low < 0 else low, high + pad if high > 0 else high + pad * 0.2]
+
+
 def _vec_row(name: str, source: str, vec) -> list:
     values = vec.tolist()
     return ([name, source, len(values), round(float(np.linalg.norm(values)), 3)]
@@ -142,7 +152,7 @@ def explain(state: AppState, result: ScoredResult | None, item: str | None) -> d
     out["step4_table"] = pd.DataFrame(table, columns=["mode", "logit “Yes”", "logit “No”", "Yes − No",
                                                       "score = sigmoid(Yes − No)", "most likely next tokens"])
     fig = make_subplots(1, 2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
-                        subplot_titles=("logits of the two answer tokens", "Yes − No → score = sigmoid"))
+                        subplot_titles=("logits of “Yes” and “No”", "Yes − No → score"))
     for key, name, color in (("text", "without CF", COLD_COLOUR), ("cf", "with CF", WARM_COLOUR)):
         if key in answers:
             a = answers[key]
@@ -152,12 +162,17 @@ def explain(state: AppState, result: ScoredResult | None, item: str | None) -> d
             fig.add_trace(go.Bar(x=[name], y=[a.diff], marker_color=color, showlegend=False, legendgroup=key,
                                  text=[f"{a.diff:+.2f} → {a.score:.3f}"], textposition="outside"), 1, 2)
     fig.add_hline(y=0, line_color="#555", line_width=1, row=1, col=2)
-    diffs = [a.diff for a in answers.values()]
-    pad = max(0.3, 0.35 * max(abs(d) for d in diffs))
-    fig.update_yaxes(range=[min(0, min(diffs)) - pad, max(0, max(diffs)) + pad], row=1, col=2)
-    fig.update_layout(barmode="group", height=360, template="plotly_white", margin=dict(l=10, r=10, t=60, b=10),
-                      title=dict(text=f"The LLM's answer for “{shorten(title, 36)}”", font_size=14),
-                      legend=dict(orientation="h", y=-0.12, x=0))
+    # Both y ranges leave headroom above (and below) the bars for their "outside" value labels, so
+    # a label never reaches the subplot title above the plot area.
+    fig.update_yaxes(range=_headroom([v for a in answers.values() for v in (a.yes_logit, a.no_logit)]), row=1, col=1)
+    fig.update_yaxes(range=_headroom([a.diff for a in answers.values()], minimum=0.3), row=1, col=2)
+    fig.update_traces(cliponaxis=False, textfont_size=13)
+    fig.update_annotations(font_size=13)  # the subplot titles
+    fig.update_layout(barmode="group", height=STEP4_HEIGHT, template="plotly_white",
+                      margin=dict(l=10, r=10, t=80, b=10),
+                      title=dict(text=f"The LLM's answer for “{shorten(title, 36)}”", font_size=15, y=0.97,
+                                 yanchor="top"),
+                      legend=dict(orientation="h", y=-0.1, yanchor="top", x=0, font_size=13))
     out["step4_fig"] = fig
     out["step4_md"] = (
         "**Step 4 · The answer.** The LLM reads the sequence and predicts the next token after “#Answer:”. "

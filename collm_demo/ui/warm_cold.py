@@ -22,9 +22,19 @@ from . import core
 from .memo import memoize
 from .state import AppState
 from .values import ScoredResult
-from .views import CANDIDATE_COLOUR, COLD_COLOUR, WARM_COLOUR, cf_label, empty_figure, layout_traces
+from .views import (
+    CANDIDATE_COLOUR,
+    COLD_COLOUR,
+    WARM_COLOUR,
+    cf_label,
+    empty_figure,
+    layout_traces,
+    shorten,
+    spread_labels,
+)
 
 K_CHOICES = ["0", "1", "3", "10", "all"]
+SIM_HEIGHT = 420  # both simulator figures: the same height side by side
 
 
 # ------------------------------------------------------------------ evaluation
@@ -454,7 +464,7 @@ def simulation_table(sim: dict | None) -> pd.DataFrame:
 
 def simulation_figure(sim: dict | None, selected: str = "all") -> go.Figure:
     if not sim:
-        return empty_figure("Run the simulator.", height=360)
+        return empty_figure("Run the simulator.", height=SIM_HEIGHT)
     rows = sim["rows"][: len(K_CHOICES)]
     ref = sim["rows"][len(K_CHOICES)]
     labels = [f"k={c}" for c in K_CHOICES]
@@ -471,22 +481,44 @@ def simulation_figure(sim: dict | None, selected: str = "all") -> go.Figure:
         n = K_CHOICES.index(selected)
         fig.add_trace(go.Scatter(x=[labels[n]], y=[rows[n]["collm"]], mode="markers", name=f"selected k={selected}",
                                  marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=3, color=CANDIDATE_COLOUR))))
-    fig.update_layout(height=360, template="plotly_white", yaxis_title="P(Yes) for this user",
-                      xaxis_title="training interactions kept for the item",
-                      title=dict(text=f"{sim['title']}: scores for {sim['profile']}", font_size=14),
-                      legend=dict(orientation="h", y=-0.3, x=0), margin=dict(l=10, r=10, t=50, b=10))
+    # Every k on the axis, in order, with room for the markers at both ends (a categorical axis
+    # otherwise ends at the last category's centre and the k=all marker half leaves the plot).
+    fig.update_layout(height=SIM_HEIGHT, template="plotly_white", yaxis_title="P(Yes) for this user",
+                      xaxis=dict(title="training interactions kept for the item", type="category",
+                                 categoryorder="array", categoryarray=labels, range=[-0.5, len(labels) - 0.5]),
+                      title=dict(text=f"{shorten(sim['title'], 40)}: scores for {sim['profile']}", font_size=14),
+                      legend=dict(orientation="h", y=-0.25, yanchor="top", x=0, font_size=13),
+                      margin=dict(l=10, r=10, t=50, b=10))
     return fig
+
+
+# Text positions a k label may take, with the direction each puts the label in (x, y).
+K_LABEL_SPOTS = [("top center", (0, 1)), ("bottom center", (0, -1)), ("middle right", (1.4, 0)),
+                 ("middle left", (-1.4, 0)), ("top right", (1, 1)), ("bottom left", (-1, -1)),
+                 ("top left", (-1, 1)), ("bottom right", (1, -1))]
+
+
+def k_label_positions(rows: list[dict]) -> list[str]:
+    """Text positions for the k labels of the refit path: k=1, k=3 and k=10 often land close
+    together, so each label takes the freest side and never the same side as the previous k."""
+    xy = [r["xy"] for r in rows]
+    span = max(float(np.ptp([p[0] for p in xy])), float(np.ptp([p[1] for p in xy])), 1e-6)
+    step = 0.08 * span
+    chosen = spread_labels(xy, [(dx * step, dy * step) for _, (dx, dy) in K_LABEL_SPOTS], alternate=True)
+    return [K_LABEL_SPOTS[j][0] for j in chosen]
 
 
 def simulation_map(state: AppState, sim: dict | None, selected: str = "all") -> go.Figure:
     if not sim or sim["rows"][0]["xy"] is None:
-        return empty_figure(core.map_unavailable(state, (sim or {}).get("cf")) or "Run the simulator.", height=360)
+        return empty_figure(core.map_unavailable(state, (sim or {}).get("cf")) or "Run the simulator.",
+                            height=SIM_HEIGHT)
     layout = state.assets.layout(sim["cf"])
     fig = go.Figure(layout_traces(layout["points"], "warm", show_words=False, faint=True))
     rows = sim["rows"][: len(K_CHOICES)]
     fig.add_trace(go.Scatter(x=[r["xy"][0] for r in rows], y=[r["xy"][1] for r in rows], mode="lines+markers+text",
-                             text=[f"k={c}" for c in K_CHOICES], textposition="top center", name="refit item (placed)",
-                             line=dict(color=CANDIDATE_COLOUR, width=2), marker=dict(size=10, color=CANDIDATE_COLOUR)))
+                             text=[f"k={c}" for c in K_CHOICES], textposition=k_label_positions(rows),
+                             textfont=dict(size=13, color="#1a1a1a"), name="refit item (placed)",
+                             line=dict(color=CANDIDATE_COLOUR, width=2), marker=dict(size=11, color=CANDIDATE_COLOUR)))
     if sim["fitted_xy"]:
         fig.add_trace(go.Scatter(x=[sim["fitted_xy"][0]], y=[sim["fitted_xy"][1]], mode="markers+text",
                                  text=["trained"], textposition="bottom center", name="trained vector (fitted layout)",
@@ -498,12 +530,12 @@ def simulation_map(state: AppState, sim: dict | None, selected: str = "all") -> 
     xs = [r["xy"][0] for r in rows] + ([sim["fitted_xy"][0]] if sim["fitted_xy"] else [])
     ys = [r["xy"][1] for r in rows] + ([sim["fitted_xy"][1]] if sim["fitted_xy"] else [])
     pad = max(1.5, 0.3 * max(np.ptp(xs), np.ptp(ys)))
-    fig.update_layout(height=400, template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
-                      title=dict(text="Where the refit item token lands (zoomed; positions placed by nearest neighbours)",
-                                 font_size=13),
+    fig.update_layout(height=SIM_HEIGHT, template="plotly_white", margin=dict(l=10, r=10, t=50, b=10),
+                      title=dict(text="Where the refit item token lands<br><sup>zoomed; positions placed by nearest "
+                                      "neighbours</sup>", font_size=14),
                       xaxis=dict(range=[min(xs) - pad, max(xs) + pad], showticklabels=False),
                       yaxis=dict(range=[min(ys) - pad, max(ys) + pad], showticklabels=False),
-                      legend=dict(orientation="h", y=-0.08, x=0, font_size=11))
+                      legend=dict(orientation="h", y=-0.04, yanchor="top", x=0, font_size=13))
     return fig
 
 
@@ -577,11 +609,13 @@ def build(state: AppState):
     w["sim_state"] = gr.State(None)
     w["sim_text"] = gr.Markdown()
     with gr.Row(equal_height=False):
-        w["sim_chart"] = gr.Plot(simulation_figure(None), label="Scores as k grows", min_width=320)
+        # No label badges: the figures have titles (a badge would sit on them, and Gradio then
+        # adds a 100 px top margin to make room).
+        w["sim_chart"] = gr.Plot(simulation_figure(None), show_label=False, min_width=320, elem_id="sim-chart")
         # Not simulation_map(state, None): that asks the model why a map is missing, and the page
         # must be built from the dataset alone while the model loads (or fails to).
-        w["sim_map"] = gr.Plot(empty_figure("Run the simulator.", height=360), label="Map position as k grows",
-                               min_width=320)
+        w["sim_map"] = gr.Plot(empty_figure("Run the simulator.", height=SIM_HEIGHT), show_label=False,
+                               min_width=320, elem_id="sim-map")
     w["sim_table"] = gr.Dataframe(simulation_table(None), interactive=False, label="Every version of the item vector")
     return w
 
