@@ -209,8 +209,12 @@ def parse_seed(value, field_name: str = "seed") -> int:
     return value
 
 
-def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids") -> list[str]:
-    """Validate candidate ids: numeric, known, unique, 1..MAX_CANDIDATES."""
+def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids", ui: str | None = None) -> list[str]:
+    """Validate candidate ids: numeric, known, unique, 1..MAX_CANDIDATES.
+
+    ``ui``: the thing's name on screen (e.g. "candidate movie"): the messages then speak of
+    picking movies from a list, as the app's dropdowns have the user do, instead of the API's
+    comma-separated ids (whose wording /compare keeps)."""
     if text_or_list is None:
         text_or_list = ""
     if isinstance(text_or_list, (int, float)):  # a bare number through the API: treat it as its text
@@ -223,10 +227,13 @@ def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids") 
     else:
         raise InputError(f"{field_name} must be text like \"1, 50, 100\", not {type(text_or_list).__name__}")
     if not tokens:
-        raise InputError(f"{field_name} is empty: give at least one item id, e.g. \"1, 50, 100\"")
+        raise InputError(f"The {ui} list is empty: pick at least one {ui} (type in the box to search)."
+                         if ui else f"{field_name} is empty: give at least one item id, e.g. \"1, 50, 100\"")
     bad = [t for t in tokens if not _is_id(t)]
     if bad:
-        raise InputError(f"{field_name}: {', '.join(_echo(b) for b in bad[:5])} is not a numeric item id "
+        raise InputError(f"{', '.join(_echo(b) for b in bad[:5])} is not a movie of this catalogue: pick each "
+                         f"{ui} from the list." if ui else
+                         f"{field_name}: {', '.join(_echo(b) for b in bad[:5])} is not a numeric item id "
                          f"(use comma-separated numbers of 1 to {ID_DIGITS} digits 0-9, like \"1, 50, 100\")")
     tokens = [str(int(t)) for t in tokens]
     seen, dup = set(), []
@@ -235,13 +242,16 @@ def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids") 
             dup.append(t)
         seen.add(t)
     if dup:
-        raise InputError(f"{field_name}: duplicate item id(s) {', '.join(dup[:5])}; list each candidate once")
+        raise InputError(f"{', '.join(state.dataset.title(t) for t in dup[:5])}: picked twice; pick each {ui} once."
+                         if ui else f"{field_name}: duplicate item id(s) {', '.join(dup[:5])}; list each candidate once")
     if len(tokens) > MAX_CANDIDATES:
-        raise InputError(f"{field_name}: {len(tokens)} candidates given; at most {MAX_CANDIDATES} per call")
+        raise InputError(f"{len(tokens)} {ui}s picked: at most {MAX_CANDIDATES} at a time." if ui else
+                         f"{field_name}: {len(tokens)} candidates given; at most {MAX_CANDIDATES} per call")
     catalog = state.catalog
     unknown = [t for t in tokens if t not in catalog.item_title]
     if unknown:
-        raise InputError(f"{field_name}: unknown item id(s) {', '.join(unknown[:5])} "
+        raise InputError(f"{', '.join(unknown[:5])} is not a movie of this catalogue: pick each {ui} from the list."
+                         if ui else f"{field_name}: unknown item id(s) {', '.join(unknown[:5])} "
                          f"(this dataset has ids {catalog.item_ids[0]}..{catalog.item_ids[-1]})")
     return tokens
 

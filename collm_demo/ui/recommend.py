@@ -16,8 +16,19 @@ import plotly.graph_objects as go
 from ..config import MAX_CANDIDATES
 from ..errors import InputError
 from . import core
+from .memo import memoize
 from .state import AppState
-from .values import ScoredResult, candidate_auc, focus_choices, ranks
+from .values import (
+    Profile,
+    ProfileComparison,
+    ScoredResult,
+    candidate_auc,
+    cosine,
+    focus_choices,
+    kendall,
+    ranks,
+    spearman,
+)
 from .views import COLD_COLOUR, WARM_COLOUR, empty_figure, shorten
 
 SORT_CHOICES = ["score with CF tokens", "score without CF tokens", "difference (with − without)"]
@@ -28,6 +39,8 @@ LIKED_BG, DISLIKED_BG = "#d3f9d8", "#ffe3e3"  # truth cells: liked green, dislik
 LIKED_LINE, DISLIKED_LINE, UNKNOWN_LINE = "#2b8a3e", "#c92a2a", "#adb5bd"
 TRUTH_LINE = {1: LIKED_LINE, 0: DISLIKED_LINE}
 TRUTH_WORD = {1: "✓ liked", 0: "✗ disliked"}
+# "fold-in" in one phrase, wherever the tab uses the word
+FOLD_IN = "fold-in: a user vector fitted to the liked/disliked marks, the movie vectors held fixed"
 DEFAULT_SET_SIZE = 20  # the page's first candidates and the one-click sets: enough for a within-user AUC
 
 
@@ -44,7 +57,7 @@ def user_summary(state: AppState, user: str | None) -> str:
         vec = "no CF model is loaded, so there are no CF vectors"
     else:
         vec = ("has a trained CF vector" if in_cf else
-               "has no trained CF vector: CoLLM folds one in from the history below")
+               "has no trained CF vector: CoLLM folds one in from the history below (" + FOLD_IN + ")")
     test = (f"{info.n_test} movies rated in the test period ({info.n_test_pos} liked): use them as candidates "
             "and the true answers are known." if info.n_test else
             "No ratings in the test period, so no true answers for candidates.")
@@ -126,7 +139,8 @@ def history_status(state: AppState, source: str, user: str | None, table) -> str
     base = (trimmed + " " if trimmed else "") + f"{len(profile.items)} movies ({liked} liked, {len(profile.items) - liked} disliked)."
     if profile.kind == "edited":
         return (base + f" **Edited** — differs from user {user}'s real history, so their CF vector will be "
-                "folded in from this table instead of the trained one, and true answers are hidden.")
+                "folded in from this table (" + FOLD_IN + ") instead of the trained one, and true "
+                "answers are hidden.")
     if profile.kind == "user":
         return base + " Unedited real history."
     return base + " Composed history."
@@ -203,7 +217,7 @@ def score(state: AppState, source: str, user: str | None, table, candidates: lis
     """Score the candidates for the described profile in both modes (cached); the CF tokens come
     from backend ``cf`` (None = the app's default)."""
     profile = core.profile_from_inputs(state, source, user, table)
-    items = core.parse_item_ids(state, list(candidates or []), "candidates")
+    items = core.parse_item_ids(state, list(candidates or []), "candidates", ui="candidate movie")
     return core.score_both(state, profile, items, progress=progress, cf=core.parse_cf(state, cf))
 
 
@@ -217,14 +231,13 @@ def results_table(result: ScoredResult | None, sort_by: str = SORT_CHOICES[0], i
     rows = result.rows
     r_text = ranks([r.score_text for r in rows])
     r_cf = ranks([r.score_cf for r in rows])
-    active = r_cf if result.ranks_by_cf(inject) else r_text
     out = []
     for n, r in enumerate(rows):
         label = {1: "liked", 0: "disliked"}.get(r.label, "—")
         status = f"{'warm' if r.warm else 'cold'} · {r.n_train}"
         movie = (r.title + (f" ({r.year})" if r.year else "") + f" · #{r.item}"
                  + (" · in history" if r.in_history else ""))
-        out.append([active[n], movie, status, round(r.score_text, 4),
+        out.append([0, movie, status, round(r.score_text, 4),
                     None if r.score_cf is None else round(r.score_cf, 4),
                     None if r.delta is None else round(r.delta, 4),
                     r_text[n], r_cf[n], label])
@@ -232,7 +245,11 @@ def results_table(result: ScoredResult | None, sort_by: str = SORT_CHOICES[0], i
     column = {SORT_CHOICES[0]: COL_CF, SORT_CHOICES[1]: COL_TEXT, SORT_CHOICES[2]: COL_DELTA}.get(sort_by, COL_CF)
     if frame[column].isna().all():
         column = COL_TEXT
-    return frame.sort_values(column, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
+    frame = frame.sort_values(column, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
+    # "rank" is the position in the order shown, so the first column reads 1, 2, 3 under every
+    # sort (by Δ too); the two modes' own ranks stay in their columns.
+    frame["rank"] = range(1, len(frame) + 1)
+    return frame
 
 
 def styled_table(frame: pd.DataFrame):
@@ -375,6 +392,207 @@ def prompts_html(state: AppState, result: ScoredResult | None, item: str | None,
     return text, cf
 
 
+# ------------------------------------------------------- two composed profiles side by side
+
+# (liked genre, disliked genre) of the two preset profiles: the issue's sci-fi fan and
+# children's-film fan, each disliking the other's genre, so their histories are opposites.
+COMPARE_PRESETS = (("Sci-Fi", "Children's"), ("Children's", "Sci-Fi"))
+SAME_RANKING_RHO = 0.8  # above it, the two profiles rank the candidates "almost the same way"
+COMPARE_TOP_K = 5
+
+
+def _popular_in(state: AppState, genre: str, avoid: str | None = None, skip: set | None = None) -> list[str]:
+    """Warm items of ``genre`` (and not of ``avoid``), most training interactions first."""
+    items, skip = state.dataset.items, skip or set()
+    pop = sorted(state.catalog.item_train.items(), key=lambda kv: -kv[1])
+    return [i for i, _ in pop if genre in str(items.at[i, "genres"]).split("|") and i not in skip
+            and not (avoid and avoid in str(items.at[i, "genres"]).split("|"))]
+
+
+def genre_profile(state: AppState, liked: str, disliked: str, n_liked: int = 4,
+                  n_disliked: int = 2) -> tuple[list[str], list[str]]:
+    """A composed fan of ``liked``: its most popular films liked, the most popular of ``disliked`` disliked
+    (as ``composed_example`` picks them: by genre and training popularity)."""
+    return (_popular_in(state, liked, avoid=disliked)[:n_liked],
+            _popular_in(state, disliked, avoid=liked)[:n_disliked])
+
+
+def compare_presets(state: AppState, n_candidates: int = 20) -> dict:
+    """The two preset profiles and the candidates both are scored on: the next most popular films
+    of the two genres, half each, none in either history (so a taste difference can show)."""
+    (a_l, a_d), (b_l, b_d) = (genre_profile(state, *g) for g in COMPARE_PRESETS)
+    used = set(a_l + a_d + b_l + b_d)
+    ga, gb = COMPARE_PRESETS[0][0], COMPARE_PRESETS[1][0]
+    half = n_candidates // 2
+    cands = _popular_in(state, ga, avoid=gb, skip=used)[:half] + _popular_in(state, gb, avoid=ga, skip=used)[:half]
+    return {"a_liked": a_l, "a_disliked": a_d, "b_liked": b_l, "b_disliked": b_d, "candidates": cands,
+            "a_name": f"{ga} fan", "b_name": f"{gb} fan"}
+
+
+def _composed(state: AppState, liked, disliked, name: str) -> Profile:
+    liked, disliked = [str(i) for i in liked or []], [str(i) for i in disliked or []]
+    both = [i for i in liked if i in disliked]
+    if both:
+        raise InputError(f"{name}: {state.dataset.title(both[0])} is both liked and disliked; keep it in one list.")
+    items = liked + disliked
+    unknown = [i for i in items if i not in state.catalog.item_title]
+    if unknown:
+        raise InputError(f"Unknown movie id {core._echo(unknown[0])}")
+    if not items:
+        raise InputError(f"{name} has no movies yet: pick at least one liked or disliked movie.")
+    limit = state.dataset.protocol.history_len
+    if len(items) > limit:
+        raise InputError(f"{name} has {len(items)} movies; the prompt holds at most {limit}.")
+    return Profile("composed", None, tuple(items), tuple([1] * len(liked) + [0] * len(disliked)))
+
+
+@memoize(8)
+def typical_token_cosine(state: AppState, cf_name: str, n_pairs: int = 2000) -> float:
+    """Median cosine between the user tokens of two random trained users: the yardstick for
+    'the two profiles' tokens are close' (a fixed seed: the same number every time)."""
+    pipe = state.pipeline(cf_name)
+    users = [u for u in state.catalog.users if pipe.cf.has_user(u)]
+    tokens = core.project(state, pipe.cf.user_vectors(users).numpy(), cf_name)
+    tokens = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, len(users), n_pairs), rng.integers(0, len(users), n_pairs)
+    keep = a != b
+    return float(np.median((tokens[a[keep]] * tokens[b[keep]]).sum(axis=1)))
+
+
+def comparison_sentence(rho_cf: float | None, rho_text: float, cos_tokens: float | None,
+                        typical: float | None, cos_vectors: float | None = None) -> str:
+    """The reading of a side-by-side comparison, generated from its numbers so it stays true."""
+    if rho_cf is None or np.isnan(rho_cf):
+        return (f"No CF tokens in this app (no projector), so only the text prompts differ: the two profiles' "
+                f"text-only rankings correlate ρ = {rho_text:.2f}.")
+    same = rho_cf >= SAME_RANKING_RHO
+    if same:
+        out = (f"The two profiles rank the candidates almost the same way (ρ = {rho_cf:.2f}): at this model "
+               "size the CF tokens mostly carry each movie's general appeal, not the user's taste.")
+    else:
+        out = (f"The two profiles rank the candidates differently (ρ = {rho_cf:.2f}): here the user's "
+               "history and user token do change which movies rise, not only each movie's general appeal.")
+    if cos_tokens is not None and typical is not None:
+        if cos_tokens >= max(typical, 0.99):
+            out += f" Their two user tokens barely differ (cosine {cos_tokens:.2f})."
+        elif cos_tokens < typical:
+            out += (f" Their user tokens are further apart than two real users' usually are (cosine "
+                    f"{cos_tokens:.2f}; {typical:.2f} typically)" + (", yet the ranking hardly moves." if same else "."))
+        else:
+            out += (f" Their user tokens are about as close as two real users' (cosine {cos_tokens:.2f}; "
+                    f"{typical:.2f} typically).")
+        if cos_vectors is not None and cos_vectors < cos_tokens - 0.2:
+            out += (f" The folded-in CF vectors differ far more (cosine {cos_vectors:.2f}): the projector maps "
+                    "different users to nearby tokens.")
+    return out + f" Without CF tokens the two rankings correlate ρ = {rho_text:.2f}."
+
+
+def _main_genre(state: AppState, profile: Profile) -> str | None:
+    """The genre most of a profile's liked movies share (None when it likes nothing)."""
+    genres = state.dataset.items["genres"]
+    counts = pd.Series([g for i, y in zip(profile.items, profile.labels) if y for g in str(genres[i]).split("|")
+                        if g], dtype=object).value_counts()
+    return str(counts.index[0]) if len(counts) else None
+
+
+def compare_profiles(state: AppState, a_liked, a_disliked, b_liked, b_disliked, candidates,
+                     cf: str | None = None, names: tuple[str, str] = ("Profile A", "Profile B")
+                     ) -> ProfileComparison:
+    """Score the same candidates for two composed profiles (``core.score_both``, both modes, cached)
+    and measure how differently they rank them."""
+    a = _composed(state, a_liked, a_disliked, names[0])
+    b = _composed(state, b_liked, b_disliked, names[1])
+    items = core.parse_item_ids(state, list(candidates or []), "candidates", ui="candidate movie")
+    if len(items) < 3:
+        raise InputError("Pick at least three candidate movies: a ranking of fewer says nothing.")
+    cf = core.parse_cf(state, cf)
+    ra, rb = core.score_both(state, a, items, cf=cf), core.score_both(state, b, items, cf=cf)
+    rho_text = spearman([r.score_text for r in ra.rows], [r.score_text for r in rb.rows])
+    rho_cf = tau_cf = cos_vec = cos_tok = typical = pop = None
+    pipe = state.pipeline(cf)
+    if ra.has_cf:
+        cf_a, cf_b = [r.score_cf for r in ra.rows], [r.score_cf for r in rb.rows]
+        rho_cf, tau_cf = spearman(cf_a, cf_b), kendall(cf_a, cf_b)
+        va, _ = core.user_vector(state, a, cf, for_tokens=True)
+        vb, _ = core.user_vector(state, b, cf, for_tokens=True)
+        cos_vec = cosine(va.numpy(), vb.numpy())
+        tokens = core.project(state, np.stack([va.numpy(), vb.numpy()]), pipe.cf_name)
+        cos_tok = cosine(tokens[0], tokens[1])
+        typical = typical_token_cosine(state, pipe.cf_name)
+        counts = [r.n_train for r in ra.rows]
+        pop = (spearman(cf_a, counts), spearman(cf_b, counts))
+    return ProfileComparison(a=ra, b=rb, rho_cf=rho_cf, tau_cf=tau_cf, rho_text=rho_text, cos_vectors=cos_vec,
+                             cos_tokens=cos_tok, typical_cos_tokens=typical, pop_rho=pop,
+                             sentence=comparison_sentence(rho_cf, rho_text, cos_tok, typical, cos_vec))
+
+
+def comparison_table(comp: ProfileComparison | None, names: tuple[str, str] = ("Profile A", "Profile B"),
+                     k: int = COMPARE_TOP_K) -> pd.DataFrame:
+    """The two top-k lists next to each other (CoLLM's ranking, else the text-only one)."""
+    columns = ["rank", names[0], names[1]]
+    if comp is None:
+        return pd.DataFrame(columns=columns)
+    def label(r) -> str:
+        return f"{shorten(r.title)} · {r.genres.replace('|', ', ')}"
+
+    ta, tb = comp.top("a", k), comp.top("b", k)
+    return pd.DataFrame([[n + 1, label(x), label(y)] for n, (x, y) in enumerate(zip(ta, tb))], columns=columns)
+
+
+def comparison_md(state: AppState, comp: ProfileComparison | None,
+                  names: tuple[str, str] = ("Profile A", "Profile B")) -> str:
+    if comp is None:
+        return "Press **Compare the two profiles** to score the same candidates for both."
+    k = min(COMPARE_TOP_K, len(comp.a.rows))
+    same_top = len({r.item for r in comp.top("a", k)} & {r.item for r in comp.top("b", k)})
+    lines = [f"**{comp.sentence}**"]
+    if comp.rho_cf is not None:
+        lines.append(
+            f"With CF tokens: Spearman ρ = {comp.rho_cf:.2f}, Kendall τ = {comp.tau_cf:.2f} between the two "
+            f"profiles' scores; {same_top} of the top {k} are the same films. Folded-in CF user vectors: cosine "
+            f"{comp.cos_vectors:.2f}; the user tokens the LLM reads: cosine {comp.cos_tokens:.2f}. Each ranking "
+            f"against the films' popularity (training ratings): ρ = {comp.pop_rho[0]:.2f} ({names[0]}), "
+            f"{comp.pop_rho[1]:.2f} ({names[1]}).")
+    tops = []
+    for side, name in zip("ab", names):
+        genre = _main_genre(state, (comp.a if side == "a" else comp.b).profile)
+        if genre:
+            n = sum(genre in r.genres.split("|") for r in comp.top(side, k))
+            tops.append(f"{name}'s top {k}: {n} {genre} film{'s' if n != 1 else ''}")
+    if tops:
+        lines.append("; ".join(tops) + ".")
+    lines.append(f"{len(comp.a.rows)} candidates, scored in {comp.a.seconds + comp.b.seconds:.1f} s "
+                 "(both modes for each profile; repeats come from a cache).")
+    return "\n\n".join(lines)
+
+
+def comparison_figure(comp: ProfileComparison | None, names: tuple[str, str] = ("Profile A", "Profile B")
+                      ) -> go.Figure:
+    """Each candidate's P(Yes) for profile A against profile B: on one line = the same ranking."""
+    if comp is None:
+        return empty_figure("Compare two profiles first.", height=300)
+    with_cf = comp.a.has_cf
+    fig = go.Figure()
+    for genre, colour in ((COMPARE_PRESETS[0][0], "#1c7ed6"), (COMPARE_PRESETS[1][0], "#f08c00"), (None, "#868e96")):
+        part = [(x, y) for x, y in zip(comp.a.rows, comp.b.rows)
+                if (genre is None and not any(g in x.genres.split("|") for g, _ in COMPARE_PRESETS))
+                or (genre is not None and genre in x.genres.split("|"))]
+        if not part:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[x.score(with_cf) for x, _ in part], y=[y.score(with_cf) for _, y in part], mode="markers",
+            marker=dict(size=11, color=colour, line=dict(color="#fff", width=1)),
+            name=f"{genre} film" if genre else "other", text=[shorten(x.title) for x, _ in part],
+            hovertemplate="%{text}<br>" + f"{names[0]} %{{x:.3f}}<br>{names[1]} %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(
+        height=380, template="plotly_white", margin=dict(l=10, r=10, t=50, b=10),
+        title=dict(text=f"P(Yes) {'with' if with_cf else 'without'} CF tokens, one point per candidate "
+                        "(on a rising line = ranked alike)", font_size=14),
+        xaxis_title=names[0], yaxis_title=names[1], legend=dict(orientation="h", y=-0.2, x=0))
+    return fig
+
+
 # ------------------------------------------------------------------------- widgets
 
 def build(state: AppState):
@@ -389,7 +607,7 @@ def build(state: AppState):
                 "Scores are P(“Yes”) when the LLM is asked whether the user would enjoy the movie.",
                 elem_classes=["lead"])
     with gr.Row(equal_height=False):
-        with gr.Column(scale=5, min_width=340):
+        with gr.Column(scale=5, min_width=480):  # side by side at 1280 px, stacked at 125 % zoom
             gr.Markdown("### 1 · Whose history?")
             w["source"] = gr.Radio([("A real MovieLens user", "user"), ("Compose your own", "composed")],
                                    value="user", label="History from", elem_id="source")
@@ -402,7 +620,7 @@ def build(state: AppState):
                 datatype=["str", "str", "str", "str", "bool", "str"], interactive=True,
                 static_columns=[0, 1, 2, 3, 5],
                 label="History in the prompt (oldest first) — tick/untick “liked” to edit",
-                column_widths=[52, 150, 54, 116, 92, 108], max_height=440, wrap=True,
+                column_widths=["9%", "27%", "10%", "22%", "12%", "20%"], max_height=1000, wrap=True,
                 elem_id="history-table")
             w["history_md"] = gr.Markdown(elem_classes=["note"])
             w["edit_box"] = gr.Accordion("Add or remove movies", open=False, elem_id="history-edit")
@@ -416,7 +634,7 @@ def build(state: AppState):
                 with gr.Row():
                     w["remove_btn"] = gr.Button("Remove", size="sm", min_width=100)
                     w["reset_btn"] = gr.Button("Reset to the real history / example", size="sm", min_width=160)
-        with gr.Column(scale=5, min_width=340):
+        with gr.Column(scale=5, min_width=480):  # side by side at 1280 px, stacked at 125 % zoom
             gr.Markdown("### 2 · Which candidates?")
             w["candidates"] = gr.Dropdown(state.catalog.item_choices(), multiselect=True, max_choices=MAX_CANDIDATES,
                                           label=f"Candidate movies (type to search; up to {MAX_CANDIDATES})",
@@ -441,25 +659,68 @@ def build(state: AppState):
                      "re-scores, and the map and the walkthrough follow.",
                 interactive=len(choices) > 1, elem_id="cf-model")
             w["score_btn"] = gr.Button("Score candidates", variant="primary", elem_id="score-btn")
-    gr.Markdown("### Results")
-    w["summary"] = gr.Markdown(elem_id="summary")
-    w["sort_by"] = gr.Radio(SORT_CHOICES, value=SORT_CHOICES[0], label="Sort the table by", elem_id="sort-by")
-    w["table"] = gr.Dataframe(value=results_table(None), interactive=False, wrap=True, max_height=820,
-                              label="Both modes side by side: scores are P(Yes); Δ = with CF − without CF; "
-                                    "rank 1 = best; item (train) = warm/cold and its training interactions; "
-                                    "truth = what the user actually did (test items only)",
-                              column_widths=[58, 400, 104, 92, 92, 80, 92, 92, 96],
-                              elem_id="results-table")
+    # A presenter's screen: on Score the page scrolls here (SCROLL_TO_RESULTS), and the headline
+    # (the reading and the rank chart) fills it; the table and the bars follow below.
+    gr.Markdown("### Results", elem_id="results-heading")
     with gr.Row(equal_height=False):
-        w["chart"] = gr.Plot(delta_figure(None), label="Difference per candidate", elem_id="delta-chart")
-        w["rank_chart"] = gr.Plot(rank_figure(None), label="Rank without → rank with CF tokens",
-                                  elem_id="rank-chart")
+        with gr.Column(scale=6, min_width=360):
+            w["summary"] = gr.Markdown(elem_id="summary")
+        with gr.Column(scale=5, min_width=360):
+            w["rank_chart"] = gr.Plot(rank_figure(None), label="Rank without → rank with CF tokens",
+                                      elem_id="rank-chart")
+    w["sort_by"] = gr.Radio(SORT_CHOICES, value=SORT_CHOICES[0], label="Sort the table by", elem_id="sort-by")
+    # Widths in % so the nine columns fit at 1280 px and at 125 % zoom (1024 px) without a
+    # sideways scroll; each is wide enough for its longest word ("disliked", "0.8831").
+    w["table"] = gr.Dataframe(value=results_table(None), interactive=False, wrap=True, max_height=1400,
+                              label="Both modes side by side: scores are P(Yes); Δ = with CF − without CF; "
+                                    "rank = place in the order shown (1 = top); item (train) = warm/cold and its "
+                                    "training interactions; truth = what the user actually did (test items only)",
+                              column_widths=["6%", "31%", "10%", "9%", "9%", "9%", "8%", "8%", "10%"],
+                              elem_id="results-table")
+    w["chart"] = gr.Plot(delta_figure(None), label="Difference per candidate", elem_id="delta-chart")
     gr.Markdown("### The exact prompts")
     w["focus"] = gr.Dropdown([], label="Show the prompts for", elem_id="prompt-candidate")
     with gr.Row(equal_height=False):
         w["prompt_text"] = gr.HTML(elem_id="prompt-text", min_height=60)
         w["prompt_cf"] = gr.HTML(elem_id="prompt-cf", min_height=60)
+    preset = compare_presets(state)
+    w["compare_box"] = gr.Accordion("Compare two composed profiles side by side", open=False, elem_id="compare-box")
+    with w["compare_box"]:
+        gr.Markdown("Two made-up users, each " + FOLD_IN.replace("fold-in: ", "given a CF vector by fold-in (")
+                    + "), score the **same** candidates. If the user token carried their taste, the two "
+                    "rankings would differ; if they come out alike, the tokens mostly carry each movie's "
+                    "general appeal. Edit either profile freely.", elem_classes=["note"])
+        items = state.catalog.item_choices()
+        with gr.Row(equal_height=False):
+            for side, name in (("a", preset["a_name"]), ("b", preset["b_name"])):
+                with gr.Column(min_width=300):
+                    w[f"cmp_{side}_name"] = gr.Textbox(name, label="Profile", max_lines=1,
+                                                       elem_id=f"compare-{side}-name")
+                    w[f"cmp_{side}_liked"] = gr.Dropdown(items, value=preset[f"{side}_liked"], multiselect=True,
+                                                         label="Liked movies", filterable=True,
+                                                         elem_id=f"compare-{side}-liked")
+                    w[f"cmp_{side}_disliked"] = gr.Dropdown(items, value=preset[f"{side}_disliked"],
+                                                            multiselect=True, label="Disliked movies",
+                                                            filterable=True, elem_id=f"compare-{side}-disliked")
+        w["cmp_candidates"] = gr.Dropdown(items, value=preset["candidates"], multiselect=True,
+                                          max_choices=MAX_CANDIDATES, filterable=True,
+                                          label="Candidates scored for both (preset: the next most popular films "
+                                                "of the two genres, half each)", elem_id="compare-candidates")
+        w["cmp_btn"] = gr.Button("Compare the two profiles", variant="primary", elem_id="compare-btn")
+        w["cmp_md"] = gr.Markdown(comparison_md(state, None), elem_id="compare-summary")
+        with gr.Row(equal_height=False):
+            w["cmp_table"] = gr.Dataframe(comparison_table(None), interactive=False, wrap=True,
+                                          label="Top picks of each (CoLLM's ranking)", elem_id="compare-table",
+                                          column_widths=["10%", "45%", "45%"], max_height=600)
+            w["cmp_chart"] = gr.Plot(comparison_figure(None), label="Both profiles' scores",
+                                     elem_id="compare-chart")
     return w
+
+
+# After a scoring's results are drawn: bring them into view (the Score button sits low on a
+# 1280x800 screen, and the results below it). A front-end step only (no queue, no server call).
+SCROLL_TO_RESULTS = ("() => { document.getElementById('results-heading')"
+                     "?.scrollIntoView({behavior: 'smooth', block: 'start'}); }")
 
 
 def wire(state: AppState, w: dict, result_state, gr_error):
@@ -535,7 +796,19 @@ def wire(state: AppState, w: dict, result_state, gr_error):
     chains = []
     for trigger in (w["score_btn"].click, w["cf_model"].input):
         chain = trigger(on_score, score_in, result_state)
-        chains.append(chain.success(render, [result_state, w["sort_by"], w["inject"]], render_out))
+        rendered = chain.success(render, [result_state, w["sort_by"], w["inject"]], render_out)
+        rendered.then(None, None, None, js=SCROLL_TO_RESULTS)
+        chains.append(rendered)
+
+    @gr_error
+    def on_compare(a_name, a_liked, a_disliked, b_name, b_liked, b_disliked, candidates, cf):
+        names = ((a_name or "").strip()[:40] or "Profile A", (b_name or "").strip()[:40] or "Profile B")
+        comp = compare_profiles(state, a_liked, a_disliked, b_liked, b_disliked, candidates, cf=cf, names=names)
+        return comparison_md(state, comp, names), comparison_table(comp, names), comparison_figure(comp, names)
+
+    w["cmp_btn"].click(on_compare, [w["cmp_a_name"], w["cmp_a_liked"], w["cmp_a_disliked"], w["cmp_b_name"],
+                                    w["cmp_b_liked"], w["cmp_b_disliked"], w["cmp_candidates"], w["cf_model"]],
+                       [w["cmp_md"], w["cmp_table"], w["cmp_chart"]])
     w["inject"].input(on_inject, [result_state, w["inject"]], [w["sort_by"]] + render_out)
     w["sort_by"].input(on_sort, [result_state, w["sort_by"], w["inject"]], w["table"])
     w["focus"].input(on_focus, [result_state, w["focus"], w["inject"]], [w["prompt_text"], w["prompt_cf"]])

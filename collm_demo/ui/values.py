@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+import pandas as pd
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -123,3 +126,49 @@ def focus_choices(result: ScoredResult | None, inject: bool = True) -> tuple[lis
     with_cf = result.ranks_by_cf(inject)
     rows = sorted(result.rows, key=lambda r: -r.score(with_cf))
     return [(f"{r.title} · #{r.item}", r.item) for r in rows], rows[0].item
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (ties get their mean rank); pandas ranks, no scipy needed."""
+    ra = pd.Series(list(a), dtype=float).rank().to_numpy()
+    rb = pd.Series(list(b), dtype=float).rank().to_numpy()
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def kendall(a, b) -> float:
+    """Kendall's tau-b over all pairs (K <= 50 candidates, so O(K²) is nothing)."""
+    x, y = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    dx = np.sign(x[:, None] - x[None, :])[np.triu_indices(len(x), 1)]
+    dy = np.sign(y[:, None] - y[None, :])[np.triu_indices(len(y), 1)]
+    n1, n2 = np.count_nonzero(dx), np.count_nonzero(dy)
+    if not n1 or not n2:
+        return float("nan")
+    return float((dx * dy).sum() / np.sqrt(n1 * n2))
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
+
+
+@dataclass(frozen=True)
+class ProfileComparison:
+    """The same candidates scored for two composed profiles (the Recommend tab's side-by-side)."""
+
+    a: ScoredResult
+    b: ScoredResult
+    rho_cf: float | None  # Spearman between the two profiles' CoLLM scores (None without a projector)
+    tau_cf: float | None  # Kendall's tau-b of the same
+    rho_text: float  # Spearman between their text-only scores
+    cos_vectors: float | None  # cosine of the two folded-in CF user vectors
+    cos_tokens: float | None  # cosine of the two user tokens (the vectors after the projector)
+    typical_cos_tokens: float | None  # median cosine between the user tokens of two real users
+    pop_rho: tuple[float, float] | None  # each profile's CoLLM scores vs the items' training counts
+    sentence: str
+
+    def top(self, which: str, k: int = 5) -> list[ScoredRow]:
+        result = self.a if which == "a" else self.b
+        with_cf = result.has_cf
+        return sorted(result.rows, key=lambda r: -r.score(with_cf))[:k]
