@@ -458,7 +458,7 @@ def test_simulator_draws_every_k_and_offsets_its_labels(real_state, scored):
     m = warm_cold.simulation_map(real_state, sim, "3")
     _no_fixed_width(m)
     path = next(t for t in m.data if t.name == "refit item (placed)")
-    assert list(path.text) == labels
+    assert [t.replace("<br>", "").strip(" \u2002") for t in path.text] == labels
     positions = list(path.textposition)
     assert all(a != b for a, b in zip(positions, positions[1:]))  # neighbouring k never on the same side
 
@@ -527,11 +527,14 @@ def test_rank_correlations_match_scipy():
 
 
 def test_comparison_sentence_follows_the_numbers():
-    same = recommend.comparison_sentence(0.93, 0.95, 0.97, 0.4)
+    same = recommend.comparison_sentence(0.93, 0.95, 0.995, 0.95)
     assert "almost the same way (ρ = 0.93)" in same and "general appeal, not the user's taste" in same
-    assert "barely differ (cosine 0.97" in same
+    assert "barely differ (cosine 0.99" in same and "ρ = 0.95" in same  # the text-only correlation too
+    collapsed = recommend.comparison_sentence(0.98, 0.94, 0.91, 0.95, cos_vectors=0.04)
+    assert "further apart than two real users' usually are" in collapsed and "hardly moves" in collapsed
+    assert "folded-in CF vectors differ far more (cosine 0.04)" in collapsed
     apart = recommend.comparison_sentence(0.35, 0.9, 0.2, 0.4)
-    assert "differently (ρ = 0.35)" in apart and "almost the same" not in apart and "barely" not in apart
+    assert "differently (ρ = 0.35)" in apart and "almost the same" not in apart and "hardly moves" not in apart
 
 
 def _small_presets(state, n: int = 6) -> dict:
@@ -561,7 +564,7 @@ def test_compare_two_composed_profiles(real_state):
     assert f"ρ = {comp.rho_cf:.2f}" in comp.sentence
     table = recommend.comparison_table(comp, ("A", "B"))
     assert list(table.columns) == ["rank", "A", "B"] and len(table) == recommend.COMPARE_TOP_K
-    assert comp.sentence in recommend.comparison_md(comp)
+    assert comp.sentence in recommend.comparison_md(real_state, comp)
     with pytest.raises(InputError, match="both liked and disliked"):
         recommend.compare_profiles(real_state, ["1"], ["1"], ["2"], [], preset["candidates"])
 

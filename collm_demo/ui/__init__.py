@@ -43,6 +43,11 @@ pre.prompt {white-space: pre-wrap; word-break: break-word; font-size: 0.86em; li
 .tok-suffix {background: #ffffff;}
 .tok-user {background: #fcc2d7; border-color: #e64980; font-weight: 700;}
 .tok-item {background: #a5d8ff; border-color: #1c7ed6; font-weight: 700;}
+/* Tables wrap between words only: gr.Dataframe's wrap mode sets word-break: break-word, which
+   splits "year" or "disliked" mid-word in a narrow column (125 % zoom); the column widths leave
+   room for each column's longest word instead. */
+#results-table span.text, #history-table span.text, #compare-table span.text
+    {word-break: normal !important; overflow-wrap: normal !important; hyphens: none;}
 """
 
 # Run in the browser when a tab is shown: let the tab take its size, then a window resize makes

@@ -286,7 +286,7 @@ def rank_figure(result: ScoredResult | None) -> go.Figure:
         seen.add(name)
     fig.update_layout(
         height=max(300, 18 * len(rows) + 140), template="plotly_white",
-        title=dict(text="Rank without → rank with CF tokens (1 = top; green = liked, red = disliked)", font_size=14),
+        title=dict(text="1 = top · green = liked · red = disliked", font_size=14),  # the plot label names it
         yaxis=dict(range=[len(rows) + 0.5, 0.5], title="rank", dtick=1 if len(rows) <= 20 else 5),
         xaxis=dict(title=""), legend=dict(orientation="h", y=-0.15, x=0), margin=dict(l=10, r=10, t=50, b=10))
     return fig
@@ -534,7 +534,8 @@ def comparison_table(comp: ProfileComparison | None, names: tuple[str, str] = ("
     if comp is None:
         return pd.DataFrame(columns=columns)
     def label(r) -> str:
-        return f"{shorten(r.title)} · {r.genres.replace('|', ', ')}"
+        # U+2011, a hyphen the table does not break a line at ("Sci-" / "Fi")
+        return f"{shorten(r.title)} · {r.genres.replace('|', ', ').replace('-', chr(0x2011))}"
 
     ta, tb = comp.top("a", k), comp.top("b", k)
     return pd.DataFrame([[n + 1, label(x), label(y)] for n, (x, y) in enumerate(zip(ta, tb))], columns=columns)
@@ -620,7 +621,7 @@ def build(state: AppState):
                 datatype=["str", "str", "str", "str", "bool", "str"], interactive=True,
                 static_columns=[0, 1, 2, 3, 5],
                 label="History in the prompt (oldest first) — tick/untick “liked” to edit",
-                column_widths=["9%", "27%", "10%", "22%", "12%", "20%"], max_height=1000, wrap=True,
+                column_widths=["9%", "27%", "12%", "21%", "14%", "17%"], max_height=1000, wrap=True,
                 elem_id="history-table")
             w["history_md"] = gr.Markdown(elem_classes=["note"])
             w["edit_box"] = gr.Accordion("Add or remove movies", open=False, elem_id="history-edit")
