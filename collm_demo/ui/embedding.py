@@ -31,7 +31,9 @@ COLOUR_NOTE = {
 LABELLED = 6  # candidates named on the map: the best few in the active ranking (and the inspected one)
 LABEL_PX = 48  # how far (pixels) a name sits from its candidate, with an arrow back to it
 # label directions around a candidate (pixels, y up): above, below, right, left, then the diagonals
-LABEL_OFFSETS = [(0, 1), (0, -1), (1.3, 0), (-1.3, 0), (1, 0.8), (-1, 0.8), (1, -0.8), (-1, -0.8)]
+LABEL_OFFSETS = [(0, 1), (0, -1), (1.3, 0), (-1.3, 0), (1, 0.8), (-1, 0.8), (1, -0.8), (-1, -0.8),
+                 (0, 1.8), (0, -1.8), (1.2, 1.6), (-1.2, 1.6), (1.2, -1.6), (-1.2, -1.6)]
+LABEL_ASPECT = 5  # a short title at 13 px is about five times wider than tall
 
 
 @memoize(2)
@@ -42,13 +44,13 @@ def mean_ratings(state: AppState) -> dict[str, float]:
 
 
 def candidate_labels(xy: list[tuple[float, float]], titles: list[str], bounds: tuple[float, float, float, float],
-                     size: tuple[int, int] = (1150, 520), focus: int | None = None) -> list[dict]:
+                     size: tuple[int, int] = (1100, 540), focus: int | None = None) -> list[dict]:
     """Plotly annotations naming candidates without stacking the names: each gets the free
     direction (see ``views.spread_labels``, in approximate screen pixels) and an arrow back."""
     x0, x1, y0, y1 = bounds
     px = [((x - x0) / max(x1 - x0, 1e-9) * size[0], (y - y0) / max(y1 - y0, 1e-9) * size[1]) for x, y in xy]
     offsets = [(dx * LABEL_PX * 1.6, dy * LABEL_PX) for dx, dy in LABEL_OFFSETS]
-    chosen = spread_labels(px, offsets)
+    chosen = spread_labels(px, offsets, aspect=LABEL_ASPECT)
     out = []
     for n, ((x, y), title, j) in enumerate(zip(xy, titles, chosen)):
         dx, dy = offsets[j]

@@ -111,12 +111,15 @@ def layout_traces(points: list[dict], color_by: str = "popularity", show_words: 
 
 
 def spread_labels(xy: list[tuple[float, float]], offsets: list[tuple[float, float]],
-                  alternate: bool = False) -> list[int]:
+                  alternate: bool = False, aspect: float = 1.0) -> list[int]:
     """For each point, the index of the label offset (in the points' own units) that keeps its
     label farthest from the labels already placed and from the other points: a greedy choice,
     in order, so the first points get the best spots. ``alternate``: never the same offset as
-    the previous point (neighbours on a path, k=1 → k=3, then never stack their labels)."""
-    pts = np.asarray(xy, dtype=float).reshape(-1, 2)
+    the previous point (neighbours on a path, k=1 → k=3, then never stack their labels).
+    ``aspect``: how much wider than tall a label is (horizontal distances count that much less)."""
+    scale = np.array([1.0 / aspect, 1.0])
+    pts = np.asarray(xy, dtype=float).reshape(-1, 2) * scale
+    offsets = [tuple(np.asarray(o, dtype=float) * scale) for o in offsets]
     placed: list[np.ndarray] = []
     chosen: list[int] = []
     for n, point in enumerate(pts):

@@ -508,6 +508,16 @@ def k_label_positions(rows: list[dict]) -> list[str]:
     return [K_LABEL_SPOTS[j][0] for j in chosen]
 
 
+def _clear_of_ring(text: str, where: str) -> str:
+    """The selected k's label moved past its (larger) selection ring: plotly offsets text by the
+    trace's own marker size only, so pad it on the side it sits (a blank line, or spaces)."""
+    if where.startswith("top"):
+        return f"{text}<br> "
+    if where.startswith("bottom"):
+        return f" <br>{text}"
+    return f"\u2002\u2002{text}" if where.endswith("right") else f"{text}\u2002\u2002"
+
+
 def simulation_map(state: AppState, sim: dict | None, selected: str = "all") -> go.Figure:
     if not sim or sim["rows"][0]["xy"] is None:
         return empty_figure(core.map_unavailable(state, (sim or {}).get("cf")) or "Run the simulator.",
@@ -515,18 +525,20 @@ def simulation_map(state: AppState, sim: dict | None, selected: str = "all") -> 
     layout = state.assets.layout(sim["cf"])
     fig = go.Figure(layout_traces(layout["points"], "warm", show_words=False, faint=True))
     rows = sim["rows"][: len(K_CHOICES)]
+    spots = k_label_positions(rows)
+    if selected in K_CHOICES:  # first, so the k labels are drawn over its ring, not under it
+        r = rows[K_CHOICES.index(selected)]
+        fig.add_trace(go.Scatter(x=[r["xy"][0]], y=[r["xy"][1]], mode="markers", name=f"selected k={selected}",
+                                 marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(width=3, color="#000"))))
     fig.add_trace(go.Scatter(x=[r["xy"][0] for r in rows], y=[r["xy"][1] for r in rows], mode="lines+markers+text",
-                             text=[f"k={c}" for c in K_CHOICES], textposition=k_label_positions(rows),
+                             text=[_clear_of_ring(f"k={c}", where) if c == selected else f"k={c}"
+                                   for c, where in zip(K_CHOICES, spots)], textposition=spots,
                              textfont=dict(size=13, color="#1a1a1a"), name="refit item (placed)",
                              line=dict(color=CANDIDATE_COLOUR, width=2), marker=dict(size=11, color=CANDIDATE_COLOUR)))
     if sim["fitted_xy"]:
         fig.add_trace(go.Scatter(x=[sim["fitted_xy"][0]], y=[sim["fitted_xy"][1]], mode="markers+text",
                                  text=["trained"], textposition="bottom center", name="trained vector (fitted layout)",
                                  marker=dict(size=16, symbol="star", color="#1C7ED6", line=dict(width=1, color="#000"))))
-    if selected in K_CHOICES:
-        r = rows[K_CHOICES.index(selected)]
-        fig.add_trace(go.Scatter(x=[r["xy"][0]], y=[r["xy"][1]], mode="markers", name=f"selected k={selected}",
-                                 marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(width=3, color="#000"))))
     xs = [r["xy"][0] for r in rows] + ([sim["fitted_xy"][0]] if sim["fitted_xy"] else [])
     ys = [r["xy"][1] for r in rows] + ([sim["fitted_xy"][1]] if sim["fitted_xy"] else [])
     pad = max(1.5, 0.3 * max(np.ptp(xs), np.ptp(ys)))
