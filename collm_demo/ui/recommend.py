@@ -452,6 +452,8 @@ def typical_token_cosine(state: AppState, cf_name: str, n_pairs: int = 2000) -> 
     'the two profiles' tokens are close' (a fixed seed: the same number every time)."""
     pipe = state.pipeline(cf_name)
     users = [u for u in state.catalog.users if pipe.cf.has_user(u)]
+    if len(users) < 2:  # a CF model with no stored user vectors: no yardstick
+        return float("nan")
     tokens = core.project(state, pipe.cf.user_vectors(users).numpy(), cf_name)
     tokens = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
     rng = np.random.default_rng(0)
@@ -520,6 +522,7 @@ def compare_profiles(state: AppState, a_liked, a_disliked, b_liked, b_disliked, 
         tokens = core.project(state, np.stack([va.numpy(), vb.numpy()]), pipe.cf_name)
         cos_tok = cosine(tokens[0], tokens[1])
         typical = typical_token_cosine(state, pipe.cf_name)
+        typical = None if np.isnan(typical) else typical
         counts = [r.n_train for r in ra.rows]
         pop = (spearman(cf_a, counts), spearman(cf_b, counts))
     return ProfileComparison(a=ra, b=rb, rho_cf=rho_cf, tau_cf=tau_cf, rho_text=rho_text, cos_vectors=cos_vec,
@@ -621,7 +624,7 @@ def build(state: AppState):
                 datatype=["str", "str", "str", "str", "bool", "str"], interactive=True,
                 static_columns=[0, 1, 2, 3, 5],
                 label="History in the prompt (oldest first) — tick/untick “liked” to edit",
-                column_widths=["9%", "27%", "12%", "21%", "14%", "17%"], max_height=1000, wrap=True,
+                column_widths=["9%", "25%", "12%", "21%", "16%", "17%"], max_height=1000, wrap=True,
                 elem_id="history-table")
             w["history_md"] = gr.Markdown(elem_classes=["note"])
             w["edit_box"] = gr.Accordion("Add or remove movies", open=False, elem_id="history-edit")
