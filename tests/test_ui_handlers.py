@@ -409,20 +409,22 @@ def _no_fixed_width(fig: go.Figure) -> None:
     assert fig.layout.height and fig.layout.width is None
 
 
-def test_map_colours_by_popularity_with_a_colour_bar(real_state, scored):
-    """Default colouring is popularity (training interactions) on a log colour bar, not genres;
-    mean rating is the other readable choice; warm / cold stays available."""
-    assert embedding.COLOR_CHOICES[0][1] == "popularity"
+def test_map_colours_by_a_readable_number_with_a_colour_bar(real_state, scored):
+    """Default colouring is the mean rating (1-5 colour bar), not 19 genre colours; popularity
+    (training interactions, log colour bar) is the other readable choice; warm / cold stays."""
+    assert embedding.COLOR_CHOICES[0][1] == "rating"
     fig, caption = embedding.map_figure(real_state, scored)
     _no_fixed_width(fig)
     bars = [t for t in fig.data if t.marker.colorbar.title.text]
-    assert len(bars) == 1 and bars[0].marker.colorbar.title.text == "training interactions"
-    assert bars[0].marker.colorbar.ticktext[:3] == ("1", "3", "10")  # log scale, labelled in counts
-    assert fig.layout.legend.font.size >= 13 and "training interactions" in caption
-    fig, _ = embedding.map_figure(real_state, scored, "rating")
-    rated = next(t for t in fig.data if t.marker.colorbar.title.text)
-    assert rated.marker.colorbar.title.text == "mean rating" and (rated.marker.cmin, rated.marker.cmax) == (1, 5)
-    assert 1 <= min(rated.marker.color) and max(rated.marker.color) <= 5
+    assert len(bars) == 1 and bars[0].marker.colorbar.title.text == "mean rating"
+    assert (bars[0].marker.cmin, bars[0].marker.cmax) == (1, 5)
+    assert 1 <= min(bars[0].marker.color) and max(bars[0].marker.color) <= 5
+    assert fig.layout.legend.font.size >= 13 and "mean training rating" in caption
+    fig, caption = embedding.map_figure(real_state, scored, "popularity")
+    pop = next(t for t in fig.data if t.marker.colorbar.title.text)
+    assert pop.marker.colorbar.title.text == "training interactions"
+    assert pop.marker.colorbar.ticktext[:3] == ("1", "3", "10")  # log scale, labelled in counts
+    assert "training interactions" in caption
     fig, _ = embedding.map_figure(real_state, scored, "warm")
     assert {"warm items", "cold items"} <= {t.name for t in fig.data}
 
