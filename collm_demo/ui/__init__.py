@@ -48,6 +48,9 @@ pre.prompt {white-space: pre-wrap; word-break: break-word; font-size: 0.86em; li
    room for each column's longest word instead. */
 #results-table span.text, #history-table span.text, #compare-table span.text
     {word-break: normal !important; overflow-wrap: normal !important; hyphens: none;}
+/* 20 candidate chips are 20 lines: a box of about seven (scrolling inside) keeps the Score
+   button within reach of a 1280x800 screen. */
+#candidates .wrap-inner, #compare-candidates .wrap-inner {max-height: 290px; overflow-y: auto;}
 """
 
 # Run in the browser when a tab is shown: let the tab take its size, then a window resize makes
