@@ -21,8 +21,7 @@ from .views import CANDIDATE_COLOUR, cf_label, empty_figure, layout_traces, shor
 
 # Mean rating first: in the shipped layouts (MF, LightGCN) the item tokens spread along it in one
 # clean gradient, which reads best when projected; popularity is mixed along the band.
-COLOR_CHOICES = [("mean rating", "rating"), ("popularity (training interactions)", "popularity"),
-                 ("warm / cold item", "warm")]
+COLOR_CHOICES = [("mean rating", "rating"), ("popularity", "popularity"), ("warm / cold", "warm")]
 MAP_HEIGHT = 640
 COLOUR_NOTE = {
     "popularity": "Items are coloured (and sized) by how many training interactions they have: the CF "
@@ -173,8 +172,8 @@ def build(state: AppState):
                 "projector's output for one user or item; the plot squeezes those 576-dimensional vectors, "
                 "together with a sample of real word embeddings, into two dimensions.", elem_classes=["lead"])
     with gr.Row():
-        w["color_by"] = gr.Radio(COLOR_CHOICES, value=COLOR_CHOICES[0][1], label="Colour items by", min_width=300,
-                                 elem_id="map-colour")
+        w["color_by"] = gr.Radio(COLOR_CHOICES, value=COLOR_CHOICES[0][1], label="Colour items by", scale=2,
+                                 min_width=360, elem_id="map-colour")  # wide: the three choices on one line
         w["show_words"] = gr.Checkbox(True, label="Show vocabulary words", min_width=200)
         w["focus"] = gr.Dropdown([], label="Candidate to inspect", min_width=240, elem_id="map-candidate")
     # No label badge: it would sit on the figure's title (and Gradio then adds a 100 px top margin).
