@@ -228,7 +228,9 @@ def test_inside_view_handlers(real_state):
         assert real_state.catalog.item_warm(item) == (name != "cold")
     report = real_state.assets.inside()
     if report is not None:  # the shipped assets/inside.json
-        assert "Measured on" in measured_text(report) and len(measured_table(report)) > 10
+        table = measured_table(report)
+        assert "Measured on" in measured_text(report) and list(table.columns)[1:3] == ["warm items", "cold items"]
+        assert len(table) == 5 and "[" in table.iloc[0, 3]  # one row a measure, "mean [CI]" cells
         assert measured_figure(report).layout.height is not None
 
 

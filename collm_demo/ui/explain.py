@@ -212,13 +212,16 @@ def build(state: AppState):
     w["focus"] = gr.Dropdown([], label="Candidate to follow", elem_id="explain-candidate")
     w["step1_md"] = gr.Markdown()
     w["step1_table"] = gr.Dataframe(interactive=False, show_label=False, wrap=True,
-                                    column_widths=[200, 300, 60, 70] + [70] * SHOW_DIMS + [40])
+                                    column_widths=["20%", "27%", "6%", "7%"] + ["7%"] * SHOW_DIMS + ["5%"])
     w["step2_md"] = gr.Markdown()
-    w["step2_table"] = gr.Dataframe(interactive=False, show_label=False, wrap=True)
+    # widths in % so no header breaks mid-word at 125 % zoom (1024 CSS pixels)
+    w["step2_table"] = gr.Dataframe(interactive=False, show_label=False, wrap=True,
+                                    column_widths=["14%", "9%", "15%", "9%", "53%"])
     w["step3_md"] = gr.Markdown()
     w["step3_html"] = gr.HTML()
     w["step4_md"] = gr.Markdown()
-    w["step4_table"] = gr.Dataframe(interactive=False, show_label=False, wrap=True)
+    w["step4_table"] = gr.Dataframe(interactive=False, show_label=False, wrap=True,
+                                    column_widths=["16%", "11%", "11%", "11%", "21%", "30%"])
     w["step4_fig"] = gr.Plot(show_label=False)
     w["step5_md"] = gr.Markdown()
     return w

@@ -17,7 +17,6 @@ from plotly.subplots import make_subplots
 from ..cf import method_colour, method_label
 from ..errors import InputError
 from ..evaluate import SLICES
-from ..inside import SLICES as INSIDE_SLICES
 from . import core
 from .memo import memoize
 from .state import AppState
@@ -324,26 +323,30 @@ def measured_text(report: dict | None) -> str:
             f"cold users {counts['cold_user']}). {report['finding']} Intervals: {p['bootstrap']}.")
 
 
+MEASURED_COLUMNS = ["measure", "warm items", "cold items", "warm − cold items", "warm − cold users"]
+
+
 def measured_table(report: dict | None) -> pd.DataFrame:
-    cols = ["measure", "slice", "mean", "95% CI", "n"]
+    """One row per measure, warm vs cold side by side, each cell 'mean [95 % CI]' (the README's
+    table): five rows a projected page can show whole, not a long list to scroll."""
     if not report:
-        return pd.DataFrame(columns=cols)
-    names = {"attention_cf_mean": "attention share on the CF slots (mean over layers)",
-             "attribution_cf_share": "attribution share of the CF slots",
-             "ablation_drop_both": "|ΔP(Yes)| both slots → no-information",
-             "ablation_drop_item": "|ΔP(Yes)| item slot → no-information",
-             "ablation_drop_user": "|ΔP(Yes)| user slot → no-information"}
-    rows = []
-    for key, name in names.items():
-        for s in INSIDE_SLICES:
-            m = report["slices"][s][key]
-            ci = "—" if m["low"] is None else f"[{m['low']:.4f}, {m['high']:.4f}]"
-            rows.append((name, s.replace("_", " "), None if m["mean"] is None else round(m["mean"], 4), ci, m["n"]))
-        for side in ("item", "user"):
-            d = report["warm_minus_cold"][side][key]
-            ci = "—" if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
-            rows.append((name, f"warm − cold {side}s", None if d["diff"] is None else round(d["diff"], 4), ci, None))
-    return pd.DataFrame(rows, columns=cols)
+        return pd.DataFrame(columns=MEASURED_COLUMNS)
+    names = {"ablation_drop_both": "P(Yes) change, both CF tokens → no-information vectors",
+             "ablation_drop_item": "… item token only",
+             "ablation_drop_user": "… user token only",
+             "attribution_cf_share": "CF slots' share of |gradient × input|",
+             "attention_cf_mean": "CF slots' share of the answer's attention (mean over layers)"}
+
+    def cell(m: dict) -> str:
+        return "—" if m["mean"] is None or m["low"] is None else f"{m['mean']:.4f} [{m['low']:.4f}, {m['high']:.4f}]"
+
+    def gap(d: dict) -> str:
+        return "—" if d["diff"] is None or d["low"] is None else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+    rows = [(name, cell(report["slices"]["warm_item"][key]), cell(report["slices"]["cold_item"][key]),
+             gap(report["warm_minus_cold"]["item"][key]), gap(report["warm_minus_cold"]["user"][key]))
+            for key, name in names.items()]
+    return pd.DataFrame(rows, columns=MEASURED_COLUMNS)
 
 
 def measured_figure(report: dict | None) -> go.Figure:
@@ -600,11 +603,13 @@ def build(state: AppState):
     gr.Markdown("### Does the LLM use the CF tokens more for warm items?")
     report = state.assets.inside()
     w["inside_note"] = gr.Markdown(measured_text(report), elem_classes=["note"], elem_id="inside-measured")
-    with gr.Row(equal_height=False):
-        w["inside_table"] = gr.Dataframe(measured_table(report), interactive=False, wrap=True, min_width=420,
-                                         label="Attention, attribution and ablation: warm vs cold (95% bootstrap CI)",
-                                         elem_id="inside-measured-table")
-        w["inside_chart"] = gr.Plot(measured_figure(report), label="CF-slot attention by layer", min_width=360)
+    # the table full width (five rows, cells "mean [CI]"), the chart under it: side by side the
+    # table's columns scrolled out of sight at 1280×800
+    w["inside_table"] = gr.Dataframe(measured_table(report), interactive=False, wrap=True,
+                                     column_widths=["28%", "18%", "18%", "18%", "18%"],
+                                     label="Attention, attribution and ablation: warm vs cold (mean [95 % bootstrap CI])",
+                                     elem_id="inside-measured-table")
+    w["inside_chart"] = gr.Plot(measured_figure(report), label="CF-slot attention by layer")
     gr.Markdown("### Cold-start simulator")
     gr.Markdown("Pretend an item is new: keep only **k** of its training interactions, refit its CF vector from "
                 "them (the users' vectors stay frozen), and watch its CoLLM score for the current user move — "
@@ -628,7 +633,9 @@ def build(state: AppState):
         # must be built from the dataset alone while the model loads (or fails to).
         w["sim_map"] = gr.Plot(empty_figure("Run the simulator.", height=SIM_HEIGHT), show_label=False,
                                min_width=320, elem_id="sim-map")
-    w["sim_table"] = gr.Dataframe(simulation_table(None), interactive=False, label="Every version of the item vector")
+    w["sim_table"] = gr.Dataframe(simulation_table(None), interactive=False, wrap=True,
+                                  column_widths=["20%", "20%", "11%", "12%", "12%", "12%", "13%"],
+                                  label="Every version of the item vector", elem_id="sim-table")
     return w
 
 
