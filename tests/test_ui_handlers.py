@@ -13,7 +13,7 @@ import torch
 
 from collm_demo.config import MAX_CANDIDATES, AppConfig
 from collm_demo.errors import InputError
-from collm_demo.ui import core, embedding, explain, recommend, warm_cold
+from collm_demo.ui import core, embedding, explain, profiles, recommend, warm_cold
 from collm_demo.ui.state import AppState
 from collm_demo.ui.values import Profile, ScoredResult, focus_choices
 
@@ -519,28 +519,19 @@ def test_rank_column_reads_in_order_under_every_sort(sort_by, inject):
     assert frame[column].is_monotonic_decreasing
 
 
-def test_rank_correlations_match_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    from collm_demo.ui.values import kendall, spearman
-
-    a, b = [0.3, 0.1, 0.9, 0.5, 0.5, 0.7], [0.2, 0.4, 0.8, 0.1, 0.6, 0.9]
-    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
-    assert kendall(a, b) == pytest.approx(stats.kendalltau(a, b).statistic)
-
-
 def test_comparison_sentence_follows_the_numbers():
-    same = recommend.comparison_sentence(0.93, 0.95, 0.995, 0.95)
+    same = profiles.comparison_sentence(0.93, 0.95, 0.995, 0.95)
     assert "almost the same way (ρ = 0.93)" in same and "general appeal, not the user's taste" in same
     assert "barely differ (cosine 0.99" in same and "ρ = 0.95" in same  # the text-only correlation too
-    collapsed = recommend.comparison_sentence(0.98, 0.94, 0.91, 0.95, cos_vectors=0.04)
+    collapsed = profiles.comparison_sentence(0.98, 0.94, 0.91, 0.95, cos_vectors=0.04)
     assert "further apart than two real users' usually are" in collapsed and "hardly moves" in collapsed
     assert "folded-in CF vectors differ far more (cosine 0.04)" in collapsed
-    apart = recommend.comparison_sentence(0.35, 0.9, 0.2, 0.4)
+    apart = profiles.comparison_sentence(0.35, 0.9, 0.2, 0.4)
     assert "differently (ρ = 0.35)" in apart and "almost the same" not in apart and "hardly moves" not in apart
 
 
 def _small_presets(state, n: int = 6) -> dict:
-    preset = recommend.compare_presets(state)
+    preset = profiles.compare_presets(state)
     half = preset["candidates"][:10]
     return preset | {"candidates": half[: n // 2] + preset["candidates"][10: 10 + n // 2]}
 
@@ -555,20 +546,20 @@ def test_compare_two_composed_profiles(real_state):
     assert all("Children's" in genres[i] for i in preset["b_liked"] + preset["a_disliked"])
     history = set(preset["a_liked"] + preset["a_disliked"] + preset["b_liked"] + preset["b_disliked"])
     assert not history & set(preset["candidates"])
-    comp = recommend.compare_profiles(real_state, preset["a_liked"], preset["a_disliked"], preset["b_liked"],
+    comp = profiles.compare_profiles(real_state, preset["a_liked"], preset["a_disliked"], preset["b_liked"],
                                       preset["b_disliked"], preset["candidates"])
     assert comp.a.items == comp.b.items == preset["candidates"]
     assert comp.a.profile != comp.b.profile and comp.a.profile.kind == comp.b.profile.kind == "composed"
     from collm_demo.ui.values import spearman
     assert comp.rho_cf == pytest.approx(spearman([r.score_cf for r in comp.a.rows], [r.score_cf for r in comp.b.rows]))
     assert -1 <= comp.rho_cf <= 1 and -1 <= comp.tau_cf <= 1 and -1 <= comp.cos_tokens <= 1
-    assert ("almost the same way" in comp.sentence) == (comp.rho_cf >= recommend.SAME_RANKING_RHO)
+    assert ("almost the same way" in comp.sentence) == (comp.rho_cf >= profiles.SAME_RANKING_RHO)
     assert f"ρ = {comp.rho_cf:.2f}" in comp.sentence
-    table = recommend.comparison_table(comp, ("A", "B"))
-    assert list(table.columns) == ["rank", "A", "B"] and len(table) == recommend.COMPARE_TOP_K
-    assert comp.sentence in recommend.comparison_md(real_state, comp)
+    table = profiles.comparison_table(comp, ("A", "B"))
+    assert list(table.columns) == ["rank", "A", "B"] and len(table) == profiles.COMPARE_TOP_K
+    assert comp.sentence in profiles.comparison_md(real_state, comp)
     with pytest.raises(InputError, match="both liked and disliked"):
-        recommend.compare_profiles(real_state, ["1"], ["1"], ["2"], [], preset["candidates"])
+        profiles.compare_profiles(real_state, ["1"], ["1"], ["2"], [], preset["candidates"])
 
 
 def test_compare_button_handler(real_state):

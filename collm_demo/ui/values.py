@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
+from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -129,23 +129,20 @@ def focus_choices(result: ScoredResult | None, inject: bool = True) -> tuple[lis
 
 
 def spearman(a, b) -> float:
-    """Spearman's rank correlation (ties get their mean rank); pandas ranks, no scipy needed."""
-    ra = pd.Series(list(a), dtype=float).rank().to_numpy()
-    rb = pd.Series(list(b), dtype=float).rank().to_numpy()
-    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman's rank correlation (scipy; ties get their mean rank); nan when either side is constant."""
+    return _correlation(stats.spearmanr, a, b)
 
 
 def kendall(a, b) -> float:
-    """Kendall's tau-b over all pairs (K <= 50 candidates, so O(K²) is nothing)."""
-    x, y = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
-    dx = np.sign(x[:, None] - x[None, :])[np.triu_indices(len(x), 1)]
-    dy = np.sign(y[:, None] - y[None, :])[np.triu_indices(len(y), 1)]
-    n1, n2 = np.count_nonzero(dx), np.count_nonzero(dy)
-    if not n1 or not n2:
+    """Kendall's tau-b (scipy); nan when either side is constant."""
+    return _correlation(stats.kendalltau, a, b)
+
+
+def _correlation(method, a, b) -> float:
+    a, b = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:  # undefined: scipy would warn and give nan
         return float("nan")
-    return float((dx * dy).sum() / np.sqrt(n1 * n2))
+    return float(method(a, b).statistic)
 
 
 def cosine(a, b) -> float:
