@@ -1,7 +1,8 @@
 """Recommend tab: a history (real or composed), candidates, and both scores side by side.
 
 Handlers are plain functions of plain values (tests call them without a server); only
-``build`` creates widgets and wires events.
+``build`` creates widgets and wires events. The tab's last section, two composed profiles side by
+side, has its logic in ``profiles``.
 """
 
 from __future__ import annotations
