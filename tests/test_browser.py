@@ -308,6 +308,12 @@ def test_lesson_rehearsal(browser, app_url, real_state):
     context, page = open_app(browser, app_url, **PROJECTOR)
     user = real_state.catalog.default_user()
     assert real_state.catalog.users[user].warm and f"user {user}" in summary(page)
+    # the whole history is on screen: ten rows, no scrollbar of the table's own
+    assert table_rows(page, "history-table") == len(real_state.catalog.real_history(user)) == 10
+    assert page.evaluate("""() => { const t = document.querySelector('#history-table table');
+        let box = t.parentElement;
+        while (box && !['auto', 'scroll'].includes(getComputedStyle(box).overflowY)) box = box.parentElement;
+        return !box || box.scrollHeight <= box.clientHeight + 2; }""")
     shot(page, "20_lesson_open")
 
     # The evidence first: the headline reading is on the Warm vs cold tab, written from results.json.
