@@ -238,6 +238,8 @@ def test_inside_the_llm_and_scenarios(page):
     page.locator("#inside-scenario-simulator").click()
     page.wait_for_function("() => document.body.innerText.includes('text-only score stays')", timeout=STEP_TIMEOUT)
     assert page.locator("#tab-warmcold").is_visible() and page.locator("#inside-measured").is_visible()
+    # the scenario switched the tab itself: its plots are drawn at their container's width too
+    page.wait_for_function(PLOT_FILLS_JS, arg="sim-chart", timeout=5_000)
     wait_idle(page)
     shot(page, "12_inside_scenario_simulator")
     assert not page.errors, page.errors
@@ -278,6 +280,12 @@ BROKEN_WORDS_JS = """(root) => {
   }
   return bad;
 }"""
+
+
+# A plotly figure drawn at (nearly) its container's full width.
+PLOT_FILLS_JS = """(id) => { const box = document.querySelector('#' + id);
+    const svg = box?.querySelector('.main-svg');
+    return !!svg && svg.getBoundingClientRect().width >= 0.98 * box.getBoundingClientRect().width; }"""
 
 
 def open_app(browser, app_url, **context_args):
@@ -364,10 +372,8 @@ def test_lesson_rehearsal(browser, app_url, real_state):
     for tab, plot, name in (("Embedding space", "embedding-map", "23_lesson_map_after_switch"),
                             ("Warm vs cold", "sim-chart", "24_lesson_simulator_after_switch")):
         page.get_by_role("tab", name=tab).click()
-        page.wait_for_function(f"""() => {{ const box = document.querySelector('#{plot}');
-            const svg = box?.querySelector('.main-svg');
-            return svg && svg.getBoundingClientRect().width >= 0.98 * box.getBoundingClientRect().width; }}""",
-                               timeout=5_000)  # fails at 700 px of 1216: plotly laid out in the hidden tab
+        # fails at 700 px of 1216: plotly laid out in the hidden tab
+        page.wait_for_function(PLOT_FILLS_JS, arg=plot, timeout=5_000)
         shot(page, name)
     assert not page.errors, page.errors
     context.close()
