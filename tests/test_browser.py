@@ -41,15 +41,22 @@ def wait_idle(page) -> None:
     page.wait_for_function(IDLE_JS, timeout=STEP_TIMEOUT)
 
 
-@pytest.fixture()
-def page(browser, app_url):
-    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+def open_app(browser, app_url, **context_args):
+    """A new browser context on the app, once the first example is scored; JS errors collect in page.errors."""
+    context = browser.new_context(**context_args)
     page = context.new_page()
     page.errors = []
     page.on("pageerror", lambda err: page.errors.append(str(err)))
-    page.goto(app_url, wait_until="domcontentloaded")
+    page.goto(app_url, wait_until="load")
     page.wait_for_function("() => (document.querySelector('#summary')?.innerText || '').includes('Top picks')",
                            timeout=LOAD_TIMEOUT)
+    wait_idle(page)
+    return context, page
+
+
+@pytest.fixture()
+def page(browser, app_url):
+    context, page = open_app(browser, app_url, viewport={"width": 1360, "height": 1000})
     yield page
     wait_idle(page)
     context.close()
@@ -196,16 +203,13 @@ def test_composed_user(page):
 
 
 def test_narrow_window(browser, app_url):
-    context = browser.new_context(viewport={"width": 420, "height": 900}, device_scale_factor=1)
-    page = context.new_page()
-    page.goto(app_url, wait_until="domcontentloaded")
-    page.wait_for_function("() => (document.querySelector('#summary')?.innerText || '').includes('Top picks')",
-                           timeout=LOAD_TIMEOUT)
+    context, page = open_app(browser, app_url, viewport={"width": 420, "height": 900}, device_scale_factor=1)
     page.wait_for_selector("#delta-chart .js-plotly-plot", timeout=STEP_TIMEOUT)
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 440, f"page scrolls sideways at 420 px ({width} px wide)"
     wait_idle(page)
     shot(page, "07_narrow")
+    assert not page.errors, page.errors
     context.close()
 
 
@@ -286,18 +290,6 @@ BROKEN_WORDS_JS = """(root) => {
 PLOT_FILLS_JS = """(id) => { const box = document.querySelector('#' + id);
     const svg = box?.querySelector('.main-svg');
     return !!svg && svg.getBoundingClientRect().width >= 0.98 * box.getBoundingClientRect().width; }"""
-
-
-def open_app(browser, app_url, **context_args):
-    context = browser.new_context(**context_args)
-    page = context.new_page()
-    page.errors = []
-    page.on("pageerror", lambda err: page.errors.append(str(err)))
-    page.goto(app_url, wait_until="load")
-    page.wait_for_function("() => (document.querySelector('#summary')?.innerText || '').includes('Top picks')",
-                           timeout=LOAD_TIMEOUT)
-    wait_idle(page)
-    return context, page
 
 
 def candidate_ids(page) -> list[str]:
