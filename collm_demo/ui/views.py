@@ -42,8 +42,9 @@ POPULARITY_TICKS = (1, 3, 10, 30, 100, 300)  # training interactions, on the log
 def layout_traces(points: list[dict], color_by: str = "popularity", show_words: bool = True,
                   faint: bool = False, mean_rating: dict[str, float] | None = None) -> list[go.BaseTraceType]:
     """A fitted layout's points: items, users, words. Items are coloured by ``color_by``:
-    "popularity" (training interactions, log colour bar: the map's main axis, a student can read
-    it), "rating" (mean training rating from ``mean_rating``, 1-5), or "warm" (warm / cold)."""
+    "popularity" (training interactions, log colour bar), "rating" (mean training rating from
+    ``mean_rating``, 1-5: the axis the item tokens spread along, so the Embedding tab's default),
+    or "warm" (warm / cold). Numbers a student can read, not 19 genre colours."""
     items = [p for p in points if p["kind"] == "item"]
     pops = np.array([p["popularity"] for p in items], dtype=float)
     top = max(1.0, float(pops.max()) if len(pops) else 1.0)
