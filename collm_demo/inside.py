@@ -210,26 +210,36 @@ def finding(result: dict) -> str:
     return "Warm items vs cold items — " + "; ".join(parts) + "."
 
 
-def readme_table(result: dict) -> str:
-    """The README's "what the LLM uses" block: warm vs cold items and users, with intervals."""
-    proto, slices, diff = result["protocol"], result["slices"], result["warm_minus_cold"]
-    measures = (("ablation_drop_both", "P(Yes) change, both CF tokens → no-information vectors"),
-                ("ablation_drop_item", "… item token only"), ("ablation_drop_user", "… user token only"),
-                ("attribution_cf_share", "CF slots' share of \\|gradient × input\\|"),
-                ("attention_cf_mean", "CF slots' share of the answer's attention (mean over layers)"))
+TABLE_COLUMNS = ("measure", "warm items", "cold items", "warm − cold items", "warm − cold users")
+TABLE_MEASURES = (("ablation_drop_both", "P(Yes) change, both CF tokens → no-information vectors"),
+                  ("ablation_drop_item", "… item token only"), ("ablation_drop_user", "… user token only"),
+                  ("attribution_cf_share", "CF slots' share of |gradient × input|"),
+                  ("attention_cf_mean", "CF slots' share of the answer's attention (mean over layers)"))
 
-    def cell(stats: dict) -> str:
-        return f"{stats['mean']:.4f} [{stats['low']:.4f}, {stats['high']:.4f}]"
+
+def table_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
+    """One row per measure (``TABLE_COLUMNS``), each cell "mean [95 % CI]": the README's table and
+    the Warm vs cold tab's."""
+    slices, diff = result["slices"], result["warm_minus_cold"]
+
+    def cell(m: dict) -> str:
+        return "—" if m["mean"] is None or m["low"] is None else f"{m['mean']:.4f} [{m['low']:.4f}, {m['high']:.4f}]"
 
     def gap(d: dict) -> str:
-        return "—" if d["low"] is None else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+        return "—" if d["diff"] is None or d["low"] is None else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
 
+    return [(label, cell(slices["warm_item"][key]), cell(slices["cold_item"][key]), gap(diff["item"][key]),
+             gap(diff["user"][key])) for key, label in TABLE_MEASURES]
+
+
+def readme_table(result: dict) -> str:
+    """The README's "what the LLM uses" block: warm vs cold items and users, with intervals."""
+    proto = result["protocol"]
     lines = [f"Measured by `{proto.get('command', 'python -m collm_demo inside')}` on {proto['rows']} seeded test rows "
              f"(of {proto['rows_asked']} asked; {proto['cf']}), 95 % bootstrap intervals; `assets/inside.json`.", "",
-             "| measure | warm items | cold items | warm − cold items | warm − cold users |", "|---|---|---|---|---|"]
-    for key, label in measures:
-        lines.append(f"| {label} | {cell(slices['warm_item'][key])} | {cell(slices['cold_item'][key])} | "
-                     f"{gap(diff['item'][key])} | {gap(diff['user'][key])} |")
+             "| " + " | ".join(TABLE_COLUMNS) + " |", "|---|---|---|---|---|"]
+    for row in table_rows(result):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     nb = result.get("neighbourhood")
     if nb:
         lines += ["", f"The projector keeps {nb['mean']:.2f} of each item's {nb['k']} nearest CF neighbours "

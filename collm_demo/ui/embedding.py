@@ -24,8 +24,8 @@ from .views import CANDIDATE_COLOUR, cf_label, empty_figure, layout_traces, shor
 COLOR_CHOICES = [("mean rating", "rating"), ("popularity", "popularity"), ("warm / cold", "warm")]
 MAP_HEIGHT = 640
 COLOUR_NOTE = {
-    "popularity": "Items are coloured (and sized) by how many training interactions they have: the CF "
-                  "model's strongest signal, and the main direction along which the item tokens spread. ",
+    "popularity": "Items are coloured (and sized) by how many training interactions they have (log scale): "
+                  "popular and rare films are mixed along the band; mean rating orders it more cleanly. ",
     "rating": "Items are coloured by their mean training rating (1-5): the item tokens mostly spread along "
               "it, from poorly to well rated films, so a token carries much of an item's general appeal. ",
     "warm": "Items are coloured warm (enough training interactions for a trained CF vector) or cold. ",

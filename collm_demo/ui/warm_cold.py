@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .. import inside
 from ..cf import method_colour, method_label
 from ..errors import InputError
 from ..evaluate import SLICES
@@ -323,30 +324,12 @@ def measured_text(report: dict | None) -> str:
             f"cold users {counts['cold_user']}). {report['finding']} Intervals: {p['bootstrap']}.")
 
 
-MEASURED_COLUMNS = ["measure", "warm items", "cold items", "warm − cold items", "warm − cold users"]
-
-
 def measured_table(report: dict | None) -> pd.DataFrame:
     """One row per measure, warm vs cold side by side, each cell 'mean [95 % CI]' (the README's
     table): five rows a projected page can show whole, not a long list to scroll."""
     if not report:
-        return pd.DataFrame(columns=MEASURED_COLUMNS)
-    names = {"ablation_drop_both": "P(Yes) change, both CF tokens → no-information vectors",
-             "ablation_drop_item": "… item token only",
-             "ablation_drop_user": "… user token only",
-             "attribution_cf_share": "CF slots' share of |gradient × input|",
-             "attention_cf_mean": "CF slots' share of the answer's attention (mean over layers)"}
-
-    def cell(m: dict) -> str:
-        return "—" if m["mean"] is None or m["low"] is None else f"{m['mean']:.4f} [{m['low']:.4f}, {m['high']:.4f}]"
-
-    def gap(d: dict) -> str:
-        return "—" if d["diff"] is None or d["low"] is None else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-
-    rows = [(name, cell(report["slices"]["warm_item"][key]), cell(report["slices"]["cold_item"][key]),
-             gap(report["warm_minus_cold"]["item"][key]), gap(report["warm_minus_cold"]["user"][key]))
-            for key, name in names.items()]
-    return pd.DataFrame(rows, columns=MEASURED_COLUMNS)
+        return pd.DataFrame(columns=list(inside.TABLE_COLUMNS))
+    return pd.DataFrame(inside.table_rows(report), columns=list(inside.TABLE_COLUMNS))
 
 
 def measured_figure(report: dict | None) -> go.Figure:
