@@ -387,7 +387,7 @@ class CoLLM(nn.Module):
 
     @bf16.setter
     def bf16(self, on: bool) -> None:  # benchmarks compare both precisions on one loaded model
-        self.runtime = Runtime(self.device, "bf16" if on else "fp32")
+        self.runtime = Runtime(self.device, "bf16" if on else "fp32", "set by a benchmark")
 
     def autocast(self):
         if self.bf16:

@@ -51,8 +51,10 @@ SETTINGS = (
                                                    "`embedding_map_<name>.json` beside it)"),
     ("COLLM_DEVICE", "`auto`", "where the app runs the LLM: `auto` (CUDA if present, then MPS, else the CPU), "
                                "`cpu`, `cuda`, `mps` (the CLI's `--device`)"),
-    ("COLLM_PRECISION", "`auto`", "`fp32` or `bf16` autocast; `auto` = bf16 only where the hardware computes it "
-                                  "natively (the CLI's `--precision`)"),
+    ("COLLM_PRECISION", "`auto`", "`fp32` or `bf16` autocast (forced on any device); `auto` = float32 for "
+                                  "scoring on a CPU, bf16 on a CUDA device that computes it natively, and for "
+                                  "CPU training only where a measured micro-benchmark finds it faster (the "
+                                  "default of the CLI's `--precision`)"),
     ("COLLM_THREADS", "torch's default", "CPU threads for torch in the app"),
     ("COLLM_MAX_QUEUE", "`64`", "requests that may wait in the app's queue before new ones are refused"),
     ("COLLM_CACHE", "`~/.cache/collm_demo`", "where fetched assets and the converted LLM live (~700 MB)"),
@@ -70,6 +72,12 @@ def cache_dir() -> Path:
 def offline() -> bool:
     """``COLLM_OFFLINE=1``: assets must already be in the cache."""
     return os.environ.get("COLLM_OFFLINE", "").strip() == "1"
+
+
+def precision_from_env() -> str:
+    """``COLLM_PRECISION`` (default ``auto``): the app's precision and the CLI's ``--precision``
+    default, so one variable puts every entry point (and the test suite) on the bf16 path."""
+    return (os.environ.get("COLLM_PRECISION") or "auto").strip().lower()
 
 
 def torchrun_env() -> tuple[int, int, int] | None:
@@ -100,7 +108,7 @@ class AppConfig:
     layout_path: Path = LAYOUT_PATH
     cf_name: str = DEFAULT_CF
     device: str = "auto"  # see device.py
-    precision: str = "auto"  # bf16 only where native; the answer head stays float32 either way
+    precision: str = "auto"  # see device.py: float32 on a CPU; the answer head stays float32 either way
     threads: int | None = None
     max_queue: int = 64
 
@@ -114,7 +122,7 @@ class AppConfig:
                    layout_path=Path(env.get("COLLM_LAYOUT") or LAYOUT_PATH),
                    cf_name=env.get("COLLM_CF") or DEFAULT_CF,
                    device=(env.get("COLLM_DEVICE") or "auto").strip().lower(),
-                   precision=(env.get("COLLM_PRECISION") or "auto").strip().lower(),
+                   precision=precision_from_env(),
                    threads=int(env["COLLM_THREADS"]) if env.get("COLLM_THREADS", "").strip() else None,
                    max_queue=int(env.get("COLLM_MAX_QUEUE") or 64))
 
@@ -186,7 +194,8 @@ class TrainConfig:
     eval_every: int = 30  # optimiser steps between early-stopping checks
     eval_rows: int = 400  # fixed early-stopping subset of valid rows (never trained on)
     patience: int = 4  # early-stopping checks without improvement before stopping
-    # --- where and how (see device.py): "auto" = CUDA if present; bf16 only where the hardware has it
+    # --- where and how (see device.py): "auto" = CUDA if present; bf16 on CUDA where native, on a
+    # CPU only where a micro-benchmark of the model's matmul shape measures it faster
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto | fp32 | bf16 (autocast; the answer head stays float32)
     # --- memory options for a large LLM (a 7B model on a 24 GB card needs all three)

@@ -53,6 +53,15 @@ class Ranks:
         dist.all_reduce(merged, op=dist.ReduceOp.SUM)
         return merged
 
+    def from_main(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank: a decision that must not differ between processes (one
+        made from a timing, say). CPU (gloo) only: callers on CUDA decide without measuring."""
+        if not self.active:
+            return flag
+        value = torch.tensor([int(flag)])
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

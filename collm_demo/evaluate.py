@@ -1,8 +1,8 @@
 """Evaluation on the test split: AUC and UAUC on all / warm / cold rows for every method.
 
 UAUC = mean per-user AUC over users with both classes among the evaluated rows.
-Scores come from ``Pipeline.score_rows`` (shared prefixes, no gradients, bf16 autocast:
-measured within 0.001 AUC of float32). The Markdown table is written into the README between
+Scores come from ``Pipeline.score_rows`` (shared prefixes, no gradients; float32 on a CPU by
+default, see device.py; bf16 autocast was measured within 0.001 AUC of float32). The Markdown table is written into the README between
 its ``results`` markers.
 """
 

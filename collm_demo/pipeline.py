@@ -190,7 +190,7 @@ def runtime_for(runtime: Runtime | None, bf16: bool | None) -> Runtime:
     if runtime is not None:
         return runtime
     if bf16 is not None:
-        return Runtime(torch.device("cpu"), "bf16" if bf16 else "fp32")
+        return Runtime(torch.device("cpu"), "bf16" if bf16 else "fp32", "asked for by the caller")
     return Runtime.choose()
 
 

@@ -33,7 +33,7 @@ from .checkpoints import read_manifest, record_cf, save_projector, write_manifes
 from .collm import CoLLM, Projector
 from .config import CHECKPOINT_DIR, DEFAULT_CF, LORA_TARGETS, ProtocolConfig, TrainConfig
 from .data import Dataset, early_stop_rows, format_counts, load_dataset, lora_rows, projector_rows
-from .device import Runtime
+from .device import Runtime, resolve_device, resolve_precision
 from .distributed import Ranks, init_ranks
 from .errors import CheckpointError, InputError
 from .llm import LoadedLLM, load_llm
@@ -223,10 +223,12 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
         data_path: str | None = None, quick: bool = False, argv: list[str] | None = None,
         cf_name: str = DEFAULT_CF, protocol: ProtocolConfig | None = None) -> dict:
     """Train ``stages`` in order into ``out_dir``; the manifest is written after each stage (by rank 0)."""
-    runtime = Runtime.choose(cfg.device, cfg.precision)
+    # The device now; the precision once the LLM's width is known (on a CPU, ``auto`` times bf16 on
+    # the model's own matmul shape before choosing it, see device.py). The CF stage runs in float32.
+    runtime = Runtime(resolve_device(cfg.device), "fp32", "the CF stage runs in float32")
     ranks = init_ranks(runtime.device.type)
     if runtime.device.type == "cuda" and ranks.active:
-        runtime = Runtime(torch.device("cuda", ranks.local_rank), runtime.precision)
+        runtime = Runtime(torch.device("cuda", ranks.local_rank), runtime.precision, runtime.reason)
     _QUIET["quiet"] = not ranks.is_main
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -236,7 +238,7 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(data_path, protocol)
     log(f"[data] {dataset.name}\n{format_counts(dataset.counts)}")
-    log(f"[runtime] {runtime}" + (f", {ranks.world} processes" if ranks.active else ""))
+    log(f"[runtime] {runtime.device.type}" + (f", {ranks.world} processes" if ranks.active else ""))
     spec = backend(cf_name)
     manifest = read_manifest(out_dir)
     manifest.setdefault("stages", {})
@@ -260,6 +262,12 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
         llm = load_for_training(llm_name, cfg, runtime)
         manifest["llm"] = {"name": llm.name, "hidden_size": llm.hidden_size,
                            "layers": int(llm.model.config.num_hidden_layers)}
+        precision, reason = resolve_precision(cfg.precision, runtime.device, "train", llm.hidden_size)
+        if runtime.device.type == "cpu" and ranks.from_main(precision == "bf16") != (precision == "bf16"):
+            precision, reason = ("bf16" if precision == "fp32" else "fp32"), "rank 0's measurement (" + reason + ")"
+        runtime = Runtime(runtime.device, precision, reason)
+        manifest["runtime"] = runtime.describe() | {"processes": ranks.world}
+        log(f"[runtime] LLM stages: {runtime}")
     if "lora" in stages:
         record("lora", stage_lora(llm, dataset, cfg, out_dir, eval_rows, runtime, ranks))
     if "projector" in stages:

@@ -19,6 +19,37 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+# ------------------------------------------------------------------ precision
+# Every test that asserts equality or parity says which precision it runs in: ``fp32`` pins float32
+# (this fixture sets COLLM_PRECISION=fp32 for the test, so the CLI and the app inside it use it
+# too); ``any_precision`` runs in what COLLM_PRECISION names and asserts within that precision's
+# stated tolerance (``scoring_runtime().tolerance``). CI runs the ``any_precision`` tests twice:
+# as they come (float32 on a CPU) and with COLLM_PRECISION=bf16, which forces the bf16 path on
+# any CPU, so a machine without bf16 units catches what one with them would.
+
+def scoring_runtime():
+    """The runtime the app and the CLI score in here (COLLM_PRECISION, else auto, on the CPU)."""
+    from collm_demo.config import precision_from_env
+    from collm_demo.device import Runtime
+
+    return Runtime.choose("cpu", precision_from_env())
+
+
+@pytest.fixture(autouse=True)
+def _pinned_precision(request, monkeypatch):
+    if request.node.get_closest_marker("fp32") is not None:
+        monkeypatch.setenv("COLLM_PRECISION", "fp32")
+
+
+def pytest_report_header(config):
+    from collm_demo.device import cpu_has_native_bf16
+
+    runtime = scoring_runtime()
+    return (f"scoring precision: {runtime.precision} ({runtime.reason}); tolerance {runtime.tolerance:g}; "
+            f"COLLM_PRECISION={os.environ.get('COLLM_PRECISION', '')!r}; cpu {torch.backends.cpu.get_cpu_capability()}, "
+            f"bf16 units: {'yes' if cpu_has_native_bf16() else 'no'}")
+
 WORDS = ("Question A user has rated the following movies liked disliked Additionally we have information "
          "about user's preferences encoded in feature Using all available make prediction whether would "
          "enjoy movie titled with Answer Yes or No Leverage to predict Toy Story Heat Jaws Alien Casino "

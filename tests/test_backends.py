@@ -14,6 +14,9 @@ from collm_demo.data import load_dataset
 from collm_demo.pipeline import load_pipeline
 from conftest import TITLES, synthetic_ratings, write_ml1m
 
+# Pipelines here are loaded with bf16=False: float32, so scores are compared exactly.
+pytestmark = pytest.mark.fp32
+
 
 def test_import_command_trains_only_the_projector(vectors, tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
     import shutil

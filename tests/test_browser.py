@@ -1,7 +1,9 @@
 """The page in headless Chromium: pick a user and candidates, score, toggle injection, visit tabs.
 
 Screenshots go to tests/screenshots/ (git-ignored). Needs /usr/bin/chromium
-(``apt-get install chromium``) and the playwright Python package; skipped without them.
+(``apt-get install chromium``, Debian's package) and the playwright Python package. Without them
+these tests are skipped with that reason in the run's summary (``-rs``); with
+``COLLM_REQUIRE_BROWSER=1`` (set by .ci/run) a missing browser is a failure instead.
 """
 
 from __future__ import annotations
@@ -20,11 +22,20 @@ STEP_TIMEOUT = 120_000
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 
 
+def _missing(reason: str) -> None:
+    if os.environ.get("COLLM_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"browser tests required (COLLM_REQUIRE_BROWSER=1) but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _missing("the playwright package is not installed (pip install -r requirements.txt)")
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+        _missing(f"{CHROMIUM} not installed: `apt-get install chromium` (Debian), see the README's Tests section")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b

@@ -12,6 +12,9 @@ from collm_demo.errors import CheckpointError
 from collm_demo.llm import load_llm
 from conftest import HISTORIES, TARGETS, TITLES
 
+# Every model here is a CoLLM with its default Runtime: float32 on the CPU, so parity means 1e-5.
+pytestmark = pytest.mark.fp32
+
 
 def prompts(model, with_cf, histories=HISTORIES, targets=TARGETS):
     return [model.builder.build(h, y, t, with_cf) for (h, y), t in zip(histories, targets)]

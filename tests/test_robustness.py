@@ -35,14 +35,22 @@ def test_wrong_types_and_odd_strings_get_a_clear_message(real_state, user_id, it
         assert out and all(0 <= o["score_text"] <= 1 for o in out)
 
 
-def test_same_request_same_scores_whatever_the_company_and_order(real_state):
-    alone = {o["id"]: o for o in core.compare(real_state, "1", "50")}
-    mixed = {o["id"]: o for o in core.compare(real_state, "1", "313, 50, 1, 172, 9, 100")}
-    reverse = {o["id"]: o for o in core.compare(real_state, "1", "100, 9, 172, 1, 50, 313")}
+@pytest.mark.any_precision
+@pytest.mark.parametrize("user, company", [
+    ("1", "313, 50, 1, 172, 9, 100"),
+    ("94", "181, 50, 100, 1, 9"),  # the case measured at 3.7e-3 under bf16 autocast (issue 24)
+])
+def test_same_request_same_scores_whatever_the_company_and_order(real_state, user, company):
+    """The promise of the precision the app runs in (float32 by default on a CPU: 1e-5): an item
+    scores the same alone, among other candidates, and with them in the opposite order."""
+    tolerance = real_state.pipeline().model.runtime.tolerance
+    alone = {o["id"]: o for o in core.compare(real_state, user, "50")}
+    mixed = {o["id"]: o for o in core.compare(real_state, user, company)}
+    reverse = {o["id"]: o for o in core.compare(real_state, user, ", ".join(reversed(company.split(", "))))}
     for key in ("score_text", "score_cf"):
-        assert abs(alone["50"][key] - mixed["50"][key]) <= 1e-5
+        assert abs(alone["50"][key] - mixed["50"][key]) <= tolerance
         for item in mixed:
-            assert abs(mixed[item][key] - reverse[item][key]) <= 1e-5
+            assert abs(mixed[item][key] - reverse[item][key]) <= tolerance
 
 
 def test_server_keeps_serving_after_bad_requests_and_refuses_overflow_clearly(app_env):

@@ -13,6 +13,9 @@ from collm_demo.checkpoints import read_manifest, write_manifest
 from collm_demo.errors import CheckpointError
 from collm_demo.pipeline import load_pipeline
 
+# Pipelines here are loaded with bf16=False: float32, so scores are compared exactly.
+pytestmark = pytest.mark.fp32
+
 
 def test_quick_training_writes_every_checkpoint_and_a_manifest(tiny_checkpoints, tiny_llm_dir):
     for name in ("cf_mf.safetensors", "projector_mf.safetensors", "lora/adapter_model.safetensors",
