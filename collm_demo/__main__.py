@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .config import (
     ASSETS_DIR,
@@ -28,6 +29,7 @@ from .config import (
     ProtocolConfig,
     QuickConfig,
     TrainConfig,
+    precision_from_env,
     settings_table,
     torchrun_env,
 )
@@ -215,14 +217,24 @@ COMMANDS = {"fetch": cmd_fetch, "train": cmd_train, "evaluate": cmd_evaluate,
             "ceiling": cmd_ceiling, "inside": cmd_inside, "settings": cmd_settings}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's rejections in the CLI's own format: one ``error:`` line naming the command and
+    where to read its usage, exit status 2 (argparse prints the usage block first, 4 to 17 lines).
+    Subcommand parsers are of this class too (``add_subparsers`` makes them of the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m collm_demo", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m collm_demo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_fetch = sub.add_parser("fetch", help="download + verify the embedded LLM and data, convert the LLM once")
     p_fetch.add_argument("--verify", action="store_true", help="re-hash cached files")
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--llm", default=None, help="Hugging Face causal-LM id or local folder (default: embedded SmolLM2-135M-Instruct)")
     common.add_argument("--data", default=None, help="MovieLens / CSV folder (default: embedded ML-100K)")
     common.add_argument("--checkpoints", default=str(CHECKPOINT_DIR), help="checkpoint folder")
@@ -233,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="global: time-sorted 80/10/10 (default); collm-ml1m: the CoLLM paper's monthly ML-1M split")
     common.add_argument("--device", choices=DEVICES, default="auto",
                         help="where the LLM runs (auto: CUDA if present, then MPS, else the CPU)")
-    common.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="fp32 or bf16 autocast (auto: bf16 only where the hardware computes it natively)")
+    common.add_argument("--precision", choices=PRECISIONS, default=precision_from_env(),
+                        help="fp32 or bf16 autocast (default: COLLM_PRECISION, else auto: float32 for scoring on a "
+                             "CPU, bf16 on CUDA where native, see device.py)")
 
     p_train = sub.add_parser("train", parents=[common], help="train CF / LoRA / projector")
     p_train.add_argument("--stage", choices=["cf", "lora", "projector", "all"], default="all")

@@ -10,6 +10,10 @@ File names come from the backend's description (``collm_demo.cf.backend``). The 
 read *before* any weight, and checkpoints that do not fit the running LLM (hidden size), the CF
 model (dimension, id maps) or each other are refused with a :class:`CheckpointError` naming the
 mismatch. Missing files are not an error here: the caller decides which mode it can run in.
+
+The app checks more before it offers anything (``check_backends``, ``check_llm_files``): every
+backend's CF file and projector read in full (shapes, dtype, finite values) and the adapter
+against the shapes in the LLM's files, so one bad file refuses the folder before the page exists.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .assets import converted_llm_dir
 from .cf import CFModel, backend, load_cf
 from .cf.foldin import DEFAULT_L2, parse_l2
 from .collm import Projector
 from .config import CHECKPOINT_DIR
 from .errors import CheckpointError, CoLLMError
-from .llm import LoadedLLM
+from .llm import LoadedLLM, resolve_llm_name
 
 TRAIN_HINT = "train them with `python -m collm_demo train --stage all`"
 
@@ -116,16 +121,30 @@ def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector
     projector = Projector(cf_dim, hidden_size, foldin_l2=foldin_l2)
     try:
         weights = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(err)[:200]})") from None
+    # Before load_state_dict: it would silently cast integer tensors into the float parameters.
+    check_float_tensors(path, weights, "projector weights")
+    try:
         projector.load_state_dict(weights)
-    except (SafetensorError, RuntimeError, OSError) as err:
+    except RuntimeError as err:
         # the first lines of torch's message name the tensors and both shapes
         detail = "; ".join(line.strip() for line in str(err).splitlines()[:3] if line.strip())
         raise CheckpointError(f"{path}: projector weights do not fit ({detail[:300]})") from None
-    bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
-    if bad:  # NaN weights would make every CoLLM score NaN, silently
-        raise CheckpointError(f"{path}: projector weights contain NaN or infinite values ({', '.join(bad[:3])})")
     projector.eval()
     return projector
+
+
+def check_float_tensors(path: str | Path, tensors: dict, what: str) -> None:
+    """Every tensor floating point and finite: integer weights are no trained layer, and NaN
+    weights would make every CoLLM score NaN, silently."""
+    not_float = [f"{name} ({str(t.dtype).removeprefix('torch.')})" for name, t in tensors.items()
+                 if not t.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"{path}: {what} must be floating point, found dtype {', '.join(not_float[:3])}")
+    bad = [name for name, tensor in tensors.items() if not tensor.isfinite().all()]
+    if bad:
+        raise CheckpointError(f"{path}: {what} contain NaN or infinite values ({', '.join(bad[:3])})")
 
 
 def same_llm(recorded: str, running: str) -> bool:
@@ -172,15 +191,22 @@ def check_manifest(manifest: dict, llm: LoadedLLM, cf: CFModel | None, cf_name: 
     if isinstance(layers, int) and want.get("layers") not in (None, layers):
         raise CheckpointError(f"checkpoints were trained for an LLM with {want['layers']} layers "
                               f"({want.get('name')}), but the running LLM {llm.name} has {layers}")
+    if cf is not None:
+        check_cf_record(manifest, cf, cf_name)
+
+
+def check_cf_record(manifest: dict, cf: CFModel, cf_name: str) -> None:
+    """A CF file fits the manifest's record of it (vector dim, user and item counts)."""
     cf_info = manifest.get("cf", {}).get(cf_name)
-    if cf is not None and cf_info:
-        if cf_info.get("vector_dim") not in (None, cf.dim):
-            raise CheckpointError(f"manifest says the {cf_name} CF vectors have dim "
-                                  f"{cf_info['vector_dim']}, the CF file has dim {cf.dim}")
-        for side, ids in (("users", cf.user_ids), ("items", cf.item_ids)):
-            if cf_info.get(side) not in (None, len(ids)):
-                raise CheckpointError(f"manifest says the {cf_name} CF model has {cf_info[side]} "
-                                      f"{side}, the CF file has {len(ids)}")
+    if not cf_info:
+        return
+    if cf_info.get("vector_dim") not in (None, cf.dim):
+        raise CheckpointError(f"manifest says the {cf_name} CF vectors have dim "
+                              f"{cf_info['vector_dim']}, the CF file has dim {cf.dim}")
+    for side, ids in (("users", cf.user_ids), ("items", cf.item_ids)):
+        if cf_info.get(side) not in (None, len(ids)):
+            raise CheckpointError(f"manifest says the {cf_name} CF model has {cf_info[side]} "
+                                  f"{side}, the CF file has {len(ids)}")
 
 
 def check_safetensors(path: str | Path) -> dict:
@@ -236,6 +262,109 @@ def available_backends(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> list[str]
     checkpoint_dir = Path(checkpoint_dir)
     names = sorted(path.stem[len("cf_"):] for path in checkpoint_dir.glob("cf_*.safetensors"))
     return [name for name in names if (checkpoint_dir / backend(name).projector_file).exists()]
+
+
+def check_backends(checkpoint_dir: str | Path, manifest: dict, hidden_size: int | None = None) -> None:
+    """Every CF backend in the folder read in full and checked, not only the configured one: the
+    CF file loads (kind, shapes, finite vectors) and fits the manifest's record of it, and its
+    projector fits the CF model and the LLM (tensor shapes, floating-point dtype, finite values).
+    The files are small (about 1 MB each), so the app runs this before its page is built: a
+    folder with one bad backend offers none. ``hidden_size`` is the running LLM's; without it,
+    the manifest's record of it (which ``check_manifest`` compares with the LLM once loaded),
+    else each projector's own record (shapes only; the LLM is compared once it is loaded)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if hidden_size is None:
+        hidden_size = manifest.get("llm", {}).get("hidden_size")
+    for cf_path in sorted(checkpoint_dir.glob("cf_*.safetensors")):
+        name = cf_path.stem[len("cf_"):]
+        cf = load_cf(cf_path)
+        check_cf_record(manifest, cf, name)
+        projector_path = checkpoint_dir / backend(name).projector_file
+        if projector_path.exists():
+            load_projector(projector_path, hidden_size or _recorded_hidden_size(projector_path), cf.dim)
+
+
+def _recorded_hidden_size(projector_path: Path) -> int:
+    try:
+        return int(check_safetensors(projector_path).get("hidden_size", -1))
+    except ValueError:
+        return -1  # load_projector names the unusable record
+
+
+def local_llm_folder(llm_name: str | None) -> Path | None:
+    """The running LLM's folder when its files are on disk already: a local folder, or the
+    embedded LLM once converted (its integrity is hashed by the loader, not here). None for a
+    Hugging Face id or before the first conversion: then only the loaded LLM is checked."""
+    name = resolve_llm_name(llm_name)
+    if name.startswith("embedded:"):
+        folder = converted_llm_dir()
+        return folder if (folder / "COMPLETE").is_file() else None
+    folder = Path(name).expanduser()
+    return folder if folder.is_dir() else None
+
+
+def llm_weight_shapes(folder: Path) -> dict[str, list[int]]:
+    """Shape of every weight of the LLM in ``folder``, from its safetensors headers (no weight is
+    read); {} where they cannot be read (the loader then says why)."""
+    shapes: dict[str, list[int]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = list(handle.get_slice(key).get_shape())
+        except (SafetensorError, OSError):
+            return {}
+    return shapes
+
+
+LORA_PREFIX = "base_model.model."  # PEFT's name for the wrapped model in a saved adapter
+
+
+def check_lora_fits(lora_dir: str | Path, llm_shapes: dict[str, list[int]]) -> None:
+    """The adapter's tensors fit the LLM they will be added to, before PEFT reads them: float
+    and finite, and for each adapted layer of weight (out, in) in the LLM, lora_A is (rank, in)
+    and lora_B (out, rank). Layers the LLM's files do not name are left to PEFT (other naming)."""
+    path = Path(lora_dir) / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    check_float_tensors(path, tensors, "LoRA weights")
+    for key, a in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[: -len(".lora_A.weight")]
+        layer = llm_shapes.get(module.removeprefix(LORA_PREFIX) + ".weight")
+        if layer is None or len(layer) != 2:
+            continue
+        b = tensors.get(module + ".lora_B.weight")
+        out_dim, in_dim = layer
+        if not (a.ndim == 2 and a.shape[1] == in_dim and b is not None and list(b.shape) == [out_dim, a.shape[0]]):
+            found = f"lora_A {list(a.shape)}, lora_B {None if b is None else list(b.shape)}"
+            raise CheckpointError(f"{lora_dir}: the LoRA adapter does not fit this LLM ({_short(module, 80)}: "
+                                  f"{found}; the LLM's layer is {layer})")
+
+
+def check_llm_files(manifest: dict, llm_name: str | None, checkpoint_dir: str | Path) -> None:
+    """What the running LLM's files on disk say, before it is loaded: the manifest's depth is
+    the LLM's (config.json), and the LoRA adapter fits the shapes of its weights. Nothing is
+    checked when the files are not on disk (a Hub id, the embedded LLM before its first
+    conversion): the loaded LLM is checked instead. (The hidden size is compared once loaded:
+    the embedding width, which config.json does not always name.)"""
+    folder = local_llm_folder(llm_name)
+    if folder is None:
+        return
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return  # not a model folder the loader can read: it says so itself
+    layers = config.get("num_hidden_layers") if isinstance(config, dict) else None
+    want = manifest.get("llm", {})
+    if isinstance(layers, int) and want.get("layers") not in (None, layers):
+        raise CheckpointError(f"checkpoints were trained for an LLM with {want['layers']} layers "
+                              f"({want.get('name')}), but the running LLM {resolve_llm_name(llm_name)} has {layers}")
+    lora_dir = Path(checkpoint_dir) / "lora"
+    if (lora_dir / "adapter_model.safetensors").is_file():
+        shapes = llm_weight_shapes(folder)
+        if shapes:
+            check_lora_fits(lora_dir, shapes)
 
 
 def load_backend(checkpoint_dir: Path, cf_name: str, llm: LoadedLLM, manifest: dict

@@ -123,8 +123,21 @@ class AppConfig:
                    cf_name=env.get("COLLM_CF") or DEFAULT_CF,
                    device=(env.get("COLLM_DEVICE") or "auto").strip().lower(),
                    precision=precision_from_env(),
-                   threads=int(env["COLLM_THREADS"]) if env.get("COLLM_THREADS", "").strip() else None,
-                   max_queue=int(env.get("COLLM_MAX_QUEUE") or 64))
+                   threads=_whole_number(env, "COLLM_THREADS", None),
+                   max_queue=_whole_number(env, "COLLM_MAX_QUEUE", 64))
+
+
+def _whole_number(env, name: str, default: int | None) -> int | None:
+    """A positive whole number from the environment, or ``default`` when unset; anything else is a
+    user error naming the variable (the app then exits with that one line, not a traceback)."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        from .errors import InputError
+
+        raise InputError(f"{name} must be a positive whole number, not {text[:40]!r}")
+    return int(text)
 
 
 def settings_table() -> str:

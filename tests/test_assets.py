@@ -232,3 +232,60 @@ def test_wrong_checksum_is_refused(fake_asset, monkeypatch):
     with pytest.raises(assets.AssetError, match="sha256"):
         assets.fetch("fake")
     assert not fake_asset.exists()
+
+
+# ------------------------------------------------------------- issue 24: what the app does with a bad asset
+
+def test_the_app_with_corrupt_data_and_no_replacement_exits_with_one_line(tmp_path):
+    """The data are on every page, so the app does not start without them: offline, with a corrupt
+    cached data file, `python app.py` prints one line naming the file and the fix and exits with
+    status 2 (it printed a traceback)."""
+    import subprocess
+    import sys
+
+    from collm_demo.config import PROJECT_ROOT
+
+    folder = tmp_path / "cache" / assets.ASSETS["data"][1]
+    folder.mkdir(parents=True)
+    for local, _ in assets.DATA_WHEEL.members.values():
+        (folder / local).write_text("not MovieLens\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLM_")}
+    env |= {"COLLM_CACHE": str(tmp_path / "cache"), "COLLM_OFFLINE": "1", "COLLM_CHECKPOINTS": str(tmp_path / "none")}
+    proc = subprocess.run([sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert "corrupt" in errors[0] and str(folder / "ml-100k.inter") in errors[0]
+    assert "python -m collm_demo fetch" in errors[0]
+    assert (folder / "ml-100k.inter").read_text() == "not MovieLens\n"  # kept: corrupt is not turned into missing
+
+
+def test_a_model_that_cannot_be_rebuilt_is_said_in_the_log(tmp_path, monkeypatch, capsys, tiny_data_dir):
+    """Offline, with a corrupt converted LLM and no GGUF to rebuild it from: the app starts (the
+    page needs no model), each request says why the model is missing, and so does the log, once."""
+    from collm_demo.config import AppConfig
+    from collm_demo.ui.state import AppState
+
+    monkeypatch.setenv("COLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLLM_OFFLINE", "1")
+    converted = tmp_path / "cache" / assets.converted_llm_dir().name
+    converted.mkdir(parents=True)
+    (converted / "model.safetensors").write_bytes(b"tampered")
+    (converted / assets.SUMS_FILE).write_text("0" * 64 + "  model.safetensors\n")
+    (converted / "COMPLETE").write_text("converted")
+    assets.forget_verified()
+    state = AppState(AppConfig(checkpoint_dir=tmp_path / "none", llm=None, data=str(tiny_data_dir), device="cpu",
+                               precision="fp32", layout_path=tmp_path / "none.json",
+                               results_path=tmp_path / "none.json"))
+    capsys.readouterr()
+    for _ in range(2):
+        with pytest.raises(assets.AssetError, match="cannot be rebuilt"):
+            state.pipeline()
+    logged = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(logged) == 1, logged
+    assert "the model could not be loaded" in logged[0] and "cannot be rebuilt" in logged[0]
+    assert str(converted / "model.safetensors") in logged[0] and "python -m collm_demo fetch" in logged[0]
+    assert state.hub.refusal is None  # not blamed on the (absent) checkpoints
+    assets.forget_verified()

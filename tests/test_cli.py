@@ -205,3 +205,57 @@ def test_checkpoints_are_not_evaluated_on_other_data_unless_asked(capsys, tiny_c
     assert not (tmp_path / "out.json").exists()
     assert main([*args, "--other-data"]) == 0
     assert "mf" in json.loads((tmp_path / "out.json").read_text())["methods"]
+
+
+# ------------------------------------------------------------------ issue 24: argparse's rejections are one line too
+
+@pytest.mark.parametrize("args, needles", [
+    ([], ["required: command"]),
+    (["nosuch"], ["invalid choice: 'nosuch'"]),
+    (["evaluate", "--bogus", "x"], ["unrecognized arguments: --bogus x"]),
+    (["train", "--stage", "everything"], ["train:", "argument --stage", "invalid choice"]),
+    (["train", "--seed", "-1"], ["train:", "argument --seed"]),
+    (["evaluate", "--max-rows"], ["evaluate:", "argument --max-rows: expected one argument"]),
+    (["import-embeddings"], ["import-embeddings:", "required: --name"]),
+])
+def test_argparse_rejections_are_one_line(capsys, args, needles):
+    """Not argparse's usage block (4 to 17 lines) and 'prog: error:': the CLI's one ``error:``
+    line, which names the command and where its usage is, and exit status 2."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: python -m collm_demo"), err
+    for needle in (*needles, "--help`"):
+        assert needle in err, err
+
+
+def test_an_argparse_rejection_in_a_real_process():
+    proc = run_cli("train", "--lora-dropout", "1")
+    assert_one_line_error(proc, "argument --lora-dropout")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_app_docstring_names_the_settings_that_exist():
+    """app.py's docstring lists the environment variables: exactly the settings table's (it named
+    COLLM_BF16, which no longer exists: the precision is COLLM_PRECISION)."""
+    import ast
+    import re
+
+    from collm_demo.config import PROJECT_ROOT, SETTINGS
+
+    doc = ast.get_docstring(ast.parse((PROJECT_ROOT / "app.py").read_text()))
+    assert set(re.findall(r"COLLM_[A-Z_]+", doc)) == {name for name, _, _ in SETTINGS if name.startswith("COLLM_")}
+
+
+@pytest.mark.parametrize("name, value", [("COLLM_THREADS", "two"), ("COLLM_MAX_QUEUE", "-1"),
+                                         ("COLLM_MAX_QUEUE", "１０"), ("COLLM_THREADS", "0")])
+def test_app_settings_that_are_not_whole_numbers_are_refused_by_name(monkeypatch, name, value):
+    """A setting the app cannot use is a user error naming the variable (app.py prints it as one
+    line and exits 2), never a ValueError traceback."""
+    from collm_demo.config import AppConfig
+    from collm_demo.errors import InputError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match=f"{name} must be a positive whole number"):
+        AppConfig.from_env()

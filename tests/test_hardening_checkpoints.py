@@ -1,6 +1,8 @@
 """Start-up never dies on a bad checkpoint file (issue 17): every tampered copy of a small trained
 folder starts the app in the documented fallback (the plain LLM, a banner naming the file and the
-reason), and nothing from the refused folder is served afterwards."""
+reason), and nothing from the refused folder is served afterwards. Issue 24: every backend's files
+are checked before the page is built (shape, dtype, finite values), not only the configured one's,
+so a refused folder offers nothing from the first /config on."""
 
 from __future__ import annotations
 
@@ -48,6 +50,16 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
 
 
+def _second_backend(folder: Path, change_cf=None, change_projector=None) -> None:
+    """Add a backend 'toy' (a copy of mf's two files, one of them changed): not the configured one."""
+    shutil.copy(folder / CF, folder / "cf_toy.safetensors")
+    shutil.copy(folder / PROJECTOR, folder / "projector_toy.safetensors")
+    if change_cf is not None:
+        _rewrite(folder / "cf_toy.safetensors", change_cf)
+    if change_projector is not None:
+        _rewrite(folder / "projector_toy.safetensors", change_projector)
+
+
 CF, PROJECTOR, LORA = "cf_mf.safetensors", "projector_mf.safetensors", "lora/adapter_model.safetensors"
 HUGE = {"user_table": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}}
 
@@ -85,11 +97,30 @@ VARIANTS = {
                                             "/no/such/llm", "trained for the LLM", True),
     "CF file is a folder": (lambda d: ((d / CF).unlink(), (d / CF).mkdir()), CF, "not a file", True),
     "projector of the wrong shape": (lambda d: _rewrite(d / PROJECTOR, lambda t: torch.zeros(3, 3)), PROJECTOR,
-                                     "size mismatch", False),
+                                     "size mismatch", True),
     "projector of NaN": (lambda d: _rewrite(d / PROJECTOR, lambda t: torch.full_like(t, float("nan"))), PROJECTOR,
-                         "NaN", False),
+                         "NaN", True),
+    "projector of integers": (lambda d: _rewrite(d / PROJECTOR, lambda t: t.to(torch.int32)), PROJECTOR,
+                              "must be floating point", True),
     "LoRA of another shape": (lambda d: _rewrite(d / LORA, lambda t: torch.zeros(3, 3)), "lora",
-                              "does not fit this LLM", False),
+                              "does not fit this LLM", True),
+    "LoRA of NaN": (lambda d: _rewrite(d / LORA, lambda t: torch.full_like(t, float("nan"))), "adapter_model",
+                    "NaN", True),
+    # issue 24: a backend other than the configured one is checked as fully, before the page is built
+    "another backend's projector of the wrong shape": (
+        lambda d: _second_backend(d, change_projector=lambda t: torch.zeros(3, 3)), "projector_toy.safetensors",
+        "size mismatch", True),
+    "another backend's projector of NaN": (
+        lambda d: _second_backend(d, change_projector=lambda t: torch.full_like(t, float("nan"))),
+        "projector_toy.safetensors", "NaN", True),
+    "another backend's CF vectors of NaN": (
+        lambda d: _second_backend(d, change_cf=lambda t: torch.full_like(t, float("nan"))), "cf_toy.safetensors",
+        "NaN", True),
+    "another backend's CF file not in the manifest's record": (
+        lambda d: (_second_backend(d), _edit_manifest(d, lambda m: m["cf"].update(toy=m["cf"]["mf"] | {"users": 3}))),
+        "toy CF model has 3 users", "the CF file has", True),
+    "manifest records another LLM depth": (lambda d: _edit_manifest(d, lambda m: m["llm"].update(layers=99)),
+                                           "99 layers", "has 2", True),
 }
 
 
@@ -134,34 +165,46 @@ def test_a_corrupt_file_starts_the_app_in_fallback_naming_file_and_reason(
     assert [o["id"] for o in out] == ["1", "2"] and all(o["score_cf"] is None for o in out)
 
 
-def test_other_backends_of_a_refused_folder_are_never_loaded(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
-    """A refusal found only once the weights are read (a NaN projector): the selector built before
-    it listed the folder's backends, but none of them is loaded onto the fallback LLM."""
-    folder = tampered(tiny_checkpoints, tmp_path / "ckpt", lambda d: None)
-    shutil.copy(folder / CF, folder / "cf_toy.safetensors")  # a second, intact backend in the same folder
-    shutil.copy(folder / PROJECTOR, folder / "projector_toy.safetensors")
-    _rewrite(folder / PROJECTOR, lambda t: torch.full_like(t, float("nan")))
+def test_a_refusal_found_once_the_llm_is_loaded_loads_no_backend(tiny_checkpoints, tiny_llm_dir, tiny_data_dir,
+                                                               tmp_path):
+    """What only the loaded LLM tells: a manifest that records no hidden size, and another backend's
+    projector made for an LLM of width 64 (the running one has 32; the projector is consistent with
+    its own record). The selector built before listed the folder's backends; the loader compares
+    every projector with the LLM, refuses the folder, and none of its backends is loaded."""
+    from collm_demo.checkpoints import save_projector
+    from collm_demo.collm import Projector
+
+    folder = tampered(tiny_checkpoints, tmp_path / "ckpt", lambda d: _second_backend(d))
+    _edit_manifest(folder, lambda m: m["llm"].pop("hidden_size"))
+    cf_dim = json.loads((folder / "manifest.json").read_text())["cf"]["mf"]["vector_dim"]
+    save_projector(Projector(cf_dim, 64), folder / "projector_toy.safetensors", "mf")
     state = app_state(folder, tiny_llm_dir, tiny_data_dir)
-    assert state.hub.backends() == ["mf", "toy"]  # before the load: the files look fine
+    assert state.hub.backends() == ["mf", "toy"]  # before the load: the files fit one another
     assert state.pipeline().cf is None
+    assert "projector_toy.safetensors" in state.hub.refusal and "hidden size 64" in state.hub.refusal
     assert state.hub.backends() == [] and state.hub.backend_choices() == [REFUSED_CHOICE]
-    with pytest.raises(InputError, match="refused.*NaN"):
+    with pytest.raises(InputError, match="refused.*hidden size 64"):
         state.pipeline("toy")
     with pytest.raises(InputError):
         core.compare(state, "1", "1, 2", "toy")
     assert state.hub._variants == {}  # noqa: SLF001 - the point: nothing was loaded from the folder
 
 
-def test_the_page_of_a_refused_folder_offers_no_cf_model(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("name", ["LoRA config a list", "another backend's projector of the wrong shape"])
+def test_the_page_of_a_refused_folder_offers_no_cf_model(name, tiny_checkpoints, tiny_llm_dir, tiny_data_dir,
+                                                          tmp_path):
     """The page is built (it never raises on a bad folder); its CF-model selector holds the one
-    'refused' entry, and the first score works on it."""
+    'refused' entry in the page's config (what /config serves before any event has run), and the
+    first score works on it."""
     from collm_demo.ui import build_demo, recommend
 
-    folder = tampered(tiny_checkpoints, tmp_path / "ckpt", VARIANTS["LoRA config a list"][0])
+    folder = tampered(tiny_checkpoints, tmp_path / "ckpt", VARIANTS[name][0])
     state = app_state(folder, tiny_llm_dir, tiny_data_dir)
     demo = build_demo(state)
     selector = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "cf-model")
     assert [tuple(choice) for choice in selector.choices] == [REFUSED_CHOICE] and not selector.interactive
+    served = next(c["props"] for c in demo.config["components"] if c["props"].get("elem_id") == "cf-model")
+    assert [tuple(choice) for choice in served["choices"]] == [REFUSED_CHOICE]
     user = state.catalog.default_user()
     table, _ = recommend.load_history(state, "user", user)
     result = recommend.score(state, "user", user, table, ["1", "2"], cf=selector.value)

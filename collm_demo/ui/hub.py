@@ -6,9 +6,14 @@ loads; ``pipeline()`` waits for it. Checkpoints that are refused (any :class:`Co
 any other error while loading them) do not stop the app: it runs the plain LLM
 (``pipeline.zero_shot``), says why in ``notice`` (the file and the reason) and serves nothing
 from that folder: no CF backend is offered (``backends()`` is empty) and asking for one is
-refused. What can be checked without the LLM (the manifest's shape, every file a readable
-safetensors, the LLM and data it records) is checked when the hub is made, before the page is
-built, so the CF-model selector already offers nothing then. Other backends' pipelines are made
+refused. What can be checked without loading the LLM is checked when the hub is made, before
+the page is built, so the CF-model selector already offers nothing then: the manifest's shape,
+every file a readable safetensors, the LLM and data it records, every backend's CF file and
+projector read in full (shapes, dtype, finite values; ~1 MB each) and the LoRA adapter against
+the shapes in the LLM's files (``checkpoints.check_backends`` / ``check_llm_files``). What only
+the loaded LLM tells (its hidden size; its shapes when its files are not on disk yet) is checked
+by the loader, and the page-load event then replaces the selector. Each refusal, and a model that
+cannot be loaded at all, is also one line in the log. Other backends' pipelines are made
 on first use (``with_backend``: same LLM, their own CF file and projector) under this hub's
 lock. Scoring needs no lock here: every model call takes the engine's own (``CoLLM.lock``,
 shared by the pipelines of one LLM).
@@ -22,7 +27,15 @@ import threading
 import traceback
 
 from ..cf import backend
-from ..checkpoints import TRAIN_HINT, available_backends, check_folder, check_llm_name, read_manifest
+from ..checkpoints import (
+    TRAIN_HINT,
+    available_backends,
+    check_backends,
+    check_folder,
+    check_llm_files,
+    check_llm_name,
+    read_manifest,
+)
 from ..config import AppConfig
 from ..data import Dataset
 from ..device import Runtime
@@ -33,6 +46,11 @@ from ..pipeline import Pipeline, check_data, check_protocol, load_pipeline, with
 # The CF-model selector's one entry when the checkpoints were refused: "" is the default
 # pipeline, i.e. the plain-LLM fallback, which holds nothing from the folder.
 REFUSED_CHOICE = ("none: the checkpoints were refused (see the banner)", "")
+
+
+def log(message: str) -> None:
+    """One line in the app's log (stderr): what the banner or a request's error also says."""
+    print(f"[collm app] {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 class ModelHub:
@@ -50,17 +68,22 @@ class ModelHub:
         self.refusal: str | None = None
         if pipeline is None:
             self.refusal = self._precheck()
+            if self.refusal is not None:
+                log(f"the checkpoints in {config.checkpoint_dir} were refused: {self.refusal}")
 
     def _precheck(self) -> str | None:
-        """The checks that need neither the LLM nor a weight (milliseconds): the folder's files
-        and manifest, the LLM and the data it records. Never raises: the page is built next."""
+        """The checks that need no loaded LLM (under a second): the folder's files and
+        manifest, the LLM and the data it records, every backend's CF file and projector, the
+        adapter against the LLM's files. Never raises: the page is built next."""
         cfg = self.config
         try:
             check_folder(cfg.checkpoint_dir)
             manifest = read_manifest(cfg.checkpoint_dir)
             check_protocol(manifest, self.dataset)
             check_data(manifest, self.dataset)
-            check_llm_name(manifest, resolve_llm_name(cfg.llm))  # size and depth: once the LLM is loaded
+            check_llm_name(manifest, resolve_llm_name(cfg.llm))
+            check_llm_files(manifest, cfg.llm, cfg.checkpoint_dir)  # depth, LoRA shapes; hidden size: once loaded
+            check_backends(cfg.checkpoint_dir, manifest)  # all of them: the page offers every one
         except CoLLMError as err:
             return str(err)
         except Exception as err:  # noqa: BLE001 - an unforeseen bad file must not stop the page build
@@ -85,22 +108,30 @@ class ModelHub:
             refusal = self.refusal
             if refusal is None:
                 try:
-                    self._base = load_pipeline(cfg.checkpoint_dir, cfg.llm, cfg.data, cf_name=cfg.cf_name,
-                                               dataset=self.dataset, runtime=runtime, allow_other_data=False)
+                    base = load_pipeline(cfg.checkpoint_dir, cfg.llm, cfg.data, cf_name=cfg.cf_name,
+                                         dataset=self.dataset, runtime=runtime, allow_other_data=False)
+                    if "hidden_size" not in base.manifest.get("llm", {}):
+                        # the pre-check compared each projector with its own record only: now with the LLM
+                        check_backends(cfg.checkpoint_dir, base.manifest, hidden_size=base.llm.hidden_size)
+                    self._base = base
                     return
+                except AssetError:
+                    raise  # the LLM itself cannot be loaded: no fault of the checkpoints
                 except CoLLMError as err:
                     refusal = str(err)
                 except Exception as err:  # noqa: BLE001 - a file no check foresaw: refuse it, keep the app
                     traceback.print_exc(file=sys.stderr)
                     refusal = f"unexpected {type(err).__name__} while loading them: {str(err)[:300]}"
+                log(f"the checkpoints in {cfg.checkpoint_dir} were refused: {refusal}")  # (a pre-check's was, when found)
             # Refuse the checkpoints, not the app: run the plain LLM (from COLLM_LLM or the default,
             # loaded afresh: a failed adapter load may have changed the first one) and say why.
             self.refusal = refusal
             note = (f"The checkpoints in {cfg.checkpoint_dir} were refused: {refusal.rstrip('.')}. Running the "
                     f"plain LLM (zero-shot) instead, with nothing from that folder; {TRAIN_HINT}.")
             self._base = zero_shot(load_llm(cfg.llm), self.dataset, notice=note, runtime=runtime)
-        except BaseException as err:  # noqa: BLE001 - reported to the user by pipeline()
+        except BaseException as err:  # noqa: BLE001 - reported to each request by pipeline(), and logged
             self._error = err
+            log(f"the model could not be loaded: {type(err).__name__}: {str(err)[:600]}")
 
     # ------------------------------------------------------------------ pipelines
     def pipeline(self, cf: str | None = None) -> Pipeline:
