@@ -1,16 +1,16 @@
-"""THE CoLLM forward pass, in one place, top to bottom.
+"""THE CoLLM forward pass, in one place, top to bottom: the model.
 
     prompt with two CF slots  →  token embeddings  →  slots ← projector(cf vector)
     →  LLM on inputs_embeds  →  score = P("Yes") over {"Yes", "No"} at the answer position
 
 A prompt is built from separately tokenised pieces, so the part before the candidate
 (the *prefix*: history + user slot + "…the movie titled") is the same token sequence
-for every candidate of a user. ``score`` runs whole prompts in left-padded batches (the
-naive way); ``score_shared`` encodes each distinct prefix once, keeps its KV cache and runs
-only the candidate suffixes (same scores within 1e-5, tested); ``score_candidates`` is its
-one-user form used by the app; ``inspect`` runs one prompt and keeps what the teaching views
-show. All four go through one packing function (``pack``) and one run (``CoLLM._run``); nothing
-else in the project runs the LLM or writes the CF slots.
+for every candidate of a user. This file holds the model: prompt pieces, the projector, the
+forward (``CoLLM.forward`` over one packing function and one run, ``CoLLM._run``), ``inspect``
+for one prompt and ``run_whole`` for the analyses. How prompts are scored (whole, or sharing
+prefixes) is in ``scoring.py`` (a mixin, so ``model.score_shared(...)`` reads as before); what
+the analyses make of a run is in ``analysis.py``; tensor packing in ``packing.py``. Nothing else
+in the project runs the LLM or writes the CF slots.
 
 CF off = the text-only prompt (TALLRec's, no slots) through the same LLM and LoRA.
 """
@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
 from .config import PROJECTOR_EXPAND, use_gqa_attention
 from .device import Runtime
 from .llm import answer_token_ids
+from .packing import Batch, Prompt, pack
+from .scoring import ScoringMixin
 
 USER_SLOT, ITEM_SLOT = "<UserID>", "<ItemID>"
 
@@ -59,34 +60,6 @@ def prompt_pieces(history: str, target_title: str, with_cf: bool) -> tuple[list[
         prefix = [opening, " Leverage the information to predict whether the user would enjoy the movie titled"]
         suffix = [f' "{target_title}"', closing]
     return prefix, suffix
-
-
-@dataclass
-class Prompt:
-    prefix: list[int]  # token ids shared by all candidates of one user
-    suffix: list[int]  # token ids of this candidate
-    user_slot: int | None  # index into prefix of the user CF token (None when CF is off)
-    item_slot: int | None  # index into suffix of the item CF token
-    shared: int = 0  # prefix[:shared] (the opening, up to the end of the history) is the same in both modes
-
-    @property
-    def ids(self) -> list[int]:
-        return self.prefix + self.suffix
-
-    def segments(self, split: bool) -> list[list[int]]:
-        """The pieces ``score_shared`` runs one after another on one cache: [opening, rest of the
-        prefix, suffix] (``split``), or [prefix, suffix]."""
-        if split:
-            return [self.prefix[: self.shared], self.prefix[self.shared:], self.suffix]
-        return [self.prefix, self.suffix]
-
-    @property
-    def item_pos(self) -> int | None:
-        """Index of the item CF token in ``ids`` (the user token's is ``user_slot``)."""
-        return None if self.item_slot is None else len(self.prefix) + self.item_slot
-
-    def __len__(self) -> int:
-        return len(self.prefix) + len(self.suffix)
 
 
 class PromptBuilder:
@@ -122,6 +95,30 @@ class PromptBuilder:
         suffix, item_slot = self._join(suffix_pieces)
         return Prompt(prefix, suffix, user_slot, item_slot, shared=len(self._encode(prefix_pieces[0])))
 
+    def position_groups(self, prompt: Prompt, target_title: str) -> list[str]:
+        """One label per position of ``prompt.ids``: "user slot", "item slot", "title" (the candidate's
+        quoted title), "history" (the rated movies, from after "movies:" to the end of the opening)
+        or "template" (the rest of the instruction)."""
+        opening = prompt_pieces("\0", target_title, prompt.user_slot is not None)[0][0].split("\0")[0].rstrip()
+        head = _common_prefix(self._encode(opening), prompt.prefix)
+        title = _common_prefix(self._encode(f' "{target_title}"'), prompt.suffix)
+        labels = ["template"] * len(prompt)
+        labels[head: prompt.shared] = ["history"] * (prompt.shared - head)
+        start = len(prompt.prefix)
+        labels[start: start + title] = ["title"] * title
+        if prompt.user_slot is not None:
+            labels[prompt.user_slot] = "user slot"
+        if prompt.item_pos is not None:
+            labels[prompt.item_pos] = "item slot"
+        return labels
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
 
 def prompt_text(history_titles: Sequence[str], history_labels: Sequence[int] | None,
                 target_title: str, with_cf: bool) -> str:
@@ -149,144 +146,6 @@ class Projector(nn.Module):
         return self.net(cf_vectors.float())
 
 
-# --------------------------------------------------------------------------- packing
-
-@dataclass
-class Batch:
-    """Token sequences padded into one tensor, ready for the LLM, with the CF slots to write."""
-
-    ids: torch.Tensor  # (B, T) token ids, padding included
-    mask: torch.Tensor  # (B, T) 1 for real tokens
-    positions: torch.Tensor  # (B, T) rotary positions of the real tokens (padding never shifts them)
-    slot_rows: torch.Tensor  # (S,) batch row of each CF slot
-    slot_cols: torch.Tensor  # (S,) column of each CF slot
-    cf: torch.Tensor | None  # (S, cf_dim) the CF vector written at each slot; None when there is no slot
-    last: torch.Tensor  # (B,) column of each row's last real token: the answer position
-    # (B, 1, T, past + T) True where a token may attend, past included: only for rows that pack
-    # several sequences (``pack_segments``); None = causal within the row over ``mask``.
-    attention: torch.Tensor | None = None
-
-    def to(self, device: torch.device) -> Batch:
-        return Batch(*(None if t is None else t.to(device) for t in
-                       (self.ids, self.mask, self.positions, self.slot_rows, self.slot_cols, self.cf, self.last,
-                        self.attention)))
-
-
-def pack(seqs: Sequence[Sequence[int]], slots: Sequence[Sequence[tuple[int, torch.Tensor]]], pad_id: int,
-         left: bool, start: torch.Tensor | None = None) -> Batch:
-    """Pad ``seqs`` into a :class:`Batch`. ``slots[b]`` lists ``(index in seqs[b], cf vector)``.
-
-    ``left=True`` pads on the left, so every row ends at the last column (whole prompts, prefixes);
-    ``left=False`` pads on the right (suffixes that continue a cached prefix). ``start[b]`` is the
-    rotary position of row b's first token (the length of its cached prefix; 0 without a cache).
-    """
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    rows, cols, vectors = [], [], []
-    for b, (seq, seq_slots) in enumerate(zip(seqs, slots)):
-        offset = width - len(seq) if left else 0
-        ids[b, offset: offset + len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[b, offset: offset + len(seq)] = 1
-        for index, vector in seq_slots:
-            rows.append(b), cols.append(offset + index), vectors.append(vector)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    if start is not None:
-        positions = positions + start.view(-1, 1)
-    last = torch.full((len(seqs),), width - 1) if left else mask.sum(-1) - 1
-    return Batch(ids, mask, positions, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
-                 torch.stack(vectors) if vectors else None, last)
-
-
-def plan_packed_rows(owners: Sequence[int], lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
-    """How suffixes that continue the same cached prefix share rows (``pack_segments``): per owner
-    (cache row), the fewest rows of at most ``row_tokens`` tokens, filled evenly (a suffix longer
-    than that gets a row of its own; ``row_tokens=0``: one suffix per row). Returns rows → indices
-    into ``owners``, each row with one owner. Pure: no model, no tensors."""
-    by_owner: dict[int, list[int]] = {}
-    for index, owner in enumerate(owners):
-        by_owner.setdefault(owner, []).append(index)
-    rows: list[list[int]] = []
-    for members in by_owner.values():
-        if row_tokens <= 0:
-            rows += [[m] for m in members]
-            continue
-        total = sum(lengths[m] for m in members)
-        target = total / -(-total // row_tokens)  # even rows: total / (number of rows needed)
-        current, filled = [], 0
-        for m in members:
-            if current and (filled + lengths[m] > row_tokens or filled >= target):
-                rows.append(current)
-                current, filled = [], 0
-            current.append(m)
-            filled += lengths[m]
-        rows.append(current)
-    return rows
-
-
-def pack_segments(rows: Sequence[Sequence[Sequence[int]]],
-                  slots: Sequence[Sequence[Sequence[tuple[int, torch.Tensor]]]], pad_id: int,
-                  start: torch.Tensor, past_mask: torch.Tensor) -> tuple[Batch, torch.Tensor, torch.Tensor]:
-    """Several suffixes per row, each continuing the row's cached prefix: ``rows[b]`` lists the
-    token sequences laid end to end in row b, ``slots[b][j]`` the CF slots of sequence j. Each
-    sequence sees the prefix (``past_mask[b]``) and itself, causally, never its neighbours, and its
-    rotary positions start at ``start[b]``, so every one computes exactly what it would alone in a
-    padded row. Padding (right) costs only the row tails. Returns the batch and, for every
-    sequence in order, the (row, column) of its last token: the answer positions."""
-    width = max(sum(len(seq) for seq in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # which sequence owns the column
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    slot_rows, slot_cols, vectors, answer_rows, answer_cols = [], [], [], [], []
-    for b, (row, row_slots) in enumerate(zip(rows, slots)):
-        offset = 0
-        for j, (seq, seq_slots) in enumerate(zip(row, row_slots)):
-            span = slice(offset, offset + len(seq))
-            ids[b, span] = torch.tensor(seq, dtype=torch.long)
-            mask[b, span], segment[b, span] = 1, j
-            positions[b, span] = start[b] + torch.arange(len(seq))
-            for index, vector in seq_slots:
-                slot_rows.append(b), slot_cols.append(offset + index), vectors.append(vector)
-            offset += len(seq)
-            answer_rows.append(b), answer_cols.append(offset - 1)
-    query, key = torch.arange(width).view(-1, 1), torch.arange(width).view(1, -1)
-    same = (segment[:, :, None] == segment[:, None, :]) & (key <= query) & (segment[:, None, :] >= 0)
-    # Padding queries look at themselves only: their outputs are never read, but they must stay finite
-    # (a fully masked row would give NaN keys/values to the next layer).
-    same |= (segment[:, :, None] < 0) & (key == query)
-    past = past_mask.bool()[:, None, :].expand(-1, width, -1)
-    attention = torch.cat([past, same], -1)[:, None]
-    batch = Batch(ids, mask, positions, torch.tensor(slot_rows, dtype=torch.long),
-                  torch.tensor(slot_cols, dtype=torch.long), torch.stack(vectors) if vectors else None,
-                  mask.sum(-1) - 1, attention)
-    return batch, torch.tensor(answer_rows), torch.tensor(answer_cols)
-
-
-def plan_prefix_batches(prefix_keys: Sequence[Hashable], prefix_lengths: Sequence[int], prefix_batch: int,
-                        suffix_batch: int) -> list[list[list[int]]]:
-    """How ``score_shared`` shares work: prompts with equal ``prefix_keys`` form a group (one
-    prefix run, many suffixes); groups are ordered by prefix length and packed into batches of at
-    most ``prefix_batch`` prefixes and, where a group allows, ``suffix_batch`` suffixes.
-    Returns batches → groups → prompt indices. Pure: no model, no tensors."""
-    groups: dict[Hashable, list[int]] = {}
-    for n, key in enumerate(prefix_keys):
-        groups.setdefault(key, []).append(n)
-    ordered = sorted(groups.values(), key=lambda members: prefix_lengths[members[0]])
-    batches: list[list[list[int]]] = []
-    current: list[list[int]] = []
-    count = 0
-    for members in ordered:
-        if current and (len(current) >= prefix_batch or count + len(members) > suffix_batch):
-            batches.append(current)
-            current, count = [], 0
-        current.append(members)
-        count += len(members)
-    if current:
-        batches.append(current)
-    return batches
-
-
 # ------------------------------------------------------------------------ the forward
 
 @dataclass
@@ -310,7 +169,7 @@ class Inspection:
         return self.yes_logit - self.no_logit
 
 
-class CoLLM(nn.Module):
+class CoLLM(ScoringMixin, nn.Module):
     """LLM (+ optional LoRA) + projector. Only the projector has trainable state of its own.
 
     Every way of running the LLM goes through ``_pack`` → ``_run`` → ``answer_logit``:
@@ -481,133 +340,6 @@ class CoLLM(nn.Module):
         return self.answer_logit(hidden[torch.arange(len(prompts), device=hidden.device), batch.last.to(hidden.device)])
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
-              item_vecs: torch.Tensor | None = None, use_lora: bool = True, batch_size: int = 16,
-              progress=None) -> torch.Tensor:
-        """P(Yes) for each prompt, whole prompts in batches formed by length: the reference path."""
-        order = sorted(range(len(prompts)), key=lambda n: len(prompts[n]))
-        out = torch.empty(len(prompts))
-        batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
-        with self.session(use_lora):
-            for batch in (progress(batches) if progress else batches):
-                logits = self.forward([prompts[n] for n in batch],
-                                      None if user_vecs is None else user_vecs[batch],
-                                      None if item_vecs is None else item_vecs[batch])
-                out[batch] = torch.sigmoid(logits).cpu()
-        return out
-
-    @torch.no_grad()
-    def score_candidates(self, prompts: Sequence[Prompt], user_vec: torch.Tensor | None = None,
-                         item_vecs: torch.Tensor | None = None, use_lora: bool = True,
-                         batch_size: int = 64) -> torch.Tensor:
-        """One user, K candidates sharing one prefix (the app's case): see ``score_shared``."""
-        if prompts and any(p.prefix != prompts[0].prefix for p in prompts):
-            raise ValueError("score_candidates needs prompts that share one prefix")
-        users = None if user_vec is None else user_vec.view(1, -1).expand(len(prompts), -1)
-        return self.score_shared(prompts, users, item_vecs, use_lora, suffix_batch=batch_size)
-
-    @torch.no_grad()
-    def score_shared(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
-                     item_vecs: torch.Tensor | None = None, use_lora: bool = True, prefix_batch: int = 16,
-                     suffix_batch: int = 64, progress=None, shard: tuple[int, int] | None = None,
-                     suffix_row_tokens: int = 256) -> torch.Tensor:
-        """P(Yes) like ``score``, computed by sharing what prompts have in common (within 1e-5, tested).
-
-        Prompts with the same prefix (same history, same user CF vector) form a group: the prefix
-        runs once with a KV cache, then every candidate's suffix runs on that cache. When both
-        modes of a user are scored together (text-only and CF prompts in one call), the opening
-        they share (up to the end of the history) runs once too, and each mode's rest of the
-        prefix continues it: a tree of caches, opening → prefix → suffixes.
-        ``shard=(rank, world)`` runs only batches rank, rank + world, ... of the plan and leaves
-        0 for the other prompts (``distributed.Ranks.merge`` sums the shares back, exactly).
-        """
-        out = torch.zeros(len(prompts))
-        if not prompts:
-            return out
-        user = [None if user_vecs is None or p.user_slot is None else user_vecs[n] for n, p in enumerate(prompts)]
-        item = [None if item_vecs is None or p.item_slot is None else item_vecs[n] for n, p in enumerate(prompts)]
-        user_key = [None if u is None else u.detach().float().cpu().numpy().tobytes() for u in user]
-        prefix_keys = [(tuple(p.prefix), user_key[n]) for n, p in enumerate(prompts)]
-        # Split off the opening only where it is shared by more than one prefix (both modes present).
-        split = (all(0 < p.shared < len(p.prefix) and (p.user_slot is None or p.user_slot >= p.shared)
-                     for p in prompts)
-                 and len({tuple(p.prefix[: p.shared]) for p in prompts}) < len(set(prefix_keys)))
-        segments = [p.segments(split) for p in prompts]
-        levels = len(segments[0])
-
-        def key(n: int, level: int) -> Hashable:
-            """Prompts with equal keys share the cache up to the end of segment ``level``."""
-            if level == levels - 2:
-                return prefix_keys[n]
-            return tuple(segments[n][0])  # the opening: no CF slot in it
-
-        def slots(n: int, level: int) -> list[tuple[int, torch.Tensor]]:
-            if level == levels - 1:
-                return [] if item[n] is None else [(prompts[n].item_slot, item[n])]
-            if level == levels - 2 and user[n] is not None:
-                offset = prompts[n].shared if split else 0
-                return [(prompts[n].user_slot - offset, user[n])]
-            return []
-
-        plan = plan_prefix_batches([key(n, 0) for n in range(len(prompts))], [len(s[0]) for s in segments],
-                                   prefix_batch, suffix_batch)
-        if shard is not None:
-            plan = plan[shard[0]::shard[1]]
-        with self.session(use_lora):
-            for groups in (progress(plan) if progress else plan):
-                # level 0: the groups' first segment, left-padded, from scratch
-                heads = [g[0] for g in groups]
-                batch = self._pack([segments[n][0] for n in heads], [slots(n, 0) for n in heads], left=True)
-                cache = DynamicCache()
-                self._run(batch, cache)
-                mask, length, nodes = batch.mask, batch.mask.sum(-1), groups
-                # middle levels: each node's members regroup by their next segment, which continues the node
-                for level in range(1, levels - 1):
-                    children, owners = [], []
-                    for row, members in enumerate(nodes):
-                        sub: dict[Hashable, list[int]] = {}
-                        for n in members:
-                            sub.setdefault(key(n, level), []).append(n)
-                        children += sub.values()
-                        owners += [row] * len(sub)
-                    owner = torch.tensor(owners)
-                    heads = [c[0] for c in children]
-                    batch = self._pack([segments[n][level] for n in heads], [slots(n, level) for n in heads],
-                                       left=False, start=length[owner])
-                    cache = select_rows(cache, owner.to(self.device))
-                    self._run(batch, cache, mask[owner])
-                    mask, length, nodes = torch.cat([mask[owner], batch.mask], 1), length[owner] + batch.mask.sum(-1), children
-                # last level: every candidate suffix on its node's cache, read at its own last token.
-                # The suffixes of one node are laid end to end in a few rows (no padding to the longest
-                # suffix, one cache row per packed row instead of one per candidate).
-                members = [(row, n) for row, group in enumerate(nodes) for n in group]
-                for s in range(0, len(members), suffix_batch):
-                    chunk = members[s: s + suffix_batch]
-                    packed = plan_packed_rows([row for row, _ in chunk], [len(segments[n][-1]) for _, n in chunk],
-                                              suffix_row_tokens)
-                    owner = torch.tensor([chunk[r[0]][0] for r in packed])
-                    order = [chunk[i][1] for r in packed for i in r]
-                    suffix, answer_rows, answer_cols = pack_segments(
-                        [[segments[chunk[i][1]][-1] for i in r] for r in packed],
-                        [[slots(chunk[i][1], levels - 1) for i in r] for r in packed],
-                        self.pad_id, length[owner], mask[owner])
-                    hidden = self._run(suffix, select_rows(cache, owner.to(self.device))).last_hidden_state
-                    answer = self.answer_logit(hidden[answer_rows.to(hidden.device), answer_cols.to(hidden.device)])
-                    out[order] = torch.sigmoid(answer).cpu()
-        return out
-
-    @torch.no_grad()
-    def score_modes(self, text: Sequence[Prompt], with_cf: Sequence[Prompt], user_vecs: torch.Tensor | None,
-                    item_vecs: torch.Tensor | None, use_lora: bool = True, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both modes at once (same LoRA): text-only prompts and CF prompts of the same rows, the
-        history encoded once per user for both. Returns (text-only scores, CF scores)."""
-        n = len(text)
-        users = None if user_vecs is None else torch.cat([user_vecs, user_vecs])
-        items = None if item_vecs is None else torch.cat([item_vecs, item_vecs])
-        both = self.score_shared(list(text) + list(with_cf), users, items, use_lora, **kwargs)
-        return both[:n], both[n:]
-
-    @torch.no_grad()
     def inspect(self, prompt: Prompt, user_vec: torch.Tensor | None = None, item_vec: torch.Tensor | None = None,
                 use_lora: bool = True, top_k: int = 5, attentions: bool = False,
                 hidden_states: bool = False) -> Inspection:
@@ -642,137 +374,51 @@ class CoLLM(nn.Module):
         finally:
             self._base().set_attn_implementation(before)
 
-    # ------------------------------------------------- looking inside (the "Inside the LLM" view)
-    # Appended for the teaching analysis; every method below goes through ``_run`` (the one
-    # forward) or ``score_shared``, in float32 (no autocast: attributions and attention shares
-    # are read to 3 digits, bf16 would blur them).
-
-    def analyse(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
-                item_vecs: torch.Tensor | None = None, use_lora: bool = True, attention: bool = True,
-                attribution: bool = True) -> Analysis:
-        """Whole prompts (left-padded) through ``_run`` once: per prompt, the answer position's
-        attention by layer (mean over heads) and gradient x input of logit(Yes) - logit(No) per input
-        position. The gradient is taken on the input embeddings *after* the CF slots are written
-        (a forward pre-hook on the decoder makes them a leaf), so the slots get attributions too."""
+    def run_whole(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor | None = None,
+                  item_vecs: torch.Tensor | None = None, use_lora: bool = True, attentions: bool = False,
+                  leaf_embeds: bool = False) -> WholeRun:
+        """Whole prompts (left-padded) through the one forward, in float32, for the analyses
+        (``analysis.py``): logit(Yes) - logit(No) per prompt, the decoder's input embeddings *after*
+        the CF slots are written and, when asked, the attention weights (the eager kernel runs while
+        they are). ``leaf_embeds``: those embeddings are made a leaf that requires grad (a forward
+        pre-hook on the decoder), so a gradient x input reaches the slots too; the run then keeps
+        its graph, and the caller holds ``self.lock`` until it has taken its gradients."""
         batch = self._pack([p.ids for p in prompts],
                            [self._slots(p, "all", None if user_vecs is None else user_vecs[n],
                                         None if item_vecs is None else item_vecs[n])
                             for n, p in enumerate(prompts)], left=True)
         captured: dict[str, torch.Tensor] = {}
 
-        def leaf_embeds(module, args, kwargs):
-            kwargs["inputs_embeds"] = kwargs["inputs_embeds"].detach().requires_grad_(attribution)
+        def leaf(module, args, kwargs):
+            kwargs["inputs_embeds"] = kwargs["inputs_embeds"].detach().requires_grad_(leaf_embeds)
             captured["embeds"] = kwargs["inputs_embeds"]
             return args, kwargs
 
-        grad_mode = torch.enable_grad() if attribution else torch.no_grad()
+        grad_mode = torch.enable_grad() if leaf_embeds else torch.no_grad()
         with self.lock:  # the hook is on the shared decoder: no other call may run while it is there
-            handle = self._base().model.register_forward_pre_hook(leaf_embeds, with_kwargs=True)
+            handle = self._base().model.register_forward_pre_hook(leaf, with_kwargs=True)
             try:
-                with grad_mode, self.adapter(use_lora), self._attention_weights(attention):
-                    out = self._run(batch, output_attentions=attention)
+                with grad_mode, self.adapter(use_lora), self._attention_weights(attentions):
+                    out = self._run(batch, output_attentions=attentions)
                     diff = self.answer_logit(out.last_hidden_state[:, -1])
-                    contrib = None
-                    if attribution:  # rows are independent: one backward gives every row's gradient
-                        contrib = grad_x_input(diff.sum(), captured["embeds"])
             finally:
                 handle.remove()
-        width = batch.ids.shape[1]
-        attn = None
-        if attention:  # (B, layers, T): the last row of each layer's weights, averaged over heads
-            attn = torch.stack([a[:, :, -1, :].float().mean(1) for a in out.attentions], 1).detach().cpu()
-        rows = [slice(width - len(p), width) for p in prompts]  # left padding: real tokens end at the last column
-        return Analysis(diff=diff.detach().cpu(),
-                        attention=None if attn is None else [attn[b, :, r] for b, r in enumerate(rows)],
-                        attribution=None if contrib is None else [contrib[b, r].detach().cpu() for b, r in enumerate(rows)])
+        return WholeRun(diff=diff, embeds=captured["embeds"], width=batch.ids.shape[1],
+                        attentions=out.attentions if attentions else None)
 
     @torch.no_grad()
-    def ablation_scores(self, prompts: Sequence[Prompt], user_vecs: torch.Tensor, item_vecs: torch.Tensor,
-                        none_user: torch.Tensor, none_item: torch.Tensor, use_lora: bool = True,
-                        **kwargs) -> dict[str, torch.Tensor]:
-        """P(Yes) of CF prompts with the user slot, the item slot or both holding the CF model's
-        no-information vectors instead of the row's own (``score_shared``: the full and the
-        item-ablated prompts of a row share their prefix, so do the two user-ablated ones)."""
-        n = len(prompts)
-        nu, ni = none_user.view(1, -1).expand(n, -1), none_item.view(1, -1).expand(n, -1)
-        variants = {"full": (user_vecs, item_vecs), "user_none": (nu, item_vecs), "item_none": (user_vecs, ni),
-                    "both_none": (nu, ni)}
-        users = torch.cat([u for u, _ in variants.values()])
-        items = torch.cat([i for _, i in variants.values()])
-        scores = self.score_shared(list(prompts) * len(variants), users, items, use_lora, **kwargs)
-        return {name: scores[k * n: (k + 1) * n] for k, name in enumerate(variants)}
-
-    @torch.no_grad()
-    def logit_lens(self, hidden_states: Sequence[torch.Tensor], position: int, top_k: int = 5
-                   ) -> list[list[tuple[str, float]]]:
-        """Per layer, the ``top_k`` next-token words a position's hidden state points to when read
-        through the final norm and the output head (float32), as if the model stopped there.
-        ``hidden_states`` is ``Inspection.hidden_states`` (index 0 = the input embeddings); its last
-        entry already has the final norm applied (transformers returns the normed last state)."""
-        norm = self._base().model.norm
-        out = []
-        for layer, states in enumerate(hidden_states):
-            h = states[position].to(self.device).float().view(1, -1)
-            if layer < len(hidden_states) - 1:
-                h = norm(h)
-            probs = torch.softmax(self._head(h)[0], -1)
-            top = torch.topk(probs, top_k)
-            out.append([(self.tokenizer.decode([int(t)]), float(p)) for p, t in zip(top.values, top.indices)])
-        return out
+    def read_out(self, hidden: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """Float32 logits over the whole vocabulary of hidden states ``(N, hidden)``, read through
+        the final norm first (``final_norm``) and the output head, as if the model stopped there."""
+        hidden = hidden.to(self.device).float()
+        return self._head(self._base().model.norm(hidden) if final_norm else hidden)
 
 
 @dataclass
-class Analysis:
-    """What ``CoLLM.analyse`` measures for each prompt of a batch (padding removed)."""
+class WholeRun:
+    """What ``CoLLM.run_whole`` returns for a batch of whole prompts (left-padded to ``width``)."""
 
-    diff: torch.Tensor  # (B,) logit(Yes) - logit(No), as ``score`` computes it (float32)
-    attention: list[torch.Tensor] | None  # per prompt (layers, T): answer position's attention, mean over heads
-    attribution: list[torch.Tensor] | None  # per prompt (T,): gradient x input, summed over the hidden size
-
-
-def grad_x_input(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """Gradient x input of a scalar ``output`` per input vector: (..., hidden) -> (...). For a
-    function linear in ``inputs`` (no bias) the values are exactly each vector's contribution."""
-    (grad,) = torch.autograd.grad(output, inputs)
-    return (grad * inputs).sum(-1)
-
-
-def position_groups(builder: PromptBuilder, prompt: Prompt, target_title: str) -> list[str]:
-    """One label per position of ``prompt.ids``: "user slot", "item slot", "title" (the candidate's
-    quoted title), "history" (the rated movies, from after "movies:" to the end of the opening)
-    or "template" (the rest of the instruction)."""
-    opening = prompt_pieces("\0", target_title, prompt.user_slot is not None)[0][0].split("\0")[0].rstrip()
-    head = _common_prefix(builder._encode(opening), prompt.prefix)
-    title = _common_prefix(builder._encode(f' "{target_title}"'), prompt.suffix)
-    labels = ["template"] * len(prompt)
-    labels[head: prompt.shared] = ["history"] * (prompt.shared - head)
-    start = len(prompt.prefix)
-    labels[start: start + title] = ["title"] * title
-    if prompt.user_slot is not None:
-        labels[prompt.user_slot] = "user slot"
-    if prompt.item_pos is not None:
-        labels[prompt.item_pos] = "item slot"
-    return labels
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def select_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
-    """A cache holding only batch rows ``rows`` of ``cache`` (one row per suffix that continues it)."""
-    out = DynamicCache()
-    for n, layer in enumerate(cache.layers):
-        out.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), n)
-    return out
-
-
-def build_prompts(builder: PromptBuilder, title_of, histories: Sequence[Sequence[str]],
-                  history_labels: Sequence[Sequence[int]], targets: Sequence[str],
-                  with_cf: bool) -> list[Prompt]:
-    """Prompts for many rows; ``title_of(item_id) -> str``."""
-    return [builder.build([title_of(i) for i in hist], labels, title_of(target), with_cf)
-            for hist, labels, target in zip(histories, history_labels, targets)]
+    diff: torch.Tensor  # (B,) logit(Yes) - logit(No), as ``score`` computes it
+    embeds: torch.Tensor  # (B, width, hidden) the decoder's input embeddings, CF slots written
+    width: int  # columns of the padded batch: prompt b's real tokens are the last len(prompt) columns
+    attentions: tuple[torch.Tensor, ...] | None = None  # per layer (B, heads, width, width)

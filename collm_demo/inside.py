@@ -1,11 +1,11 @@
 """Inside the LLM: how much CoLLM's answer uses the two CF tokens, where, and for which rows.
 
-Four measurements, all read off the engine's one forward path (``CoLLM.analyse``, ``inspect``,
-``ablation_scores``; nothing here runs the LLM itself):
+Four measurements, all read off the engine's one forward path (``analysis.analyse``, ``inspect``,
+``analysis.ablation_scores``; nothing here runs the LLM itself):
 
 * **attention shares**: for each layer, the share of the answer position's attention (mean over
   heads) that lands on the user slot, the item slot, the candidate's title, the history and the
-  rest of the template (``GROUPS``; ``collm.position_groups`` labels the positions);
+  rest of the template (``GROUPS``; ``PromptBuilder.position_groups`` labels the positions);
 * **attribution**: gradient x input of logit(Yes) - logit(No) per input position, and the CF
   slots' share of the total absolute attribution;
 * **ablation**: P(Yes) with the user slot, the item slot or both given the CF model's
@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from .collm import position_groups
+from .analysis import ablation_scores, analyse
 from .config import DEFAULT_CF, INSIDE_BATCH, INSIDE_BOOTSTRAP, INSIDE_CHUNK, INSIDE_K, INSIDE_ROWS, ProtocolConfig
 from .device import Runtime
 
@@ -140,19 +140,19 @@ def measure_rows(pipe, rows: pd.DataFrame, batch_size: int = INSIDE_BATCH, progr
     users, items = pipe.cf_vectors(rows, for_tokens=True)
     prompts = pipe.prompts(rows, True)
     titles = [pipe.dataset.title(i) for i in rows["item"]]
-    labels = [position_groups(model.builder, p, t) for p, t in zip(prompts, titles)]
+    labels = [model.builder.position_groups(p, t) for p, t in zip(prompts, titles)]
     order = sorted(range(len(prompts)), key=lambda n: len(prompts[n]))  # similar lengths: little padding
     batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
     attn_user, attn_item, attr, diffs = [None] * len(rows), [None] * len(rows), [None] * len(rows), np.zeros(len(rows))
     for batch in (progress(batches) if progress else batches):
-        out = model.analyse([prompts[n] for n in batch], users[batch], items[batch])
+        out = analyse(model, [prompts[n] for n in batch], users[batch], items[batch])
         for k, n in enumerate(batch):
             shares = group_shares(out.attention[k], labels[n])
             attn_user[n], attn_item[n] = shares[:, 0], shares[:, 1]
             attr[n] = attribution_shares(out.attribution[k], labels[n])
             diffs[n] = float(out.diff[k])
     none_user, none_item = none_vectors(pipe)
-    ablation = model.ablation_scores(prompts, users, items, none_user, none_item)
+    ablation = ablation_scores(model, prompts, users, items, none_user, none_item)
     frame = rows[["user", "item", "label", "warm", "cold_user", "cold_item"]].reset_index(drop=True).copy()
     frame["attn_user"], frame["attn_item"] = attn_user, attn_item
     frame["attr_user"] = [a["user slot"] for a in attr]
@@ -326,42 +326,23 @@ def explain_prompt(pipe, history: Sequence[str], labels: Sequence[int], item: st
                    top_k: int = 5) -> dict:
     """Everything the "Inside the LLM" view shows for one (history, candidate), as plain JSON:
     attention shares by layer with CF on and off, per-token attribution, ablation scores, the logit
-    lens of both CF slots and their nearest input words. Five passes of the engine."""
+    lens of both CF slots and their nearest input words (``Pipeline.look_inside``: five passes of the
+    engine; this function only shapes them)."""
     from .embedding_map import nearest_words
 
-    model, title = pipe.model, pipe.dataset.title
-    hist = [title(i) for i in history]
-    target = title(item)
-    cf_prompt = model.builder.build(hist, list(labels), target, True)
-    text_prompt = model.builder.build(hist, list(labels), target, False)
-    item_vec = pipe.cf.item_vectors([item])[0]
-    users, items = user_vec.view(1, -1), item_vec.view(1, -1)
-    on = model.analyse([cf_prompt], users, items)
-    off = model.analyse([text_prompt], use_lora=pipe.has_lora, attribution=False)
-    groups_on = position_groups(model.builder, cf_prompt, target)
-    groups_off = position_groups(model.builder, text_prompt, target)
-    ablation = {k: float(v[0]) for k, v in model.ablation_scores([cf_prompt], users, items, *none_vectors(pipe)).items()}
-    ablation["text_only"] = float(torch.sigmoid(off.diff[0]))
-    states = model.inspect(cf_prompt, user_vec, item_vec, hidden_states=True).hidden_states
-    with torch.no_grad():
-        tokens = model.projector(torch.stack([user_vec, item_vec]).to(model.device)).float().cpu().numpy()
-    words = nearest_words(pipe, tokens, top_k)
-    decode = model.tokenizer.decode
-    shown = [decode([t]) for t in cf_prompt.ids]
-    shown[cf_prompt.user_slot], shown[cf_prompt.item_pos] = "<UserID>", "<ItemID>"
-    contrib = on.attribution[0].numpy()
-    return {"title": target, "groups": list(GROUPS), "layers": int(on.attention[0].shape[0]),
-            "score_cf": float(torch.sigmoid(on.diff[0])), "score_text": ablation["text_only"],
-            "attention": {"cf_on": _round(group_shares(on.attention[0], groups_on), 5),
-                          "cf_off": _round(group_shares(off.attention[0], groups_off), 5)},
-            "attribution": {"tokens": shown, "groups": groups_on, "values": _round(contrib, 6),
-                            "shares": {g: round(v, 5) for g, v in attribution_shares(contrib, groups_on).items()},
+    look = pipe.look_inside(history, labels, item, user_vec, top_k)
+    words = nearest_words(pipe, look.slot_tokens.numpy(), top_k)
+    contrib = look.attribution.numpy()
+    return {"title": look.target, "groups": list(GROUPS), "layers": look.layers,
+            "score_cf": look.score_cf, "score_text": look.score_text,
+            "attention": {"cf_on": _round(group_shares(look.attention_on, look.groups_on), 5),
+                          "cf_off": _round(group_shares(look.attention_off, look.groups_off), 5)},
+            "attribution": {"tokens": look.tokens, "groups": look.groups_on, "values": _round(contrib, 6),
+                            "shares": {g: round(v, 5) for g, v in attribution_shares(contrib, look.groups_on).items()},
                             "method": "gradient x input of logit(Yes) - logit(No) on the input embeddings"},
-            "ablation": ablation,
-            "logit_lens": {"user slot": [[[w, round(p, 5)] for w, p in row]
-                                         for row in model.logit_lens(states, cf_prompt.user_slot, top_k)],
-                           "item slot": [[[w, round(p, 5)] for w, p in row]
-                                         for row in model.logit_lens(states, cf_prompt.item_pos, top_k)]},
+            "ablation": look.ablation,
+            "logit_lens": {"user slot": [[[w, round(p, 5)] for w, p in row] for row in look.lens_user],
+                           "item slot": [[[w, round(p, 5)] for w, p in row] for row in look.lens_item]},
             "nearest_input_words": {"user slot": [[w, round(s, 4)] for w, s in words[0]],
                                     "item slot": [[w, round(s, 4)] for w, s in words[1]]},
             "why_they_differ": WHY_LENS_DIFFERS}

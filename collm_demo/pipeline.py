@@ -5,6 +5,19 @@ backend with its projector. ``load_pipeline`` builds it from a checkpoint folder
 (``checkpoints.py`` reads and checks the files); missing checkpoints are not an error: the
 pipeline then runs in the best mode it can (``text_only`` without a projector, ``zero_shot``
 without LoRA) and says so in ``notice``.
+
+Two ways in, one scorer (``_score_llm``) behind both:
+
+* **rows** (evaluation, training's early stopping): ``score_rows`` / ``score_methods`` take
+  protocol rows and method names;
+* **a profile** (the app: one history, its labels, a user vector, candidates): ``score_profile``
+  (both modes), ``inspect`` (one prompt, the whole answer distribution), ``look_inside`` (the
+  Inside tab's analysis), ``refit_item`` / ``score_item_vectors`` (the cold-start simulator),
+  ``project`` and ``prompt_tokens`` (what the views draw). The app asks these and never the model.
+
+Prompts are built here and only here (``prompts_for``), and the LoRA rule lives here: the text
+mode runs with the LoRA when one is loaded (TALLRec's text-only model), else the plain LLM
+(zero-shot); CF prompts always run with it.
 """
 
 from __future__ import annotations
@@ -17,16 +30,61 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .analysis import ablation_scores, analyse, logit_lens
 from .cf import Backend, CFModel, backend
 from .cf.backend import MF_NO_FOLDIN
 from .checkpoints import TRAIN_HINT, available_backends, check_lora, check_manifest, load_backend, read_manifest
-from .collm import CoLLM, build_prompts
+from .collm import CoLLM, Inspection, Prompt
 from .config import CHECKPOINT_DIR, DEFAULT_CF, ProtocolConfig
 from .data import Dataset, load_dataset
 from .device import Runtime
 from .distributed import Ranks
 from .errors import CheckpointError, InputError
 from .llm import LoadedLLM, load_llm
+
+# The LLM methods and how each runs: (CF prompt?, LoRA on?). The CoLLM row's results key depends
+# on the backend ("collm", "collm_<name>", ``Pipeline.collm_method``); inside the scorer it is "collm".
+LLM_MODES = {"zero_shot": (False, False), "text_only": (False, True), "collm": (True, True)}
+
+
+@dataclass(frozen=True)
+class ProfileScores:
+    """``Pipeline.score_profile``: P(Yes) per candidate, in the order given, in both modes."""
+
+    text: list[float]  # the text-only prompt (with the LoRA when loaded, else zero-shot)
+    cf: list[float] | None  # with the CF tokens; None without a projector
+    text_mode: str  # "text_only" or "zero_shot": which model the text scores come from
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """One prompt as the "How it works" view draws it: its tokens, where its parts and slots are."""
+
+    ids: list[int]
+    pieces: list[str]  # each id decoded on its own
+    prefix_len: int  # ids[:prefix_len] are shared by every candidate of the profile
+    user_slot: int | None  # position of the user CF token (None with CF off)
+    item_slot: int | None  # position of the item CF token
+
+
+@dataclass(frozen=True)
+class InsideLook:
+    """``Pipeline.look_inside``: one (history, candidate) measured with CF on and off (float32)."""
+
+    target: str  # the candidate's title
+    score_cf: float
+    score_text: float
+    layers: int
+    attention_on: torch.Tensor  # (layers, T_on) the answer position's attention, mean over heads, CF on
+    attention_off: torch.Tensor  # (layers, T_off) the same, CF off
+    groups_on: list[str]  # one label per position of the CF prompt (PromptBuilder.position_groups)
+    groups_off: list[str]
+    attribution: torch.Tensor  # (T_on,) gradient x input of logit(Yes) - logit(No), CF on
+    tokens: list[str]  # the CF prompt's tokens decoded, the slots shown as <UserID> / <ItemID>
+    ablation: dict[str, float]  # full, user_none, item_none, both_none, text_only
+    lens_user: list[list[tuple[str, float]]]  # logit lens of the user slot, per layer (+ the input)
+    lens_item: list[list[tuple[str, float]]]
+    slot_tokens: torch.Tensor  # (2, hidden) the mapped user and item tokens
 
 
 @dataclass
@@ -87,9 +145,54 @@ class Pipeline:
         users = self.cf.user_vectors(rows["user"].tolist())
         return self.cf.score_vectors(users, self.cf.item_vectors(rows["item"].tolist()))
 
-    def prompts(self, rows: pd.DataFrame, with_cf: bool):
-        return build_prompts(self.model.builder, self.dataset.title, rows["history_items"].tolist(),
-                             rows["history_labels"].tolist(), rows["item"].tolist(), with_cf)
+    # ---- prompts and the one LLM scorer ---------------------------------------------
+    def prompts_for(self, histories: Sequence[Sequence[str]], labels: Sequence[Sequence[int]],
+                    items: Sequence[str], with_cf: bool) -> list[Prompt]:
+        """The prompts of (history, labels, candidate) triples: the one place prompts are built."""
+        title, build = self.dataset.title, self.model.builder.build
+        return [build([title(i) for i in hist], list(lab), title(item), with_cf)
+                for hist, lab, item in zip(histories, labels, items)]
+
+    def prompts(self, rows: pd.DataFrame, with_cf: bool) -> list[Prompt]:
+        return self.prompts_for(rows["history_items"].tolist(), rows["history_labels"].tolist(),
+                                rows["item"].tolist(), with_cf)
+
+    @property
+    def text_mode(self) -> str:
+        """The text-only model: with the LoRA when one is loaded (TALLRec), else the plain LLM."""
+        return "text_only" if self.has_lora else "zero_shot"
+
+    def _score_llm(self, histories: Sequence[Sequence[str]], labels: Sequence[Sequence[int]], items: Sequence[str],
+                   modes: Sequence[str], users: torch.Tensor | None = None, item_vecs: torch.Tensor | None = None,
+                   progress=None) -> dict[str, torch.Tensor]:
+        """P(Yes) of each (history, candidate) under each of ``modes`` (keys of ``LLM_MODES``). The
+        CF mode takes ``users`` / ``item_vecs`` (token vectors). "text_only" and "collm" together
+        run in one pass that encodes each history once for both (``CoLLM.score_modes``); under
+        torchrun each process scores its share and the shares are summed back, exactly."""
+        shard, merge, out = self.ranks.shard(), self.ranks.merge, {}
+
+        def prompts(with_cf: bool) -> list[Prompt]:
+            return self.prompts_for(histories, labels, items, with_cf)
+
+        if "text_only" in modes and "collm" in modes:
+            scores = self.model.score_modes(prompts(False), prompts(True), users, item_vecs, progress=progress,
+                                            shard=shard)
+            out = {"text_only": merge(scores[0]), "collm": merge(scores[1])}
+        for mode in (m for m in modes if m not in out):
+            with_cf, lora = LLM_MODES[mode]
+            vectors = (users, item_vecs) if with_cf else (None, None)
+            out[mode] = merge(self.model.score_shared(prompts(with_cf), *vectors, use_lora=lora, progress=progress,
+                                                      shard=shard))
+        return out
+
+    def _rows_llm(self, rows: pd.DataFrame, modes: Sequence[str], progress=None) -> dict[str, torch.Tensor]:
+        users = items = None
+        if "collm" in modes:
+            users, items = self.cf_vectors(rows, for_tokens=True)
+        # Rows of one user with the same history share their prompt prefix: score_shared
+        # encodes each distinct prefix once (about half as many as rows on ML-100K's test split).
+        return self._score_llm(rows["history_items"].tolist(), rows["history_labels"].tolist(),
+                               rows["item"].tolist(), modes, users, items, progress)
 
     def joint_methods(self, methods: Sequence[str]) -> tuple[str, ...]:
         """Methods that can be scored in one call: text-only and CoLLM share the LoRA and the history."""
@@ -99,13 +202,10 @@ class Pipeline:
     def score_methods(self, rows: pd.DataFrame, methods: Sequence[str], progress=None) -> dict[str, torch.Tensor]:
         """Scores of several methods on the same rows; the pair of ``joint_methods`` in one pass
         that encodes each user's history once for both (``CoLLM.score_modes``)."""
-        joint = self.joint_methods(methods)
         out = {}
-        if joint:
-            users, items = self.cf_vectors(rows, for_tokens=True)
-            text, collm = self.model.score_modes(self.prompts(rows, False), self.prompts(rows, True), users, items,
-                                                 progress=progress, shard=self.ranks.shard())
-            out = {joint[0]: self.ranks.merge(text), joint[1]: self.ranks.merge(collm)}
+        if self.joint_methods(methods):
+            joint = self._rows_llm(rows, ("text_only", "collm"), progress)
+            out = {"text_only": joint["text_only"], self.collm_method: joint["collm"]}
         return out | {m: self.score_rows(rows, m, progress) for m in methods if m not in out}
 
     def score_rows(self, rows: pd.DataFrame, method: str, progress=None) -> torch.Tensor:
@@ -118,15 +218,110 @@ class Pipeline:
             return self.cf.score_vectors(users, items)
         if method == MF_NO_FOLDIN:
             return self.cf_scores_without_foldin(rows)
-        # Rows of one user with the same history share their prompt prefix: score_shared
-        # encodes each distinct prefix once (about half as many as rows on ML-100K's test split).
-        shard = self.ranks.shard()
-        if method == self.collm_method:
-            users, items = self.cf_vectors(rows, for_tokens=True)
-            return self.ranks.merge(self.model.score_shared(self.prompts(rows, True), users, items, use_lora=True,
-                                                            progress=progress, shard=shard))
-        return self.ranks.merge(self.model.score_shared(self.prompts(rows, False), use_lora=(method == "text_only"),
-                                                        progress=progress, shard=shard))
+        mode = "collm" if method == self.collm_method else method
+        return self._rows_llm(rows, (mode,), progress)[mode]
+
+    # ---- a profile: what the app asks -------------------------------------------------
+    def user_token_vector(self, user: str | None, history: Sequence[str], labels: Sequence[int],
+                          for_tokens: bool = True) -> torch.Tensor:
+        """A profile's CF vector: a user's trained vector when the CF model has one (and does not
+        encode histories), else the history's fold-in (or encoding). ``for_tokens``: at the
+        projector's fold-in strength, else the CF model's own."""
+        cf = self.cf
+        if user is not None and cf.has_user(user) and not cf.encodes_history:
+            return cf.user_vectors([user])[0]
+        l2 = self.token_foldin_l2() if for_tokens else None
+        return cf.history_user_vector(list(history), list(labels), l2=l2 if l2 is not None else cf.foldin_l2)
+
+    def score_profile(self, history: Sequence[str], labels: Sequence[int], candidates: Sequence[str],
+                      user_vec: torch.Tensor | None = None) -> ProfileScores:
+        """One history (a user's, edited or composed) and K candidates, in both modes: the text-only
+        prompt and, with a projector and ``user_vec`` (the profile's token vector), the CF prompt.
+        Both modes on one LoRA run in one pass that encodes the history once."""
+        modes = [self.text_mode] + (["collm"] if self.has_projector and user_vec is not None else [])
+        k = len(candidates)
+        users = None if "collm" not in modes else user_vec.view(1, -1).expand(k, -1)
+        items = None if "collm" not in modes else self.cf.item_vectors(list(candidates))
+        out = self._score_llm([list(history)] * k, [list(labels)] * k, list(candidates), modes, users, items)
+        return ProfileScores(text=out[self.text_mode].tolist(),
+                             cf=out["collm"].tolist() if "collm" in out else None, text_mode=self.text_mode)
+
+    def inspect(self, history: Sequence[str], labels: Sequence[int], item: str, with_cf: bool,
+                user_vec: torch.Tensor | None = None) -> Inspection:
+        """One prompt through the scoring path and head, keeping the whole answer distribution."""
+        prompt = self.prompts_for([history], [labels], [item], with_cf)[0]
+        if not with_cf:
+            return self.model.inspect(prompt, use_lora=self.has_lora)
+        return self.model.inspect(prompt, user_vec, self.cf.item_vectors([item])[0], use_lora=True)
+
+    def prompt_tokens(self, history: Sequence[str], labels: Sequence[int], item: str, with_cf: bool) -> PromptTokens:
+        prompt = self.prompts_for([history], [labels], [item], with_cf)[0]
+        decode = self.model.tokenizer.decode
+        return PromptTokens(ids=prompt.ids, pieces=[decode([t]) for t in prompt.ids], prefix_len=len(prompt.prefix),
+                            user_slot=prompt.user_slot, item_slot=prompt.item_pos)
+
+    @torch.no_grad()
+    def project(self, vectors) -> torch.Tensor:
+        """CF vectors (N, d) -> the mapped tokens (N, hidden) that overwrite the slots, float32 on the CPU."""
+        projector = self.model.projector
+        vectors = torch.atleast_2d(torch.as_tensor(vectors, dtype=torch.float32)).to(self.model.device)
+        return projector(vectors).float().cpu()
+
+    @property
+    def projector_shape(self) -> tuple[int, int, int] | None:
+        """(CF dim, hidden width, output width) of the projector's two layers, or None."""
+        proj = self.model.projector
+        return None if proj is None else (proj.cf_dim, proj.expand * proj.cf_dim, proj.hidden_size)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.model.runtime
+
+    def word_embeddings(self) -> torch.Tensor:
+        """The LLM's input embedding table (vocab, hidden), float32 on the CPU."""
+        return self.model.llm.get_input_embeddings().weight.detach().float().cpu()
+
+    def refit_item(self, users: Sequence[str], labels: Sequence[int]) -> torch.Tensor:
+        """An item's CF vector fitted to these (user, label) interactions alone (the cold-start
+        simulator's "keep k interactions"), against the frozen user vectors."""
+        return self.cf.fold_in_item(list(users), list(labels))
+
+    def score_item_vectors(self, history: Sequence[str], labels: Sequence[int], item: str, user_vec: torch.Tensor,
+                           item_vecs: torch.Tensor) -> tuple[list[float], float]:
+        """One candidate scored with each of several item vectors (CF prompt), and its text-only
+        score, which no item vector can move."""
+        n = len(item_vecs)
+        users = user_vec.view(1, -1).expand(n, -1)
+        cf = self._score_llm([list(history)] * n, [list(labels)] * n, [item] * n, ["collm"], users, item_vecs)
+        text = self._score_llm([list(history)], [list(labels)], [item], [self.text_mode])
+        return cf["collm"].tolist(), float(text[self.text_mode][0])
+
+    def look_inside(self, history: Sequence[str], labels: Sequence[int], item: str, user_vec: torch.Tensor,
+                    top_k: int = 5) -> InsideLook:
+        """The Inside tab's measurements for one (history, candidate): attention with CF on and off,
+        gradient x input, the four ablations, the logit lens of both slots (``analysis.py``)."""
+        model = self.model
+        cf_prompt, text_prompt = (self.prompts_for([history], [labels], [item], cf)[0] for cf in (True, False))
+        target = self.dataset.title(item)
+        item_vec = self.cf.item_vectors([item])[0]
+        users, items = user_vec.view(1, -1), item_vec.view(1, -1)
+        on = analyse(model, [cf_prompt], users, items)
+        off = analyse(model, [text_prompt], use_lora=self.has_lora, attribution=False)
+        ablation = {k: float(v[0]) for k, v in ablation_scores(model, [cf_prompt], users, items,
+                                                                self.cf.default_user, self.cf.default_item).items()}
+        ablation["text_only"] = float(torch.sigmoid(off.diff[0]))
+        states = model.inspect(cf_prompt, user_vec, item_vec, hidden_states=True).hidden_states
+        tokens = [model.tokenizer.decode([t]) for t in cf_prompt.ids]
+        tokens[cf_prompt.user_slot], tokens[cf_prompt.item_pos] = "<UserID>", "<ItemID>"
+        return InsideLook(
+            target=target, score_cf=float(torch.sigmoid(on.diff[0])), score_text=ablation["text_only"],
+            layers=int(on.attention[0].shape[0]), attention_on=on.attention[0], attention_off=off.attention[0],
+            groups_on=model.builder.position_groups(cf_prompt, target),
+            groups_off=model.builder.position_groups(text_prompt, target),
+            attribution=on.attribution[0], tokens=tokens, ablation=ablation,
+            lens_user=logit_lens(model, states, cf_prompt.user_slot, top_k),
+            lens_item=logit_lens(model, states, cf_prompt.item_pos, top_k),
+            slot_tokens=self.project(torch.stack([user_vec, item_vec])))
 
 
 def with_backend(base: Pipeline, checkpoint_dir: str | Path, cf_name: str) -> Pipeline:

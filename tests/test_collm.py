@@ -7,9 +7,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from collm_demo.checkpoints import load_projector, save_projector
-from collm_demo.collm import CoLLM, Projector, pack, pack_segments, plan_packed_rows, plan_prefix_batches, prompt_text
+from collm_demo.collm import CoLLM, Projector, prompt_text
 from collm_demo.errors import CheckpointError
 from collm_demo.llm import load_llm
+from collm_demo.packing import pack, pack_segments, plan_packed_rows, plan_prefix_batches
 from conftest import HISTORIES, TARGETS, TITLES
 
 # Every model here is a CoLLM with its default Runtime: float32 on the CPU, so parity means 1e-5.

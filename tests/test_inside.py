@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from collm_demo import inside
-from collm_demo.collm import grad_x_input, position_groups
+from collm_demo.analysis import ablation_scores, analyse, grad_x_input, logit_lens
 from conftest import HISTORIES, TARGETS, scoring_runtime
 
 
@@ -23,7 +23,7 @@ def test_position_groups_label_the_slots_title_and_history(tiny):
     llm, model = tiny
     for with_cf in (True, False):
         for p, target in zip(prompts(model, with_cf), TARGETS):
-            labels = position_groups(model.builder, p, target)
+            labels = model.builder.position_groups(p, target)
             assert len(labels) == len(p)
             text = {g: llm.tokenizer.decode([t for t, lab in zip(p.ids, labels) if lab == g]) for g in inside.GROUPS}
             assert text["title"] == f' "{target}"'
@@ -42,10 +42,10 @@ def test_attention_shares_sum_to_one_per_layer(tiny, with_cf):
     _, model = tiny
     ps = prompts(model, with_cf)
     users, items = (torch.randn(3, 6), torch.randn(3, 6)) if with_cf else (None, None)
-    out = model.analyse(ps, users, items)
+    out = analyse(model, ps, users, items)
     for n, p in enumerate(ps):
         assert out.attention[n].shape == (2, len(p))  # 2 layers, real tokens only
-        shares = inside.group_shares(out.attention[n], position_groups(model.builder, p, TARGETS[n]))
+        shares = inside.group_shares(out.attention[n], model.builder.position_groups(p, TARGETS[n]))
         assert shares.shape == (2, len(inside.GROUPS))
         np.testing.assert_allclose(shares.sum(1), 1.0, atol=1e-5)
         assert (shares[:, :2] > 0).all() == with_cf  # the slots get attention only when they exist
@@ -56,10 +56,10 @@ def test_analyse_keeps_scoring_parity_and_matches_single_prompts(tiny):
     _, model = tiny
     ps = prompts(model, True)
     users, items = torch.randn(3, 6), torch.randn(3, 6)
-    out = model.analyse(ps, users, items)
+    out = analyse(model, ps, users, items)
     scores = model.score(ps, users, items)
     torch.testing.assert_close(torch.sigmoid(out.diff), scores, atol=1e-5, rtol=0)
-    alone = model.analyse(ps[:1], users[:1], items[:1])  # padding changes nothing
+    alone = analyse(model, ps[:1], users[:1], items[:1])  # padding changes nothing
     torch.testing.assert_close(out.attention[0], alone.attention[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.attribution[0], alone.attribution[0], atol=1e-4, rtol=1e-4)
 
@@ -83,7 +83,7 @@ def test_analyse_attribution_equals_autograd_on_the_written_embeddings(tiny):
     llm, model = tiny
     p = prompts(model, True)[0]
     user, item = torch.randn(6), torch.randn(6)
-    out = model.analyse([p], user.view(1, -1), item.view(1, -1), attention=False)
+    out = analyse(model, [p], user.view(1, -1), item.view(1, -1), attention=False)
     ids = torch.tensor([p.ids])
     embeds = llm.model.get_input_embeddings()(ids).detach().clone()
     with torch.no_grad():
@@ -101,7 +101,7 @@ def test_ablation_with_both_none_vectors_equals_scoring_them_directly(tiny):
     ps = prompts(model, True)
     users, items = torch.randn(3, 6), torch.randn(3, 6)
     none_user, none_item = torch.zeros(6), torch.full((6,), 0.3)
-    ab = model.ablation_scores(ps, users, items, none_user, none_item)
+    ab = ablation_scores(model, ps, users, items, none_user, none_item)
     direct = model.score(ps, none_user.expand(3, -1), none_item.expand(3, -1))
     torch.testing.assert_close(ab["both_none"], direct, atol=1e-5, rtol=0)
     torch.testing.assert_close(ab["full"], model.score(ps, users, items), atol=1e-5, rtol=0)
@@ -114,11 +114,11 @@ def test_logit_lens_last_layer_is_the_model_output(tiny):
     llm, model = tiny
     p = prompts(model, True)[0]
     ins = model.inspect(p, torch.randn(6), torch.randn(6), hidden_states=True, top_k=3)
-    lens = model.logit_lens(ins.hidden_states, len(p) - 1, top_k=3)
+    lens = logit_lens(model, ins.hidden_states, len(p) - 1, top_k=3)
     assert len(lens) == 3  # the input + 2 layers
     assert [w for w, _ in lens[-1]] == [w for w, _ in ins.top]
     np.testing.assert_allclose([q for _, q in lens[-1]], [q for _, q in ins.top], atol=1e-5)
-    slot = model.logit_lens(ins.hidden_states, p.user_slot, top_k=4)
+    slot = logit_lens(model, ins.hidden_states, p.user_slot, top_k=4)
     assert all(len(row) == 4 and all(0 <= q <= 1 for _, q in row) for row in slot)
 
 

@@ -56,6 +56,6 @@ class Assets:
     def word_norm_mean(self, pipe) -> float:
         """Mean norm of the LLM's input word embeddings (all pipelines share one LLM)."""
         if self._word_norm_mean is None:
-            words = pipe.model.llm.get_input_embeddings().weight.detach().float().cpu().numpy()
+            words = pipe.word_embeddings().numpy()
             self._word_norm_mean = float(np.linalg.norm(words, axis=1).mean())
         return self._word_norm_mean

@@ -151,7 +151,7 @@ def _user_vector(state: AppState, profile: Profile, cf_name: str, l2: float) -> 
     n = len(profile.items)
     encodes_history = cf.encodes_history  # as in the evaluation: never a stored vector
     if profile.kind == "user" and cf.has_user(profile.user) and not encodes_history:
-        return (cf.user_vectors([profile.user])[0],
+        return (pipe.user_token_vector(profile.user, profile.items, profile.labels),
                 f"the trained {cf_label(pipe)} vector (this user is in the training data)")
     # The engine's per-row rule: fold-in, or the encoding for a model that encodes histories.
     vec = cf.history_user_vector(list(profile.items), list(profile.labels), l2=l2)
@@ -169,12 +169,9 @@ def _user_vector(state: AppState, profile: Profile, cf_name: str, l2: float) -> 
     return vec, why + " — fold-in fits a vector to the liked/disliked labels against the frozen item vectors"
 
 
-@torch.no_grad()
 def project(state: AppState, vectors, cf: str | None = None) -> np.ndarray:
     """CF vectors -> mapped tokens (the vectors that overwrite the slots)."""
-    model = state.pipeline(cf).model
-    vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=model.device)
-    return model.projector(torch.atleast_2d(vectors)).float().cpu().numpy()
+    return state.pipeline(cf).project(np.asarray(vectors, dtype=np.float32)).numpy()
 
 
 # ------------------------------------------------------------------------- inputs
@@ -293,7 +290,7 @@ def parse_cf(state: AppState, cf) -> str | None:
 # -------------------------------------------------------------------------- scoring
 
 def mode_names(pipe) -> tuple[str, str]:
-    text = "text-only (LoRA)" if pipe.has_lora else "zero-shot LLM (no LoRA)"
+    text = "text-only (LoRA)" if pipe.text_mode == "text_only" else "zero-shot LLM (no LoRA)"
     return text, f"CoLLM ({cf_label(pipe)} tokens)"
 
 
@@ -315,28 +312,15 @@ def _score_both(state: AppState, profile: Profile, candidates: tuple[str, ...], 
     started = time.time()
     step = progress or (lambda *a, **k: None)
     pipe = state.pipeline(cf_name)
-    model, title, catalog = pipe.model, state.dataset.title, state.catalog
-    hist_titles = [title(i) for i in profile.items]
-    text_prompts = [model.builder.build(hist_titles, profile.labels, title(c), False) for c in candidates]
-    s_cf = [None] * len(candidates)
-    vec_source = "no CF vector"
-    if pipe.has_projector and pipe.has_lora:  # both modes on one LoRA: the history is encoded once for both
-        step(0.1, desc="scoring with and without CF tokens")
+    title, catalog = state.dataset.title, state.catalog
+    uvec, vec_source = None, "no CF vector"
+    if pipe.has_projector:
         uvec, vec_source = user_vector(state, profile, cf_name, for_tokens=True)
-        cf_prompts = [model.builder.build(hist_titles, profile.labels, title(c), True) for c in candidates]
-        users = uvec.view(1, -1).expand(len(candidates), -1)
-        s_text, s_cf = (s.tolist() for s in model.score_modes(text_prompts, cf_prompts, users,
-                                                              pipe.cf.item_vectors(list(candidates))))
-    else:
-        step(0.1, desc="scoring without CF tokens")
-        s_text = model.score_candidates(text_prompts, use_lora=pipe.has_lora).tolist()
-        if pipe.has_projector:
-            step(0.5, desc="scoring with CF tokens")
-            uvec, vec_source = user_vector(state, profile, cf_name, for_tokens=True)
-            cf_prompts = [model.builder.build(hist_titles, profile.labels, title(c), True) for c in candidates]
-            s_cf = model.score_candidates(cf_prompts, uvec, pipe.cf.item_vectors(list(candidates))).tolist()
-        elif pipe.cf is not None:
-            _, vec_source = user_vector(state, profile, cf_name)
+    elif pipe.cf is not None:
+        _, vec_source = user_vector(state, profile, cf_name)
+    step(0.1, desc="scoring with and without CF tokens" if pipe.has_projector else "scoring without CF tokens")
+    scores = pipe.score_profile(profile.items, profile.labels, candidates, uvec)
+    s_text, s_cf = scores.text, scores.cf or [None] * len(candidates)
     step(0.95, desc="ranking")
     labels = catalog.true_labels(profile.user) if profile.kind == "user" else {}
     items = state.dataset.items
@@ -405,12 +389,8 @@ def answer_logits(state: AppState, profile: Profile, item: str, with_cf: bool, c
 @memoize(128)
 def _answer(state: AppState, profile: Profile, item: str, with_cf: bool, cf_name: str | None) -> Inspection:
     pipe = state.pipeline(cf_name)
-    title = state.dataset.title
-    prompt = pipe.model.builder.build([title(i) for i in profile.items], profile.labels, title(item), with_cf)
-    if not with_cf:
-        return pipe.model.inspect(prompt, use_lora=pipe.has_lora)
-    uvec, _ = user_vector(state, profile, cf_name, for_tokens=True)
-    return pipe.model.inspect(prompt, uvec, pipe.cf.item_vectors([item])[0], use_lora=True)
+    uvec = user_vector(state, profile, cf_name, for_tokens=True)[0] if with_cf else None
+    return pipe.inspect(profile.items, profile.labels, item, with_cf, uvec)
 
 
 # ------------------------------------------------------------------ the embedding map

@@ -93,10 +93,10 @@ def explain(state: AppState, result: ScoredResult | None, item: str | None) -> d
              ["item token", round(float(norms[1]), 2), round(wn, 2), round(float(norms[1] / wn), 1),
               ", ".join(f"“{w.strip() or w}” {c:.2f}" for w, c in near[1][:5])]],
             columns=["mapped token", "norm", "typical word norm", "ratio", "nearest words (cosine)"])
-        proj = pipe.model.projector
+        cf_dim, width, out_dim = pipe.projector_shape
         out["step2_md"] = (
-            f"**Step 2 · The projector.** A small network (Linear {proj.cf_dim}→{proj.expand * proj.cf_dim}, ReLU, "
-            f"Linear {proj.expand * proj.cf_dim}→{proj.hidden_size}) turns each CF vector into one {proj.hidden_size}-number "
+            f"**Step 2 · The projector.** A small network (Linear {cf_dim}→{width}, ReLU, "
+            f"Linear {width}→{out_dim}) turns each CF vector into one {out_dim}-number "
             "vector of the same kind as a word embedding: a *soft token*. It is the only part trained in stage 2. "
             + ("Its outputs are not close to any real word (cosines below), so they act as new words the LLM "
                "learned to read." if max(near[0][0][1], near[1][0][1]) < 0.5 else
@@ -106,36 +106,34 @@ def explain(state: AppState, result: ScoredResult | None, item: str | None) -> d
         out["step2_md"] = "**Step 2 · The projector.** No projector is loaded (text-only mode)."
 
     # Step 3: the token sequence
-    model, t = pipe.model, state.dataset.title
     with_cf = has_cf
-    prompt = model.builder.build([t(i) for i in profile.items], profile.labels, title, with_cf)
-    decode = model.tokenizer.decode
+    prompt = pipe.prompt_tokens(profile.items, profile.labels, item, with_cf)
     slots = {}
     if with_cf:
         slots[prompt.user_slot] = "user"
-        slots[prompt.item_pos] = "item"
+        slots[prompt.item_slot] = "item"
     chips = []
-    for pos, tid in enumerate(prompt.ids):
+    for pos, (tid, piece) in enumerate(zip(prompt.ids, prompt.pieces)):
         kind = slots.get(pos)
         if kind:
             label = "&lt;UserID&gt;" if kind == "user" else "&lt;ItemID&gt;"
             chips.append(f'<span class="tok tok-{kind}" title="position {pos}: overwritten by the projected '
                          f'{kind} CF vector"><sub>{pos}</sub>{label}</span>')
         else:
-            text = html.escape(decode([tid])).replace(" ", "·").replace("\n", "↵")
-            cls = "tok tok-prefix" if pos < len(prompt.prefix) else "tok tok-suffix"
+            text = html.escape(piece).replace(" ", "·").replace("\n", "↵")
+            cls = "tok tok-prefix" if pos < prompt.prefix_len else "tok tok-suffix"
             chips.append(f'<span class="{cls}" title="position {pos}, token id {tid}"><sub>{pos}</sub>{text}</span>')
     out["step3_html"] = f'<div class="tokens">{"".join(chips)}</div>'
     if with_cf:
         out["step3_md"] = (
-            f"**Step 3 · Into the token sequence.** The CoLLM prompt is {len(prompt)} tokens. The user slot is "
-            f"position **{prompt.user_slot}** and the item slot position **{prompt.item_pos}**. "
+            f"**Step 3 · Into the token sequence.** The CoLLM prompt is {len(prompt.ids)} tokens. The user slot is "
+            f"position **{prompt.user_slot}** and the item slot position **{prompt.item_slot}**. "
             "The LLM never sees the placeholder's own embedding: it is replaced by the soft token before the "
-            f"first layer. Grey tokens (0–{len(prompt.prefix) - 1}) are the *prefix* shared by every candidate of "
+            f"first layer. Grey tokens (0–{prompt.prefix_len - 1}) are the *prefix* shared by every candidate of "
             "this user; the app runs it once and reuses its cache for all candidates, then runs only the white "
             "*suffix* tokens per candidate.")
     else:
-        out["step3_md"] = (f"**Step 3 · The token sequence.** The text-only prompt is {len(prompt)} tokens; "
+        out["step3_md"] = (f"**Step 3 · The token sequence.** The text-only prompt is {len(prompt.ids)} tokens; "
                            "there are no CF slots.")
 
     # Step 4: Yes / No

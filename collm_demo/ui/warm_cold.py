@@ -400,7 +400,7 @@ def _simulate(state: AppState, profile: core.Profile, item: str, seed: int, cf_n
     import torch
 
     pipe = state.pipeline(cf_name)
-    cf, model, title = pipe.cf, pipe.model, state.dataset.title
+    cf, title = pipe.cf, state.dataset.title
     inter = item_train_interactions(state, item, cf_name)
     order = np.random.default_rng(seed).permutation(len(inter))
     users = inter["user"].to_numpy()[order].tolist()
@@ -409,18 +409,14 @@ def _simulate(state: AppState, profile: core.Profile, item: str, seed: int, cf_n
     for choice in K_CHOICES:
         k = len(users) if choice == "all" else min(int(choice), len(users))
         versions.append((f"k = {choice}" + (f" (only {k} exist)" if choice != "all" and k < int(choice) else ""),
-                         k, cf.fold_in_item(users[:k], labels[:k])))
+                         k, pipe.refit_item(users[:k], labels[:k])))
     in_cf = cf.has_item(item)
     versions.append(("trained vector (reference)" if in_cf else "no trained vector (default)", len(users),
                      cf.item_vectors([item])[0]))
     vecs = torch.stack([v for _, _, v in versions])
     uvec, _ = core.user_vector(state, profile, cf_name, for_tokens=True)
     alone_uvec, _ = core.user_vector(state, profile, cf_name)  # CF alone: its own fold-in strength
-    hist = [title(i) for i in profile.items]
-    cf_prompt = model.builder.build(hist, profile.labels, title(item), True)
-    text_prompt = model.builder.build(hist, profile.labels, title(item), False)
-    s_cf = model.score_candidates([cf_prompt] * len(versions), uvec, vecs, use_lora=True).tolist()
-    s_text = float(model.score_candidates([text_prompt], use_lora=pipe.has_lora)[0])
+    s_cf, s_text = pipe.score_item_vectors(profile.items, profile.labels, item, uvec, vecs)
     s_alone = cf.score_vectors(alone_uvec.expand(len(versions), -1), vecs).tolist()
     positions = None
     if core.map_unavailable(state, cf_name) is None:
