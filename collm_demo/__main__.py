@@ -1,4 +1,4 @@
-"""Command line: python -m collm_demo {fetch,train,evaluate,import-embeddings,embedding-map,ceiling,inside,settings}.
+"""Command line: python -m collm_demo {fetch,train,evaluate,import-embeddings,embedding-map,ceiling,inside,experiment,settings}.
 
 Each subcommand is one ``cmd_<name>(args)`` function. A user's mistake (a bad path, data that
 cannot be read, checkpoints that do not fit) is a ``CoLLMError``: printed on one line, exit
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -56,6 +57,10 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
+def non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v < float("inf"), "a number from 0 up")
+
+
 def seed(text: str) -> int:
     """--seed: what numpy and torch accept, 0 to 2^32 - 1."""
     return _number(text, int, lambda v: 0 <= v < 2**32, f"a whole number from 0 to {2**32 - 1}")
@@ -76,11 +81,18 @@ def foldin_strength(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a positive number or 'cf', got {text!r}") from None
 
 
+def recipe_name(text: str) -> str:
+    """A name that becomes a file name: letters, digits, '.', '_', '-' (no paths)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
+        raise argparse.ArgumentTypeError(f"expected 1-64 letters, digits, '.', '_' or '-', got {text[:40]!r}")
+    return text
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The training configuration, with the command line's overrides (those it has and was given)."""
     cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
     for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim", "batch_size", "grad_accum",
-                 "lora_dropout", "device", "precision"):
+                 "lora_dropout", "device", "precision", "group_size", "pairwise_weight", "eval_every"):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
     for flag in ("gradient_checkpointing", "load_bf16"):
@@ -199,6 +211,15 @@ def cmd_inside(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from . import experiment
+
+    out = Path(args.out) if args.out else None
+    experiment.run(Path(args.checkpoints), args.name, args.llm, args.data, args.cf, runtime=runtime(args),
+                   protocol=protocol(args), out=out)
+    return 0
+
+
 def cmd_settings(args) -> int:
     from .markers import replace_block
 
@@ -214,7 +235,7 @@ def cmd_settings(args) -> int:
 
 COMMANDS = {"fetch": cmd_fetch, "train": cmd_train, "evaluate": cmd_evaluate,
             "import-embeddings": cmd_import_embeddings, "embedding-map": cmd_embedding_map,
-            "ceiling": cmd_ceiling, "inside": cmd_inside, "settings": cmd_settings}
+            "ceiling": cmd_ceiling, "inside": cmd_inside, "experiment": cmd_experiment, "settings": cmd_settings}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -259,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--batch-size", type=positive_int, default=None, help="rows per micro-batch (per process under torchrun)")
     p_train.add_argument("--grad-accum", type=positive_int, default=None, help="micro-batches per optimiser step")
     p_train.add_argument("--lora-dropout", type=probability, default=None)
+    p_train.add_argument("--group-size", type=positive_int, default=None,
+                         help="train on user groups of this many rows sharing one history (1 = per row, the paper's)")
+    p_train.add_argument("--pairwise-weight", type=non_negative_float, default=None,
+                         help="weight of the within-group pairwise term beside BCE (with --group-size > 1)")
+    p_train.add_argument("--eval-every", type=positive_int, default=None,
+                         help="optimiser steps between early-stopping checks")
     p_train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (large LLMs)")
     p_train.add_argument("--load-bf16", action="store_true", help="keep the frozen base weights in bf16 (large LLMs)")
     p_train.add_argument("--projector-foldin-l2", type=foldin_strength, default=None,
@@ -302,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_ins.add_argument("--out", default=None, help="report file (default assets/inside.json; --quick: checkpoints folder)")
     p_ins.add_argument("--max-minutes", type=positive_float, default=None,
                        help="start no new chunk of rows after this many minutes (the report records it)")
+
+    p_exp = sub.add_parser("experiment", parents=[common],
+                           help="the fast loop: AUC, UAUC and the user-token ablation on a fixed per-user-balanced "
+                                "valid sample (never trained on), in minutes")
+    p_exp.add_argument("--name", type=recipe_name, default="experiment", help="the recipe's name (the report is logs/experiments/NAME.json)")
+    p_exp.add_argument("--out", default=None, help="report file (default logs/experiments/NAME.json)")
 
     p_set = sub.add_parser("settings", help="the table of environment variables (the README's settings table)")
     p_set.add_argument("--readme", action="store_true", help="write it into README.md between its markers")

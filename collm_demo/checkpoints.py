@@ -21,11 +21,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .assets import converted_llm_dir
-from .cf import CFModel, backend, load_cf
+from .cf import Backend, CFModel, backend, load_cf
+from .cf.backend import CF_FILE_GLOB
 from .cf.foldin import DEFAULT_L2, parse_l2
 from .collm import Projector
 from .config import CHECKPOINT_DIR
@@ -35,15 +37,50 @@ from .llm import LoadedLLM, resolve_llm_name
 TRAIN_HINT = "train them with `python -m collm_demo train --stage all`"
 
 
-# Entries of the manifest that the loaders read, and the type each must have: a manifest that is
-# JSON but of another shape (``[1, 2, 3]``, ``{"llm": "str"}``) is refused here, naming the entry,
-# so that no loader meets a str where it expects an object.
-MANIFEST_OBJECTS = ("llm", "cf", "data", "stages", "test_metrics")
+class _Entry(BaseModel):
+    """An object of the manifest: entries not named here are kept and not checked; a named entry
+    that is present must have its type (strict: no "32" for 32, no true for 1). A default only
+    stands for an absent entry: pydantic does not validate defaults, and nothing reads them."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class LLMRecord(_Entry):
+    """``manifest["llm"]``: the LLM the checkpoints were trained for (compared with the running one)."""
+
+    name: str = ""
+    hidden_size: int = 0
+    layers: int = 0
+
+
+class DataRecord(_Entry):
+    """``manifest["data"]``: what the protocol and data checks compare (null: not recorded)."""
+
+    protocol: dict | None = None
+    counts: dict | None = None
+
+
+class Manifest(_Entry):
+    """The entries of ``manifest.json`` that the loaders read, and their shapes: a manifest that is
+    JSON but of another shape (``{"llm": "str"}``, a CF record that is a list) is refused when read,
+    naming the entry, so that no loader meets a str where it expects an object."""
+
+    llm: LLMRecord = LLMRecord()
+    cf: dict[str, dict] = {}  # one object per CF model, by backend name
+    data: DataRecord = DataRecord()
+    stages: dict = {}
+    test_metrics: dict = {}
+
+
+# What each kind of pydantic error means in a manifest, in the words of the refusal.
+_PROBLEMS = {"model_type": "is not an object", "dict_type": "is not an object",
+             "int_type": "is not a whole number", "string_type": "is not a string"}
 
 
 def read_manifest(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> dict:
     """The folder's manifest ({} when there is none); anything but a JSON object whose entries
-    have the shapes the loaders read (``MANIFEST_OBJECTS``, one object per CF model) is refused."""
+    have the shapes the loaders read (:class:`Manifest`) is refused, naming the entry. The dict
+    itself is returned, as read: training updates it and writes it back whole."""
     path = Path(checkpoint_dir) / "manifest.json"
     if not path.exists():
         return {}
@@ -55,25 +92,14 @@ def read_manifest(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> dict:
         raise CheckpointError(f"{path} cannot be read: {err.strerror or err}") from err
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path} is not a JSON object (found {type(manifest).__name__})")
-    for key in MANIFEST_OBJECTS:
-        if key in manifest and not isinstance(manifest[key], dict):
-            raise CheckpointError(f"{path}: the entry {key!r} is not an object (found "
-                                  f"{type(manifest[key]).__name__} {_short(manifest[key])})")
-    for name, entry in manifest.get("cf", {}).items():
-        if not isinstance(entry, dict):
-            raise CheckpointError(f"{path}: the entry cf.{_short(name)} is not an object (found "
-                                  f"{type(entry).__name__} {_short(entry)})")
-    for key in ("protocol", "counts"):  # what the protocol and data checks compare
-        value = manifest.get("data", {}).get(key)
-        if value is not None and not isinstance(value, dict):
-            raise CheckpointError(f"{path}: the entry data.{key} is not an object (found "
-                                  f"{type(value).__name__} {_short(value)})")
-    llm = manifest.get("llm", {})
-    for key in ("hidden_size", "layers"):
-        if key in llm and (isinstance(llm[key], bool) or not isinstance(llm[key], int)):
-            raise CheckpointError(f"{path}: llm.{key} must be a whole number, found {_short(llm[key])}")
-    if "name" in llm and not isinstance(llm["name"], str):
-        raise CheckpointError(f"{path}: llm.name must be a string, found {_short(llm['name'])}")
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as err:
+        first = err.errors()[0]
+        entry = ".".join(str(part) for part in first["loc"])
+        found = first.get("input")
+        raise CheckpointError(f"{path}: the entry {_short(entry)} {_PROBLEMS.get(first['type'], first['msg'])} "
+                              f"(found {type(found).__name__} {_short(found)})") from None
     return manifest
 
 
@@ -260,8 +286,14 @@ def check_folder(checkpoint_dir: str | Path) -> None:
 def available_backends(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> list[str]:
     """CF backends with both a CF file and a projector in ``checkpoint_dir`` (from file names only)."""
     checkpoint_dir = Path(checkpoint_dir)
-    names = sorted(path.stem[len("cf_"):] for path in checkpoint_dir.glob("cf_*.safetensors"))
+    names = sorted(spec.name for _, spec in _cf_files(checkpoint_dir))
     return [name for name in names if (checkpoint_dir / backend(name).projector_file).exists()]
+
+
+def _cf_files(checkpoint_dir: Path) -> list[tuple[Path, Backend]]:
+    """Every CF file in ``checkpoint_dir`` (in file-name order) and the backend it belongs to."""
+    found = [(path, Backend.from_cf_file(path)) for path in sorted(checkpoint_dir.glob(CF_FILE_GLOB))]
+    return [(path, spec) for path, spec in found if spec is not None]
 
 
 def check_backends(checkpoint_dir: str | Path, manifest: dict, hidden_size: int | None = None) -> None:
@@ -275,11 +307,10 @@ def check_backends(checkpoint_dir: str | Path, manifest: dict, hidden_size: int 
     checkpoint_dir = Path(checkpoint_dir)
     if hidden_size is None:
         hidden_size = manifest.get("llm", {}).get("hidden_size")
-    for cf_path in sorted(checkpoint_dir.glob("cf_*.safetensors")):
-        name = cf_path.stem[len("cf_"):]
+    for cf_path, spec in _cf_files(checkpoint_dir):
         cf = load_cf(cf_path)
-        check_cf_record(manifest, cf, name)
-        projector_path = checkpoint_dir / backend(name).projector_file
+        check_cf_record(manifest, cf, spec.name)
+        projector_path = checkpoint_dir / spec.projector_file
         if projector_path.exists():
             load_projector(projector_path, hidden_size or _recorded_hidden_size(projector_path), cf.dim)
 

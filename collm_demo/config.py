@@ -200,6 +200,9 @@ class TrainConfig:
     # CF model's own, tuned for scoring alone (MF: 5.0). 1.0 has the better early-stop AUC:
     # 0.7854 vs 0.7780 (docs/experiments.md).
     projector_foldin_l2: float | None = 1.0
+    # --- issue 26: training one user at a time (collm_demo/grouped.py); the defaults are the paper's
+    group_size: int = 1  # rows per group: one user's candidates sharing the history of the first; 1 = per row
+    pairwise_weight: float = 0.0  # weight of the within-group pairwise (liked above disliked) term beside BCE
     # --- shared ---
     batch_size: int = 8
     grad_accum: int = 2  # effective batch 16 as in the paper

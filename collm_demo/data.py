@@ -356,6 +356,8 @@ def split_by_month(inter: pd.DataFrame, month_splits: tuple[tuple[int, int], ...
 
 def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
                    protocol: ProtocolConfig | None = None) -> Dataset:
+    """The protocol applied to raw interactions: labels, splits, each row's history, warm / cold
+    flags, the rows kept (those with a history, unless ``keep_empty_history``) and their counts."""
     protocol = protocol or ProtocolConfig()
     inter = inter.copy()
     inter["label"] = (inter["rating"] >= protocol.positive_rating).astype(np.int64)
@@ -369,9 +371,24 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
     train = inter[inter["split"] == "train"]
     user_train = train["user"].value_counts()
     item_train = train["item"].value_counts()
+    inter["history_items"], inter["history_labels"] = histories(inter, protocol)
+    inter["user_train_count"] = inter["user"].map(user_train).fillna(0).astype(int)
+    inter["item_train_count"] = inter["item"].map(item_train).fillna(0).astype(int)
+    inter["cold_user"] = inter["user_train_count"] < protocol.warm_min
+    inter["cold_item"] = inter["item_train_count"] < protocol.warm_min
+    inter["warm"] = ~(inter["cold_user"] | inter["cold_item"])
+    has_history = inter["history_items"].map(len) > 0
+    rows = inter[has_history | protocol.keep_empty_history].reset_index(drop=True)
+    return Dataset(name=name, interactions=inter.drop(columns=["history_items", "history_labels"]),
+                   items=items, rows=rows, counts=split_counts(inter, rows, items), protocol=protocol)
 
-    # Histories: walk each user's interactions in time order; rows sharing a timestamp
-    # share the history of everything strictly earlier (no peeking at same-time rows).
+
+def histories(inter: pd.DataFrame, protocol: ProtocolConfig) -> tuple[list[tuple], list[tuple]]:
+    """(items, labels) of each interaction's history, in the order of ``inter``'s rows: the last
+    ``history_len`` interactions of its user before it (only the liked ones with
+    ``history_positive_only``)."""
+    # Walk each user's interactions in time order; rows sharing a timestamp share the history of
+    # everything strictly earlier (no peeking at same-time rows).
     hist_items: list[tuple] = [()] * len(inter)
     hist_labels: list[tuple] = [()] * len(inter)
     order = inter.sort_values(["user", "timestamp"], kind="stable")
@@ -396,16 +413,12 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
             lo = max(0, start - k)
             hist_items[idx[j]] = tuple(its[lo:start])
             hist_labels[idx[j]] = tuple(labs[lo:start])
-    inter["history_items"] = hist_items
-    inter["history_labels"] = hist_labels
-    inter["user_train_count"] = inter["user"].map(user_train).fillna(0).astype(int)
-    inter["item_train_count"] = inter["item"].map(item_train).fillna(0).astype(int)
-    inter["cold_user"] = inter["user_train_count"] < protocol.warm_min
-    inter["cold_item"] = inter["item_train_count"] < protocol.warm_min
-    inter["warm"] = ~(inter["cold_user"] | inter["cold_item"])
-    has_history = inter["history_items"].map(len) > 0
-    rows = inter[has_history | protocol.keep_empty_history].reset_index(drop=True)
+    return hist_items, hist_labels
 
+
+def split_counts(inter: pd.DataFrame, rows: pd.DataFrame, items: pd.DataFrame) -> dict:
+    """What the protocol made of the data (``Dataset.counts``): sizes, and per split the rows kept,
+    their positive rate, warm / cold shares and time range, and the rows dropped for no history."""
     counts: dict = {"interactions": int(len(inter)), "users": int(inter["user"].nunique()),
                     "items": int(len(items)), "dropped_no_history": {}, "splits": {}}
     for split in SPLITS:
@@ -419,8 +432,7 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
             "cold_user": int(kept["cold_user"].sum()), "cold_item": int(kept["cold_item"].sum()),
             "time_range": [int(part["timestamp"].min()), int(part["timestamp"].max())] if len(part) else None,
         }
-    return Dataset(name=name, interactions=inter.drop(columns=["history_items", "history_labels"]),
-                   items=items, rows=rows, counts=counts, protocol=protocol)
+    return counts
 
 
 def load_dataset(path: str | os.PathLike | None = None,
@@ -468,11 +480,29 @@ def lora_rows(dataset: Dataset, cfg: TrainConfig, n: int | None = None) -> pd.Da
     return sample_rows(dataset.split("train"), cfg.lora_rows if n is None else n, cfg.seed)
 
 
+def dev_rows(dataset: Dataset, users: int = 50, per_class: int = 6, seed: int = 7) -> pd.DataFrame:
+    """The fast loop's fixed sample (``python -m collm_demo experiment``): valid rows of ``users``
+    users who have at least ``per_class`` liked and ``per_class`` disliked valid rows, that many of
+    each per user (seeded), so every user counts in UAUC with the same weight. Never trained on:
+    stage 2's pool leaves them out, as it leaves out the early-stop rows."""
+    valid = dataset.split("valid")
+    counts = valid.groupby("user")["label"].agg(["sum", "count"])
+    eligible = counts[(counts["sum"] >= per_class) & (counts["count"] - counts["sum"] >= per_class)].index
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(np.asarray(sorted(eligible)), size=min(users, len(eligible)), replace=False).tolist())
+    parts = [valid[(valid["user"] == user) & (valid["label"] == label)].sample(n=per_class, random_state=seed)
+             for user in chosen for label in (1, 0)]
+    return pd.concat(parts) if parts else valid.iloc[:0]
+
+
 def projector_pool(dataset: Dataset, cfg: TrainConfig) -> pd.DataFrame:
-    """Valid rows minus the early-stop rows: what stage 2 draws from. The CF model has seen the
-    labels of train rows, so their CF vectors "know" the answer; valid rows are unseen by it and
-    are distributed like test rows (most of their users are new and folded in)."""
-    return dataset.split("valid").drop(index=early_stop_rows(dataset, cfg).index)
+    """Valid rows minus the early-stop rows and the fast loop's sample (``dev_rows``): what stage 2
+    draws from. The CF model has seen the labels of train rows, so their CF vectors "know" the
+    answer; valid rows are unseen by it and are distributed like test rows (most of their users are
+    new and folded in)."""
+    valid = dataset.split("valid")
+    held_out = early_stop_rows(dataset, cfg).index.union(dev_rows(dataset).index)
+    return valid.drop(index=valid.index.intersection(held_out))
 
 
 def projector_rows(dataset: Dataset, cfg: TrainConfig, n: int | None = None) -> pd.DataFrame:

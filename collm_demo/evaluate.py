@@ -19,15 +19,15 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from .cf import BACKENDS, backend, method_label
-from .cf.backend import LLM_METHODS, MF_NO_FOLDIN
+from .cf import BACKENDS, Backend, backend, method_label
+from .cf.backend import LLM_METHODS
 from .checkpoints import available_backends, read_manifest, write_manifest
 from .config import DEFAULT_CF, PROJECT_ROOT, ProtocolConfig
 from .device import Runtime
 from .distributed import init_ranks
 from .errors import CheckpointError, InputError
 from .markers import replace_block
-from .pipeline import load_pipeline
+from .pipeline import Pipeline, load_pipeline
 
 SLICES = ("all", "warm", "cold")
 
@@ -56,23 +56,24 @@ def default_methods(cf_name: str) -> list[str]:
     """What ``evaluate`` scores without ``--methods``: every row for the default backend; for
     another backend its two rows (the LLM-only rows do not depend on the CF backend)."""
     spec = backend(cf_name)
-    return list(main_methods()) if spec.legacy else [spec.alone_key, spec.collm_key]
+    return list(main_methods()) if spec.name == DEFAULT_CF else [spec.alone_key, spec.collm_key]
 
 
 def is_alone_key(key: str) -> bool:
     """A CF model alone (not an LLM row, not a CoLLM row, not a reference row)."""
-    return key not in LLM_METHODS and key != MF_NO_FOLDIN and not key.startswith("collm")
+    found = Backend.from_key(key)
+    return found is not None and not found[1]
 
 
 def backend_pairs(methods: dict) -> list[tuple[str, str]]:
     """(CF alone, CoLLM with it) result keys for every backend evaluated: mf/collm, x/collm_x."""
     alone_of = {backend(k).collm_key: k for k in methods if is_alone_key(k)}
     pairs = [(alone_of[k], k) for k in methods if k in alone_of]  # in the order the CoLLM rows were added
-    return sorted(pairs, key=lambda pair: not backend(pair[0]).legacy)  # the default backend first
+    return sorted(pairs, key=lambda pair: pair[0] != backend(DEFAULT_CF).alone_key)  # the default backend first
 
 
 def results_table(results: dict) -> str:
-    """Markdown: the four main methods (MF backend), then every CF backend alone vs inside CoLLM."""
+    """Markdown: the main methods (default backend, LLM alone), then every CF backend alone vs inside CoLLM."""
     methods = results["methods"]
     lines = ["| method | all AUC | all UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC |",
              "|---|---|---|---|---|---|---|"]
@@ -132,12 +133,7 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
     """Score ``methods`` on the test split; checkpoints whose manifest records other data than
     ``data_path`` are refused unless ``other_data`` (``--other-data``)."""
     check_cf_name(checkpoint_dir, cf_name)
-    spec = backend(cf_name)
-    known = [spec.alone_key, *spec.extra_methods, *LLM_METHODS, spec.collm_key]
-    unknown = [m for m in methods or [] if m not in known]
-    if unknown:  # a typo is said before the LLM is loaded
-        raise InputError(f"unknown method(s) {', '.join(repr(m[:40]) for m in unknown[:5])} for --cf {cf_name}: "
-                         f"choose from {', '.join(known)}")
+    check_methods(cf_name, methods)
     runtime = runtime or Runtime.choose()
     ranks = init_ranks(runtime.device.type)  # under torchrun: each process scores its share of the batches
     pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, ranks=ranks,
@@ -149,47 +145,13 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
         rows = rows.sample(n=max_rows, random_state=seed).sort_index()
     frame = rows[["user", "item", "label", "warm", "cold_user", "cold_item"]].copy()
     methods = methods or default_methods(cf_name)
-    previous = json.loads(out.read_text()) if out.exists() else {}
-    results: dict = {"protocol": {"data": pipeline.dataset.name, "split": "test", "name": pipeline.dataset.protocol.name,
-                                  "rows": int(len(rows)), "subset": max_rows is not None,
-                                  "counts": pipeline.dataset.counts["splits"]["test"],
-                                  "llm": pipeline.llm.name, "checkpoints": str(checkpoint_dir),
-                                  "runtime": runtime.describe() | {"processes": ranks.world}},
-                     "methods": {}, "timing_s": {}}
-    if previous.get("protocol", {}).get("rows") == len(rows) and previous.get("protocol", {}).get("data") == pipeline.dataset.name:
-        # same test rows: keep the other backends' rows (each backend is evaluated by its own command)
-        results["methods"] = {k: v for k, v in previous.get("methods", {}).items() if k not in methods}
-        results["timing_s"] = {k: v for k, v in previous.get("timing_s", {}).items() if k not in methods}
-        results["commands"] = previous.get("commands", {})
-    if not set(methods) & set(pipeline.available_methods()):
-        raise CheckpointError(f"none of the methods {', '.join(methods)} can run with {checkpoint_dir} "
-                              f"(available: {', '.join(pipeline.available_methods())})"
-                              + (f"; {pipeline.notice}" if pipeline.notice else ""))
-    for method in methods:
-        if method not in pipeline.available_methods():
-            print(f"[evaluate] skipping {method}: not available ({pipeline.notice})", file=sys.stderr)
-    runnable = [m for m in methods if m in pipeline.available_methods()]
+    results = start_results(out, pipeline, rows, methods, checkpoint_dir, subset=max_rows is not None)
+    runnable = runnable_methods(pipeline, methods, checkpoint_dir)
     joint = pipeline.joint_methods(runnable)
     # One pass per job; text-only and CoLLM run as one job that encodes each history once for both.
-    jobs = ([list(joint)] if joint else []) + [[m] for m in runnable if m not in joint]
-    for job in jobs:
-        name = "+".join(job)
-        started = time.time()
-
-        def progress(batches, name=name):
-            return tqdm(batches, desc=name, file=sys.stderr, mininterval=10, disable=not ranks.is_main)
-
-        scores = pipeline.score_methods(rows, job, progress=progress)
-        for key in list(results["timing_s"]):  # a method's old timing, alone or shared, is replaced
-            if set(key.split("+")) & set(job):
-                del results["timing_s"][key]
-        results["timing_s"][name] = round(time.time() - started, 1)
-        for method in job:
-            frame[method] = scores[method].numpy()
-            results["methods"][method] = metrics_by_slice(frame, method)
-            print(f"[evaluate] {method}: {json.dumps(results['methods'][method])} "
-                  f"({name}: {results['timing_s'][name]} s)", file=sys.stderr, flush=True)
-        if ranks.is_main:  # after every method: partial results survive
+    for job in ([list(joint)] if joint else []) + [[m] for m in runnable if m not in joint]:
+        score_job(pipeline, rows, frame, job, results)
+        if ranks.is_main:  # after every job: partial results survive
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
     command = "python -m collm_demo " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -200,10 +162,78 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
     print(results_table(results))
     if write_readme and max_rows is None:
         update_readme(results)
-        manifest = read_manifest(checkpoint_dir)
-        if manifest:
-            manifest["test_metrics"] = {"file": str(out.relative_to(PROJECT_ROOT)) if out.is_relative_to(PROJECT_ROOT) else str(out),
-                                        "methods": results["methods"]}
-            write_manifest(manifest, checkpoint_dir)
+        record_metrics(results, out, checkpoint_dir)
     return results
 
+
+def check_methods(cf_name: str, methods: list[str] | None) -> None:
+    """Every method asked for exists with ``--cf cf_name``: a typo is said before the LLM is loaded."""
+    spec = backend(cf_name)
+    known = [spec.alone_key, *spec.extra_methods, *LLM_METHODS, spec.collm_key]
+    unknown = [m for m in methods or [] if m not in known]
+    if unknown:
+        raise InputError(f"unknown method(s) {', '.join(repr(m[:40]) for m in unknown[:5])} for --cf {cf_name}: "
+                         f"choose from {', '.join(known)}")
+
+
+def start_results(out: Path, pipeline: Pipeline, rows: pd.DataFrame, methods: list[str], checkpoint_dir: Path,
+                  subset: bool) -> dict:
+    """The results file's new content before any score: the protocol, and from ``out`` the other
+    methods' rows when they were scored on the same test rows (each backend is evaluated by its
+    own command)."""
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    runtime = pipeline.runtime
+    results: dict = {"protocol": {"data": pipeline.dataset.name, "split": "test", "name": pipeline.dataset.protocol.name,
+                                  "rows": int(len(rows)), "subset": subset,
+                                  "counts": pipeline.dataset.counts["splits"]["test"],
+                                  "llm": pipeline.llm.name, "checkpoints": str(checkpoint_dir),
+                                  "runtime": runtime.describe() | {"processes": pipeline.ranks.world}},
+                     "methods": {}, "timing_s": {}}
+    if previous.get("protocol", {}).get("rows") == len(rows) and previous.get("protocol", {}).get("data") == pipeline.dataset.name:
+        results["methods"] = {k: v for k, v in previous.get("methods", {}).items() if k not in methods}
+        results["timing_s"] = {k: v for k, v in previous.get("timing_s", {}).items() if k not in methods}
+        results["commands"] = previous.get("commands", {})
+    return results
+
+
+def runnable_methods(pipeline: Pipeline, methods: list[str], checkpoint_dir: Path) -> list[str]:
+    """The methods the loaded checkpoints can score; the others are named on stderr (none: refused)."""
+    available = pipeline.available_methods()
+    if not set(methods) & set(available):
+        raise CheckpointError(f"none of the methods {', '.join(methods)} can run with {checkpoint_dir} "
+                              f"(available: {', '.join(available)})"
+                              + (f"; {pipeline.notice}" if pipeline.notice else ""))
+    for method in methods:
+        if method not in available:
+            print(f"[evaluate] skipping {method}: not available ({pipeline.notice})", file=sys.stderr)
+    return [m for m in methods if m in available]
+
+
+def score_job(pipeline: Pipeline, rows: pd.DataFrame, frame: pd.DataFrame, job: list[str], results: dict) -> None:
+    """Score the methods of one job (one pass over ``rows``) into ``frame`` and their metrics and
+    timing into ``results``."""
+    name = "+".join(job)
+    started = time.time()
+
+    def progress(batches):
+        return tqdm(batches, desc=name, file=sys.stderr, mininterval=10, disable=not pipeline.ranks.is_main)
+
+    scores = pipeline.score_methods(rows, job, progress=progress)
+    for key in list(results["timing_s"]):  # a method's old timing, alone or shared, is replaced
+        if set(key.split("+")) & set(job):
+            del results["timing_s"][key]
+    results["timing_s"][name] = round(time.time() - started, 1)
+    for method in job:
+        frame[method] = scores[method].numpy()
+        results["methods"][method] = metrics_by_slice(frame, method)
+        print(f"[evaluate] {method}: {json.dumps(results['methods'][method])} "
+              f"({name}: {results['timing_s'][name]} s)", file=sys.stderr, flush=True)
+
+
+def record_metrics(results: dict, out: Path, checkpoint_dir: Path) -> None:
+    """The test metrics in the checkpoints' manifest (when the folder has one)."""
+    manifest = read_manifest(checkpoint_dir)
+    if manifest:
+        manifest["test_metrics"] = {"file": str(out.relative_to(PROJECT_ROOT)) if out.is_relative_to(PROJECT_ROOT) else str(out),
+                                    "methods": results["methods"]}
+        write_manifest(manifest, checkpoint_dir)

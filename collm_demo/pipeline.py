@@ -221,6 +221,12 @@ class Pipeline:
         mode = "collm" if method == self.collm_method else method
         return self._rows_llm(rows, (mode,), progress)[mode]
 
+    def score_cf_rows(self, rows: pd.DataFrame, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
+        """CoLLM's scores of protocol rows with the CF slots holding the given vectors (ablations:
+        e.g. every user token at the no-information vector)."""
+        return self._score_llm(rows["history_items"].tolist(), rows["history_labels"].tolist(), rows["item"].tolist(),
+                               ["collm"], user_vecs, item_vecs)["collm"]
+
     # ---- a profile: what the app asks -------------------------------------------------
     def user_token_vector(self, user: str | None, history: Sequence[str], labels: Sequence[int],
                           for_tokens: bool = True) -> torch.Tensor:

@@ -19,6 +19,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from .data import Dataset, early_stop_rows, format_counts, load_dataset, lora_ro
 from .device import Runtime, resolve_device, resolve_precision
 from .distributed import Ranks, init_ranks
 from .errors import CheckpointError, InputError
+from .grouped import grouped_logits, pairwise_loss, user_groups
 from .llm import LoadedLLM, load_llm
 from .pipeline import Pipeline, load_pipeline
 from .trainer import EarlyStopping
@@ -51,7 +53,17 @@ def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def cosine_with_warmup(optimiser, total_steps: int, warmup_frac: float):
+def cosine_with_warmup(optimiser: torch.optim.Optimizer, total_steps: int,
+                       warmup_frac: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the full rate, then a half cosine to 0 over the remaining steps.
+
+    Not transformers' ``get_cosine_schedule_with_warmup``, on purpose: its warmup factor at step
+    s is s / warmup, so the first optimiser step runs at learning rate 0, where this one's is
+    (s + 1) / warmup. Compared step by step (AdamW, lr 1.0), the cosine part is bit-identical but
+    every warmup step differs: 2 steps (--quick) train as 1; 10 steps, the first is lost; 200
+    steps, warmup 0.0, 0.1, ... instead of 0.1, 0.2, ... The shipped checkpoints were trained with
+    this schedule, and a one-step stage would not train at all with that one.
+    """
     warmup = max(1, int(total_steps * warmup_frac))
 
     def factor(step: int) -> float:
@@ -72,52 +84,28 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
     model: CoLLM = pipeline.model
     ranks = pipeline.ranks
     with_cf = stage == "projector"
-    method = pipeline.collm_method if with_cf else "text_only"
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     global_batch = cfg.batch_size * ranks.world
     steps = max(1, math.ceil(len(rows) / (global_batch * cfg.grad_accum)))
     scheduler = cosine_with_warmup(optimiser, steps, cfg.warmup_frac)
-    labels_eval = eval_rows["label"].to_numpy()
-
-    def evaluate() -> float:
-        model.eval()
-        scores = pipeline.score_rows(eval_rows, method)
-        model.train()
-        return float(roc_auc_score(labels_eval, scores.numpy()))
-
-    def restore(saved: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for param, value in zip(params, saved):
-                param.copy_(value)
-
+    evaluate = early_stop_auc(pipeline, eval_rows, pipeline.collm_method if with_cf else "text_only")
     start_auc = evaluate()
     stopper = EarlyStopping(cfg.patience, snapshot=lambda: [p.detach().clone() for p in params],
-                            restore=restore, best_metric=start_auc)
+                            restore=lambda saved: _copy_into(params, saved), best_metric=start_auc)
     history = [{"step": 0, "valid_auc": round(start_auc, 4)}]
     log(f"[{stage}] {len(rows)} rows, {steps} optimiser steps; early-stop AUC before training {start_auc:.4f}"
         + (f"; {ranks.world} ranks × {cfg.batch_size} rows per micro-batch" if ranks.active else ""))
-    trainable = {id(p) for p in params}
-    for param in model.parameters():  # everything else stays frozen (DDP reduces exactly ``params``)
-        if id(param) not in trainable:
-            param.requires_grad_(False)
+    _train_only(model, params)
     model.train()
     trained = ranks.wrap(model)
     started, seen, step = time.time(), 0, 0
-    batches = [rows.iloc[s: s + global_batch] for s in range(0, len(rows), global_batch)]
+    batches = micro_batches(rows, global_batch, cfg, ranks)
     bar = tqdm(batches, desc=f"{stage}", unit="batch", file=sys.stderr, mininterval=5, disable=not ranks.is_main)
     running = None
     for n, batch in enumerate(bar, 1):
         boundary = n % cfg.grad_accum == 0 or n == len(batches)
-        share, weight = ranks.share(batch)
-        users, items = pipeline.cf_vectors(share, for_tokens=True) if with_cf else (None, None)
-        labels = torch.tensor(share["label"].to_numpy(), dtype=torch.float32, device=model.device)
-        with ranks.no_sync(trained, accumulate=not boundary), model.autocast():
-            logits = trained(pipeline.prompts(share, with_cf), users, items).float()
-        if ranks.active:  # this rank's sum over the global micro-batch's size: DDP's mean is the global mean
-            per_row = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-            loss = (per_row * weight.to(per_row.device)).sum() * ranks.world / len(batch)
-        else:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        loss = micro_batch_loss(pipeline, trained, batch, with_cf, accumulate=not boundary,
+                                pairwise_weight=cfg.pairwise_weight)
         (loss / cfg.grad_accum).backward()
         seen += len(batch)
         value = float(loss.detach())
@@ -145,6 +133,89 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
     return {"rows_seen": seen, "optimiser_steps": step, "best_step": stopper.best_step,
             "valid_auc_before": round(start_auc, 4), "valid_auc_best": round(stopper.best_metric, 4),
             "wall_s": round(wall, 1), "rows_per_s": round(seen / wall, 2), "history": history}
+
+
+def early_stop_auc(pipeline: Pipeline, eval_rows: pd.DataFrame, method: str) -> Callable[[], float]:
+    """The early-stopping check: ``method``'s AUC on ``eval_rows``, scored in eval mode (the model
+    is put back in train mode after)."""
+    labels = eval_rows["label"].to_numpy()
+
+    def evaluate() -> float:
+        pipeline.model.eval()
+        scores = pipeline.score_rows(eval_rows, method)
+        pipeline.model.train()
+        return float(roc_auc_score(labels, scores.numpy()))
+
+    return evaluate
+
+
+def _copy_into(params: list[torch.nn.Parameter], saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for param, value in zip(params, saved):
+            param.copy_(value)
+
+
+def _train_only(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> None:
+    """Everything but ``params`` frozen (DDP reduces exactly ``params``)."""
+    trainable = {id(p) for p in params}
+    for param in model.parameters():
+        if id(param) not in trainable:
+            param.requires_grad_(False)
+
+
+def micro_batches(rows: pd.DataFrame, size: int, cfg: TrainConfig, ranks: Ranks) -> list[pd.DataFrame]:
+    """``rows`` in micro-batches of ``size`` rows; with ``cfg.group_size > 1``, of whole user groups
+    (``grouped.user_groups``: one user's consecutive rows showing one history), at least ``size``
+    rows each, so a group is never split between two batches."""
+    if cfg.group_size <= 1:
+        return [rows.iloc[s: s + size] for s in range(0, len(rows), size)]
+    if ranks.active:
+        raise InputError("grouped training (--group-size > 1) runs in one process, not under torchrun")
+    grouped = user_groups(rows, cfg.group_size, cfg.seed)
+    starts = np.flatnonzero(np.r_[True, grouped["group"].to_numpy()[1:] != grouped["group"].to_numpy()[:-1]])
+    batches, first, count = [], 0, 0
+    for n, start in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(grouped)
+        count += end - start
+        if count >= size or end == len(grouped):
+            batches.append(grouped.iloc[first:end])
+            first, count = end, 0
+    return batches
+
+
+def grouped_loss(pipeline: Pipeline, batch: pd.DataFrame, with_cf: bool, pairwise_weight: float) -> torch.Tensor:
+    """BCE (+ the within-group pairwise term) of a micro-batch of user groups, each group's prefix run
+    once (``grouped.grouped_logits``: same logits and gradients as whole prompts, tested)."""
+    model = pipeline.model
+    users, items = pipeline.cf_vectors(batch, for_tokens=True) if with_cf else (None, None)
+    labels = torch.tensor(batch["label"].to_numpy(), dtype=torch.float32, device=model.device)
+    group_ids = torch.as_tensor(batch["group"].to_numpy(), device=model.device)
+    members = [np.flatnonzero(batch["group"].to_numpy() == g).tolist() for g in dict.fromkeys(batch["group"])]
+    with model.autocast():
+        logits = grouped_logits(model, pipeline.prompts(batch, with_cf), members, users, items).float()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    if pairwise_weight:
+        loss = loss + pairwise_weight * pairwise_loss(logits, labels, group_ids)
+    return loss
+
+
+def micro_batch_loss(pipeline: Pipeline, trained: torch.nn.Module, batch: pd.DataFrame, with_cf: bool,
+                     accumulate: bool, pairwise_weight: float = 0.0) -> torch.Tensor:
+    """The binary cross-entropy of one global micro-batch, on this rank's share of it
+    (``accumulate``: a micro-batch before the optimiser step, whose gradients DDP does not sync yet).
+    A batch of user groups (a ``group`` column) takes the grouped path (one process)."""
+    if "group" in batch:
+        return grouped_loss(pipeline, batch, with_cf, pairwise_weight)
+    model, ranks = pipeline.model, pipeline.ranks
+    share, weight = ranks.share(batch)
+    users, items = pipeline.cf_vectors(share, for_tokens=True) if with_cf else (None, None)
+    labels = torch.tensor(share["label"].to_numpy(), dtype=torch.float32, device=model.device)
+    with ranks.no_sync(trained, accumulate=accumulate), model.autocast():
+        logits = trained(pipeline.prompts(share, with_cf), users, items).float()
+    if ranks.active:  # this rank's sum over the global micro-batch's size: DDP's mean is the global mean
+        per_row = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        return (per_row * weight.to(per_row.device)).sum() * ranks.world / len(batch)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
 
 # ------------------------------------------------------------------------------ stages

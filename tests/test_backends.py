@@ -89,8 +89,8 @@ def test_app_switches_cf_backend(vectors, tiny_checkpoints, tiny_llm_dir, tiny_d
     assert torch.allclose(direct, torch.tensor([r.score_cf for r in by_toy.rows]), atol=1e-4)
 
     walk = explain.explain(state, by_toy, candidates[0])
-    assert walk["step1_table"]["dims"].tolist() == [5, 5]
-    assert "Linear 5→50" in walk["step2_md"]
+    assert walk.step1_table["dims"].tolist() == [5, 5]
+    assert "Linear 5→50" in walk.step2_md
     frame, _ = embedding.token_report(state, by_toy, candidates[0])
     assert len(frame) == 8
     why = core.map_unavailable(state, "toy")

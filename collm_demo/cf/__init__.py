@@ -85,20 +85,9 @@ def load_cf(path: str | Path) -> CFModel:
         raise CheckpointError(f"{path}: not a usable CF checkpoint (kind {kind[:40]!r}): {detail}") from None
 
 
-def _method_backend(key: str) -> tuple[Backend, bool] | None:
-    """The backend a results key belongs to, and whether the key is CoLLM with it (else it alone)."""
-    if key in OTHER_METHODS:
-        return None
-    for b in BACKENDS.values():
-        if key in (b.alone_key, b.collm_key):
-            return b, key == b.collm_key
-    imported = backend(key.removeprefix("collm_"))
-    return imported, key == imported.collm_key
-
-
 def method_style(key: str) -> tuple[str, str]:
     """(label, colour) of a row of the results: 'MF (CF alone)', 'CoLLM-LightGCN', ... and its chart colour."""
-    found = _method_backend(key)
+    found = Backend.from_key(key)
     if found is None:
         return OTHER_METHODS[key]
     b, collm = found

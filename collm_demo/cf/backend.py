@@ -2,7 +2,8 @@
 
 Names, labels and colours for people; file names in a checkpoint folder; keys in the manifest
 and in ``assets/results.json``. No other module spells ``cf_<name>.safetensors`` or
-``collm_<name>``: they ask the backend's value (``collm_demo.cf.backend(name)``).
+``collm_<name>``: they ask the backend's value (``collm_demo.cf.backend(name)``), or go the other
+way with ``Backend.from_key`` (a results key) and ``Backend.from_cf_file`` (a file in a folder).
 
 MF came first and keeps its historical keys (``collm``, stage ``cf`` / ``projector``, layout
 ``embedding_map.json``) so the shipped checkpoints and results stay readable; every other
@@ -21,6 +22,14 @@ from typing import Any
 LLM_METHODS = {"zero_shot": ("Zero-shot LLM", "#BE4BDB"),
                "text_only": ("Text-only LoRA (TALLRec)", "#F08C00")}
 MF_NO_FOLDIN = "mf_no_foldin"
+
+# The naming rule's two patterns, read backwards by ``from_cf_file`` / ``from_key``.
+_CF_PREFIX, _CF_SUFFIX = "cf_", ".safetensors"
+CF_FILE_GLOB = f"{_CF_PREFIX}*{_CF_SUFFIX}"  # every backend's CF file in a checkpoint folder
+_COLLM_PREFIX = "collm_"
+# The ``kind`` an imported CF file records ("imported:<name>", ``cf.imported``): vectors may be
+# imported under a registry name too, so the file, not only the name, tells.
+IMPORTED_KIND = "imported"
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class Backend:
     # ---- files in a checkpoint folder
     @property
     def cf_file(self) -> str:
-        return f"cf_{self.name}.safetensors"
+        return f"{_CF_PREFIX}{self.name}{_CF_SUFFIX}"
 
     @property
     def projector_file(self) -> str:
@@ -74,12 +83,17 @@ class Backend:
 
     @property
     def collm_key(self) -> str:
-        return "collm" if self.legacy else f"collm_{self.name}"
+        return "collm" if self.legacy else f"{_COLLM_PREFIX}{self.name}"
 
     @property
     def extra_methods(self) -> tuple[str, ...]:
         """Reference rows offered with this backend (the paper's handling of new users, for MF)."""
         return (MF_NO_FOLDIN,) if self.legacy else ()
+
+    @property
+    def result_keys(self) -> tuple[str, ...]:
+        """Its rows of the results in reading order: alone, the reference rows, CoLLM with it."""
+        return (self.alone_key, *self.extra_methods, self.collm_key)
 
     @property
     def alone_label(self) -> str:
@@ -90,6 +104,15 @@ class Backend:
         if self.legacy:
             return "CoLLM (LoRA + CF tokens)"
         return f"CoLLM-{self.short}" + (" (imported vectors)" if self.imported else "")
+
+    def display_name(self, cf_kind: object = "", short: bool = False) -> str:
+        """What people call this backend given the ``kind`` its CF file records: imported vectors
+        (a name outside the registry, or a file of kind "imported:..." saved under a registry
+        name) are "<name> (imported)"; otherwise ``short`` ("MF") or ``label`` ("MF (matrix
+        factorisation)"). The one rule for the CF-model selector and the sentences of the tabs."""
+        if self.imported or str(cf_kind).startswith(IMPORTED_KIND):
+            return f"{self.name} (imported)"
+        return self.short if short else self.label
 
     @property
     def cli_flag(self) -> str:
@@ -102,3 +125,29 @@ class Backend:
         return cls(name=name, short=name.upper() if len(name) <= 4 else name, label=f"{name} (imported)",
                    blurb="was made outside this project and imported (one vector per user and per movie)",
                    colour="#0C8599", colour_alone="#99E9F2", imported=True)
+
+    @classmethod
+    def from_key(cls, key: str) -> "tuple[Backend, bool] | None":
+        """The backend a results / method key belongs to, and whether the key is CoLLM with it (else
+        the backend alone): "mf" -> (MF, False), "collm" -> (MF, True), "collm_x" -> (x, True). None
+        for the rows that are no backend (the LLM alone, MF without fold-in)."""
+        from . import BACKENDS, backend  # the registry, which imports this module
+
+        if key in LLM_METHODS or key == MF_NO_FOLDIN:
+            return None
+        for known in BACKENDS.values():
+            if key in (known.alone_key, known.collm_key):
+                return known, key == known.collm_key
+        imported = backend(key.removeprefix(_COLLM_PREFIX))
+        return imported, key == imported.collm_key
+
+    @classmethod
+    def from_cf_file(cls, path: str | Path) -> "Backend | None":
+        """The backend whose CF file ``path`` is (by its name: ``cf_<name>.safetensors``); None for
+        any other file."""
+        from . import backend
+
+        file = Path(path).name
+        if not (file.startswith(_CF_PREFIX) and file.endswith(_CF_SUFFIX)):
+            return None
+        return backend(file[len(_CF_PREFIX): -len(_CF_SUFFIX)])

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import DataError
+from .backend import IMPORTED_KIND
 from .base import CFModel
 
 
@@ -99,7 +100,8 @@ def import_embeddings(users_path: str | Path, items_path: str | Path, known_user
     items = _validate("item", items, i_ids, known_items, items_path)
     if users.shape[1] != items.shape[1]:
         raise DataError(f"user vectors have dim {users.shape[1]} but item vectors have dim {items.shape[1]}")
+    kind = f"{IMPORTED_KIND}:{name}"
     model = CFModel(u_ids, i_ids, torch.from_numpy(users), torch.from_numpy(items), 0.0,
-                    meta={"kind": f"imported:{name}", "users_file": users_path.name, "items_file": items_path.name})
-    model.kind = f"imported:{name}"
+                    meta={"kind": kind, "users_file": users_path.name, "items_file": items_path.name})
+    model.kind = kind
     return model

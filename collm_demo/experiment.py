@@ -1,0 +1,81 @@
+"""The fast loop (issue 26): does a recipe make the CF tokens personalize? An answer in minutes.
+
+    python -m collm_demo train --stage projector --checkpoints /tmp/x ...   # a recipe, on a scratch copy
+    python -m collm_demo experiment --checkpoints /tmp/x --name recipe      # → logs/experiments/recipe.json
+
+Scores the fixed, per-user-balanced sample of valid rows (``data.dev_rows``: 50 users x 6 liked +
+6 disliked, never trained on) with every method the folder allows and reports, per method, AUC and
+UAUC (each user counts once), plus what tells whether the user token carries taste: the mean
+|P(Yes) change| when the user token is replaced by the CF model's no-information vector (the
+ablation), and two one-line baselines every LLM row must beat, item appeal alone (MF without
+fold-in) and the share of liked films in the row's history. About 600 rows x 3 LLM passes.
+Decisions are made on these numbers by the rule in docs/experiments.md, never on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import DEFAULT_CF, PROJECT_ROOT, ProtocolConfig
+from .data import dev_rows
+from .device import Runtime
+from .evaluate import auc_uauc
+from .pipeline import load_pipeline
+
+OUT_DIR = PROJECT_ROOT / "logs" / "experiments"
+LIKE_SHARE = "like_share"  # the share of "(liked)" marks in the row's history, used directly as a score
+
+
+def like_share(rows: pd.DataFrame) -> np.ndarray:
+    return np.array([float(np.mean(labels)) if len(labels) else 0.5 for labels in rows["history_labels"]])
+
+
+def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path: str | None = None,
+        cf_name: str = DEFAULT_CF, runtime: Runtime | None = None, protocol: ProtocolConfig | None = None,
+        out: Path | None = None, log=print) -> dict:
+    started = time.time()
+    pipe = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, protocol=protocol)
+    rows = dev_rows(pipe.dataset)
+    frame = rows[["user", "item", "label", "warm", "cold_user", "cold_item"]].copy()
+    methods = [m for m in pipe.available_methods() if m != "zero_shot" or not pipe.has_lora]
+    log(f"[experiment] {len(rows)} dev rows of {rows['user'].nunique()} users; methods {', '.join(methods)}")
+    for method, scores in pipe.score_methods(rows, methods).items():
+        frame[method] = scores.numpy()
+    frame[LIKE_SHARE] = like_share(rows)
+    report: dict = {"name": name, "checkpoints": str(checkpoint_dir), "rows": int(len(rows)),
+                    "users": int(rows["user"].nunique()), "metrics": {}}
+    for method in [*methods, LIKE_SHARE]:
+        report["metrics"][method] = {"all": auc_uauc(frame, method),
+                                     "warm_user": auc_uauc(frame[~frame["cold_user"]], method)}
+    if pipe.has_projector:  # the user token replaced by the no-information vector
+        _, items = pipe.cf_vectors(rows, for_tokens=True)
+        none = pipe.cf.default_user.view(1, -1).expand(len(rows), -1)
+        ablated = pipe.score_cf_rows(rows, none, items).numpy()
+        change = np.abs(frame[pipe.collm_method].to_numpy() - ablated)
+        warm_user = ~frame["cold_user"].to_numpy()
+        report["user_token_ablation"] = {"all": round(float(change.mean()), 4),
+                                         "warm_user": round(float(change[warm_user].mean()), 4) if warm_user.any() else None,
+                                         "users_trained": int(warm_user.sum())}
+    report["seconds"] = round(time.time() - started, 1)
+    out = out or OUT_DIR / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    log(summary(report))
+    return report
+
+
+def summary(report: dict) -> str:
+    lines = [f"[experiment] {report['name']}: {report['rows']} dev rows, {report['users']} users, {report['seconds']} s"]
+    for method, parts in report["metrics"].items():
+        m = parts["all"]
+        lines.append(f"  {method:16s} AUC {m['auc']:.4f}  UAUC {m['uauc']:.4f}")
+    if "user_token_ablation" in report:
+        a = report["user_token_ablation"]
+        lines.append(f"  user-token ablation |ΔP|: all {a['all']}, warm users {a['warm_user']}")
+    return "\n".join(lines)
+
