@@ -6,6 +6,8 @@ repeated calls are free.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -13,7 +15,7 @@ import torch
 
 from collm_demo.config import MAX_CANDIDATES, AppConfig
 from collm_demo.errors import InputError
-from collm_demo.ui import core, embedding, explain, profiles, recommend, warm_cold
+from collm_demo.ui import core, embedding, explain, profiles, recommend, simulator, warm_cold
 from collm_demo.ui.state import AppState
 from collm_demo.ui.values import Profile, ScoredResult, focus_choices
 
@@ -178,8 +180,8 @@ def test_composed_user_is_folded_in(real_state):
     if pipe.token_foldin_l2() != pipe.cf.foldin_l2:
         assert not torch.allclose(token_vec, vec)
         walk = explain.explain(real_state, result, "172")
-        assert f"strength {pipe.cf.foldin_l2:g}" in walk["step1_md"]
-        assert f"uses {pipe.token_foldin_l2():g}" in walk["step1_md"]
+        assert f"strength {pipe.cf.foldin_l2:g}" in walk.step1_md
+        assert f"uses {pipe.token_foldin_l2():g}" in walk.step1_md
 
 
 def test_score_input_errors(real_state, user):
@@ -248,8 +250,8 @@ def test_results_and_missing_results(real_state):
 
 
 def test_cold_start_simulator(real_state, scored):
-    item = warm_cold.default_sim_item(real_state, scored)
-    sim = warm_cold.simulate(real_state, scored, item, seed=0)
+    item = simulator.default_sim_item(real_state, scored)
+    sim = simulator.simulate(real_state, scored, item, seed=0)
     rows = sim["rows"]
     assert [r["k"] for r in rows[:3]] == [0, 1, 3]
     assert len({round(r["text"], 6) for r in rows}) == 1  # the text-only score cannot move
@@ -257,25 +259,25 @@ def test_cold_start_simulator(real_state, scored):
     zero = real_state.pipeline().cf.default_item
     assert rows[0]["norm"] == pytest.approx(float(zero.norm()), abs=1e-5)
     assert all(r["xy"] is not None for r in rows)
-    table = warm_cold.simulation_table(sim)
-    assert len(table) == len(warm_cold.K_CHOICES) + 1
-    assert warm_cold.simulation_figure(sim, "3").layout.height == warm_cold.SIM_HEIGHT
-    assert "text-only score stays" in warm_cold.simulation_text(sim, "3")
+    table = simulator.simulation_table(sim)
+    assert len(table) == len(simulator.K_CHOICES) + 1
+    assert simulator.simulation_figure(sim, "3").layout.height == simulator.SIM_HEIGHT
+    assert "text-only score stays" in simulator.simulation_text(sim, "3")
 
 
 @pytest.mark.any_precision
 def test_explain_walkthrough(real_state, scored):
     item = scored.rows[0].item
     data = explain.explain(real_state, scored, item)
-    assert set(explain.OUTPUT_KEYS) <= set(data)
-    assert list(data["step1_table"]["vector"])[0].startswith("user")
-    assert data["step1_table"]["dims"].iloc[0] == real_state.pipeline().cf.dim
-    assert "position" in data["step3_md"] and 'class="tok tok-user"' in data["step3_html"]
-    table = data["step4_table"]
+    assert set(explain.OUTPUT_KEYS) <= {f.name for f in dataclasses.fields(data)}
+    assert list(data.step1_table["vector"])[0].startswith("user")
+    assert data.step1_table["dims"].iloc[0] == real_state.pipeline().cf.dim
+    assert "position" in data.step3_md and 'class="tok tok-user"' in data.step3_html
+    table = data.step4_table
     assert len(table) == 2
     tolerance = real_state.pipeline().model.runtime.tolerance + 5e-5  # the table shows 4 decimals
     assert table["score = sigmoid(Yes − No)"].iloc[1] == pytest.approx(scored.rows[0].score_cf, abs=tolerance)
-    assert "rank" in data["step5_md"]
+    assert "rank" in data.step5_md
 
 
 def test_build_demo_has_only_the_designed_endpoints_public(real_state):
@@ -305,9 +307,9 @@ def test_app_starts_without_checkpoints(tmp_path):
     fig, caption = embedding.map_figure(state, result)
     assert "projector" in caption
     with pytest.raises(InputError):
-        warm_cold.simulate(state, result, "1")
+        simulator.simulate(state, result, "1")
     data = explain.explain(state, result, "1")
-    assert len(data["step4_table"]) == 1
+    assert len(data.step4_table) == 1
     from collm_demo.ui import banner, build_demo
 
     assert "Not everything is trained" in banner(state)
@@ -455,14 +457,14 @@ def test_spread_labels_separates_close_points():
 
 
 def test_simulator_draws_every_k_and_offsets_its_labels(real_state, scored):
-    sim = warm_cold.simulate(real_state, scored, warm_cold.default_sim_item(real_state, scored), seed=0)
-    labels = [f"k={c}" for c in warm_cold.K_CHOICES]
-    fig = warm_cold.simulation_figure(sim, "3")
+    sim = simulator.simulate(real_state, scored, simulator.default_sim_item(real_state, scored), seed=0)
+    labels = [f"k={c}" for c in simulator.K_CHOICES]
+    fig = simulator.simulation_figure(sim, "3")
     _no_fixed_width(fig)
     assert list(fig.layout.xaxis.categoryarray) == labels
     assert list(fig.layout.xaxis.range) == [-0.5, len(labels) - 0.5]  # the k=all marker is inside the plot
     assert all(list(t.x) == labels for t in fig.data[:3])
-    m = warm_cold.simulation_map(real_state, sim, "3")
+    m = simulator.simulation_map(real_state, sim, "3")
     _no_fixed_width(m)
     path = next(t for t in m.data if t.name == "refit item (placed)")
     assert [t.replace("<br>", "").strip(" \u2002") for t in path.text] == labels
@@ -471,7 +473,7 @@ def test_simulator_draws_every_k_and_offsets_its_labels(real_state, scored):
 
 
 def test_walkthrough_bar_labels_stay_below_the_subplot_titles(real_state, scored):
-    fig = explain.explain(real_state, scored, scored.rows[0].item)["step4_fig"]
+    fig = explain.explain(real_state, scored, scored.rows[0].item).step4_fig
     _no_fixed_width(fig)
     logits = [v for t in fig.data if t.xaxis == "x" for v in t.y]
     diffs = [v for t in fig.data if t.xaxis == "x2" for v in t.y]
@@ -600,3 +602,34 @@ def test_ui_messages_speak_of_picking_movies(real_state, user):
     flipped = table.copy()
     flipped.loc[0, "liked"] = not bool(flipped.loc[0, "liked"])
     assert recommend.FOLD_IN in recommend.history_status(real_state, "user", user, flipped)  # fold-in explained
+
+
+# ------------------------------------------------------------ issue 25: the tabs' contract
+
+def test_profile_kind_is_an_enum_that_reads_as_before():
+    """Profile.kind is a ProfileKind; a plain string is read as its kind, and a kind equals, hashes,
+    prints and serialises as the old string (cache keys and JSON unchanged)."""
+    import json
+
+    from collm_demo.ui.values import ProfileKind
+
+    old, new = Profile("user", "1", ["1"], [1]), Profile(ProfileKind.USER, "1", ("1",), (1,))
+    assert old.kind is ProfileKind.USER and old == new and hash(old) == hash(new)
+    assert old.kind == "user" and f"{old.kind}" == "user" and json.dumps(old.kind) == '"user"'
+    with pytest.raises(ValueError):
+        Profile("someone", None, ["1"], [1])
+
+
+def test_guided_scenarios_use_the_selected_cf_model(real_state):
+    """The Inside tab's scenarios look with the CF model of the current result, as "Look inside"
+    does (they used the default one whatever was selected)."""
+    from collm_demo.ui import inside as view
+
+    other = next((b for b in real_state.hub.backends() if b != real_state.pipeline().cf_name), None)
+    if other is None:
+        pytest.skip("one CF model only: nothing else to select")
+    result = dataclasses.replace(_synthetic_result(), cf=other)
+    for name in ("warm", "cold", "composed"):
+        _, (_, _, cf), _ = view.scenario(real_state, name)(result)
+        assert cf == other
+    assert view.scenario(real_state, "warm")(None)[1][2] is None  # nothing scored yet: the default

@@ -1,22 +1,28 @@
-"""The Gradio app: one module per tab; what they share: ``state`` (config + ``hub`` models +
-``catalog`` users/items + ``assets`` files), ``core`` (logic), ``values`` (what tabs pass each
-other), ``views`` (presentation), ``memo`` (argument-keyed caches).
+"""The Gradio app: one module per tab (``TABS``); what they share: ``state`` (config + ``hub``
+models + ``catalog`` users/items + ``assets`` files), ``page`` (the contract between the page and
+its tabs), ``parsing`` (what the user typed), ``core`` (profiles, scoring, map positions),
+``values`` (what tabs pass each other), ``views`` (presentation), ``memo`` (argument-keyed caches).
 
 ``build_demo()`` returns the ``gr.Blocks``; ``launch_kwargs()`` the theme and CSS that
 Gradio 6 takes in ``launch()``. Handlers are plain functions (see each tab module) so
 tests can call them without a server. Tabs never import each other. The engine
-(``collm_demo`` outside ``ui``) never imports gradio.
+(``collm_demo`` outside ``ui``) never imports gradio; the app reaches it through the
+``Pipeline`` only.
 """
 
 from __future__ import annotations
 
-import functools
+from typing import TYPE_CHECKING
 
-from ..errors import CoLLMError, InputError
+from ..errors import InputError
 from . import core, embedding, explain, guard, recommend, warm_cold
 from . import inside as inside_view
+from .page import Page, Refresh, TabSpec, gr_error
 from .state import AppState, get_state
 from .views import cf_label
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 __all__ = ["build_demo", "launch_kwargs", "compare_api", "get_state", "AppState", "InputError"]
 
@@ -68,19 +74,6 @@ the real thing on MovieLens-100K and shows every score **with and without** thos
 """
 
 
-def gr_error(fn):
-    """The one place a user-facing error (any ``CoLLMError``) becomes gr.Error (a toast; the event stops)."""
-    import gradio as gr
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CoLLMError as err:
-            raise gr.Error(str(err), print_exception=False) from err
-    return wrapper
-
-
 @gr_error
 def compare_api(state: AppState, user_id: str, item_ids: str, cf_model: str | None = None) -> list[dict]:
     """The logic behind the /compare endpoint (raises gr.Error on bad input)."""
@@ -101,7 +94,7 @@ def plain_status(state: AppState, cf: str | None = None) -> str:
         tokens = f"with {cf_label(pipe)} tokens"
     else:
         tokens = "text only (no CF tokens: " + ("the checkpoints were refused)" if state.hub.refusal else "none trained)")
-    return f"Running **{llm}** {tokens} on MovieLens-100K, on the {pipe.model.device.type.upper()}."
+    return f"Running **{llm}** {tokens} on MovieLens-100K, on the {pipe.runtime.device.type.upper()}."
 
 
 def status_line(state: AppState, cf: str | None = None) -> str:
@@ -113,15 +106,9 @@ def status_line(state: AppState, cf: str | None = None) -> str:
              + (f" (also: {', '.join(others)})" if (others := [b for b in backends if b != pipe.cf_name]) else ""),
              f"LoRA {'✓' if pipe.has_lora else '✗'}", f"projector {'✓' if pipe.has_projector else '✗'}",
              f"checkpoints `{state.config.checkpoint_dir}`" + (" (refused)" if state.hub.refusal is not None else ""),
-             f"runs on {pipe.model.device.type} in " + ("bf16 autocast" if pipe.model.runtime.bf16 else "float32")
-             + (f" (chosen by auto: {auto_reason(pipe.model.runtime)})" if state.config.precision == "auto" else "")]
+             f"runs on {pipe.runtime.device.type} in " + ("bf16 autocast" if pipe.runtime.bf16 else "float32")
+             + f" ({pipe.runtime.reason}; same request, same scores within {pipe.runtime.tolerance:g})"]
     return " · ".join(parts)
-
-
-def auto_reason(runtime) -> str:
-    if runtime.bf16:
-        return "this hardware computes bf16 natively"
-    return "no native bf16 here" if runtime.device.type == "cpu" else "float32 on this device"
 
 
 def banner(state: AppState) -> str:
@@ -135,7 +122,16 @@ def banner(state: AppState) -> str:
             "allow; columns that need missing parts show “—”.")
 
 
-def build_demo(state: AppState | None = None):
+TABS = (
+    TabSpec("Recommend", "recommend", recommend.build),
+    TabSpec("Embedding space", "embedding", embedding.build),
+    TabSpec("Warm vs cold", "warmcold", warm_cold.build),
+    TabSpec("How it works", "how", explain.build),
+    TabSpec("Inside the LLM", "inside", inside_view.build),
+)
+
+
+def build_demo(state: AppState | None = None) -> gr.Blocks:
     import gradio as gr
 
     state = state or get_state()
@@ -147,16 +143,10 @@ def build_demo(state: AppState | None = None):
             status = gr.Markdown(elem_classes=["status-line"], elem_id="status-line")
         result_state = gr.State(None)
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("Recommend", id="recommend", elem_id="tab-recommend"):
-                rec = recommend.build(state)
-            with gr.Tab("Embedding space", id="embedding", elem_id="tab-embedding"):
-                emb = embedding.build(state)
-            with gr.Tab("Warm vs cold", id="warmcold", elem_id="tab-warmcold"):
-                wc = warm_cold.build(state)
-            with gr.Tab("How it works", id="how", elem_id="tab-how"):
-                exp = explain.build(state)
-            with gr.Tab("Inside the LLM", id="inside", elem_id="tab-inside"):
-                ins = inside_view.build(state)
+            built = {}
+            for spec in TABS:
+                with gr.Tab(spec.label, id=spec.id, elem_id=f"tab-{spec.id}"):
+                    built[spec.id] = spec.build(state)
 
         # A plot updated while its tab is hidden is laid out at plotly's default 700 px (its
         # container has no size then) and Gradio only resizes it when its value changes, so after a
@@ -167,90 +157,80 @@ def build_demo(state: AppState | None = None):
         for event in (tabs.select, tabs.change):
             event(None, None, None, js=RESIZE_PLOTS_JS)
 
-        scored, render, render_out = recommend.wire(state, rec, result_state, gr_error)
-        map_fn, map_in, map_out = embedding.wire(state, emb, result_state)
-        exp_fn, exp_in, exp_out = explain.wire(state, exp, result_state, gr_error)
-        sim_fn, sim_in, sim_out = warm_cold.wire(state, wc, result_state, gr_error)
-        ins_fn, ins_in, ins_out = inside_view.wire(state, ins, result_state, gr_error, tabs, (sim_fn, sim_in, sim_out))
+        rec = built["recommend"]
 
-        def after_render(chain):
-            """After each scoring, bring the other tabs (and the header's CF model) up to date."""
-            chain = chain.then(lambda cf: (plain_status(state, cf), status_line(state, cf)), rec["cf_model"],
-                               [headline, status])
-            chain = chain.then(map_fn, map_in, map_out)
-            chain = chain.then(exp_fn, exp_in, exp_out)
-            chain = chain.then(ins_fn, ins_in, ins_out)  # only the candidate list: the look itself is on demand
-            return chain.then(sim_fn, sim_in, sim_out)
+        def header(cf):
+            """The header's two status lines, for the CF model the new result was scored with."""
+            return plain_status(state, cf), status_line(state, cf)
 
-        for chain in scored:  # the Score button and the CF-model selector
-            after_render(chain)
-
-        # Page load: wait for the model, show the banner, pick a good first example and score it.
-        def on_load(progress=gr.Progress()):
-            progress(0.05, desc="loading the model (first visit after start-up only)")
-            state.pipeline()
-            # One tiny scoring first (once per process), so the first result on screen does
-            # not report the one-off cost of the first forward passes.
-            progress(0.5, desc="warming up the model (first visit after start-up only)")
-            core.warm_up(state)
-            user = state.catalog.default_user()
-            table, note = recommend.load_history(state, "user", user)
-            cands = recommend.user_candidates(state, user, recommend.DEFAULT_SET_SIZE)  # = the button's set
-            text = banner(state)
-            # The CF selector again, now that the model has loaded: a refusal found only while
-            # reading weights (a projector of the wrong shape) must not leave its backends offered.
-            choices = state.hub.backend_choices()
-            return (gr.update(value=text, visible=bool(text)), status_line(state), user, table, note,
-                    gr.update(choices=recommend.history_choices(state, table), value=[]), cands,
-                    gr.update(choices=choices, value=choices[0][1], interactive=len(choices) > 1))
-
-        @gr_error
-        def initial_score(source, user, table, candidates, cf, progress=gr.Progress()):
-            return recommend.score(state, source, user, table, candidates, progress=progress, cf=cf)
-
-        demo.load(lambda: plain_status(state), None, headline)
-        loaded = demo.load(on_load, None, [notice, status, rec["user"], rec["history"], rec["user_md"],
-                                           rec["remove_items"], rec["candidates"], rec["cf_model"]])
-        first = loaded.then(initial_score, [rec["source"], rec["user"], rec["history"], rec["candidates"],
-                                            rec["cf_model"]], result_state)
-        after_render(first.success(render, [result_state, rec["sort_by"], rec["inject"]], render_out))
-
-        def compare(user_id: str, item_ids: str, cf_model: str = "") -> list[dict]:
-            """Score candidates for a real user with and without CF tokens.
-
-            user_id: a user id such as "1". item_ids: comma-separated item ids such as "1, 50, 100"
-            (1 to 50, no duplicates). Returns one object per item, in the order given: id, title,
-            warm (the item has >= 3 training interactions, the protocol's threshold), score_text (P(Yes) from the text-only
-            prompt), score_cf (P(Yes) with the CF tokens injected; null without a projector) and
-            delta = score_cf - score_text. The user's history is their last <= 10 interactions before
-            the test period. cf_model (optional): which CF model makes the tokens, e.g. "mf",
-            "lightgcn", "sasrec" (those trained in this app's checkpoints); empty = the default.
-            """
-            return compare_api(state, user_id, item_ids, cf_model)
-
-        gr.api(compare, api_name="compare")
-
-        def inside(user_id: str, item_id: str, cf_model: str = "") -> dict:
-            """How much the LLM uses the CF tokens for one real user and one item (the Inside the LLM tab's numbers).
-
-            user_id: a user id such as "1". item_id: one item id such as "50". cf_model (optional): as in
-            /compare. Returns: score_cf, score_text; attention {cf_on, cf_off}: per layer, the answer
-            position's attention share on [user slot, item slot, title, history, template] (groups);
-            attribution: tokens, their group, gradient x input of logit(Yes) - logit(No), and each group's
-            share of the total |attribution|; ablation: P(Yes) with the user / item / both tokens at the CF
-            model's no-information vectors; logit_lens and nearest_input_words of both CF slots;
-            neighbourhood: the projector's k=10 neighbourhood preservation over all items.
-            """
-            return inside_api(state, user_id, item_id, cf_model)
-
-        gr.api(inside, api_name="inside")
+        page = Page(state, result_state, tabs, header=Refresh(header, [rec.controls.cf_model], [headline, status]))
+        page.wire(built)
+        load_first_example(demo, page, rec, notice, headline, status)
+        add_api(state)
     # Only the gr.api endpoints (/compare, /inside) are the designed API: the UI's events are
     # private (their named routes answer 404, see guard.py), rejected values are echoed briefly,
-    # and every event waits in one queue with limit 1, so one handler runs at a time. At most max_queue requests wait; the next are
-    # refused at once with Gradio's "queue is full" error (a clear "busy, try again").
-    guard.harden(demo)
-    demo.queue(default_concurrency_limit=1, max_size=state.config.max_queue)
+    # and every event waits in one queue with limit 1, so one handler runs at a time. At most
+    # max_queue requests wait; the next are refused at once with guard.QUEUE_FULL. harden()
+    # enables the queue itself.
+    guard.harden(demo, max_queue=state.config.max_queue)
     return demo
+
+
+def load_first_example(demo: gr.Blocks, page: Page, rec: recommend.RecommendTab, notice: gr.Markdown,
+                       headline: gr.Markdown, status: gr.Markdown) -> None:
+    """Page load: wait for the model, show the banner, pick a good first example and score it."""
+    import gradio as gr
+
+    state = page.state
+
+    def on_load(progress=gr.Progress()):
+        progress(0.05, desc="loading the model (first visit after start-up only)")
+        state.pipeline()
+        # One tiny scoring first (once per process), so the first result on screen does
+        # not report the one-off cost of the first forward passes.
+        progress(0.5, desc="warming up the model (first visit after start-up only)")
+        core.warm_up(state)
+        text = banner(state)
+        return (gr.update(value=text, visible=bool(text)), status_line(state)) + recommend.first_example(state)
+
+    demo.load(lambda: plain_status(state), None, headline)
+    loaded = demo.load(on_load, None, [notice, status] + rec.first_example_outputs)
+    rec.score_first_example(page, loaded)
+
+
+def add_api(state: AppState) -> None:
+    """The designed API, /compare and /inside (in the open Blocks); the docstrings are its documentation."""
+    import gradio as gr
+
+    def compare(user_id: str, item_ids: str, cf_model: str = "") -> list[dict]:
+        """Score candidates for a real user with and without CF tokens.
+
+        user_id: a user id such as "1". item_ids: comma-separated item ids such as "1, 50, 100"
+        (1 to 50, no duplicates). Returns one object per item, in the order given: id, title,
+        warm (the item has >= 3 training interactions, the protocol's threshold), score_text (P(Yes) from the text-only
+        prompt), score_cf (P(Yes) with the CF tokens injected; null without a projector) and
+        delta = score_cf - score_text. The user's history is their last <= 10 interactions before
+        the test period. cf_model (optional): which CF model makes the tokens, e.g. "mf",
+        "lightgcn", "sasrec" (those trained in this app's checkpoints); empty = the default.
+        """
+        return compare_api(state, user_id, item_ids, cf_model)
+
+    gr.api(compare, api_name="compare")
+
+    def inside(user_id: str, item_id: str, cf_model: str = "") -> dict:
+        """How much the LLM uses the CF tokens for one real user and one item (the Inside the LLM tab's numbers).
+
+        user_id: a user id such as "1". item_id: one item id such as "50". cf_model (optional): as in
+        /compare. Returns: score_cf, score_text; attention {cf_on, cf_off}: per layer, the answer
+        position's attention share on [user slot, item slot, title, history, template] (groups);
+        attribution: tokens, their group, gradient x input of logit(Yes) - logit(No), and each group's
+        share of the total |attribution|; ablation: P(Yes) with the user / item / both tokens at the CF
+        model's no-information vectors; logit_lens and nearest_input_words of both CF slots;
+        neighbourhood: the projector's k=10 neighbourhood preservation over all items.
+        """
+        return inside_api(state, user_id, item_id, cf_model)
+
+    gr.api(inside, api_name="inside")
 
 
 def launch_kwargs() -> dict:
@@ -261,5 +241,6 @@ def launch_kwargs() -> dict:
     theme = gr.themes.Soft(primary_hue="indigo", secondary_hue="orange", neutral_hue="slate",
                            font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
-    # guard.RequestGuard: request bodies over 64 KB get 413 unread; named calls only for /compare
+    # guard.RequestGuard refuses or checks every Gradio route (bodies over 64 KB: 413 unread; named
+    # calls only for /compare and /inside; no /run, no uploads); its lifespan bounds the sessions.
     return {"theme": theme, "css": CSS, "app_kwargs": guard.app_kwargs()}

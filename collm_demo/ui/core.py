@@ -7,18 +7,17 @@ the CF model knows, and is otherwise made from the history the way the engine ma
 a prompt row (``CFModel.history_user_vector``: folded in, or encoded by a model that
 ``encodes_history``).
 
-Scoring always runs both modes on the same candidates in one call of the engine's
-``score_modes``: the text-only prompt (LoRA, no CF slots) and the CoLLM prompt (same LoRA, the
-two slots filled by the projected CF vectors), the history encoded once for both. The walkthrough's single prompt goes
-through ``CoLLM.inspect``, the same path and the same float32 head. Nothing here runs the LLM
-itself or takes a model lock: the engine does both. Results are memoised on their arguments
-(``memo.memoize``).
+Scoring always runs both modes on the same candidates in one call of the pipeline's
+``score_profile``: the text-only prompt (no CF slots) and the CoLLM prompt (the two slots filled
+by the projected CF vectors), the history encoded once for both. The walkthrough's single prompt
+goes through ``Pipeline.inspect``, the same path and the same float32 head. Nothing here builds a
+prompt, runs the LLM or takes a model lock: the pipeline does all three. Results are memoised on
+their arguments (``memo.memoize``). What the user typed is read in ``parsing``.
 """
 
 from __future__ import annotations
 
 import html
-import re
 import time
 
 import numpy as np
@@ -30,25 +29,23 @@ from ..config import MAX_CANDIDATES
 from ..embedding_map import nearest_words, place
 from ..errors import InputError
 from .memo import memoize
+from .parsing import HISTORY_COLUMNS, echo, parse_cf, parse_history, parse_item_ids, parse_user_id, trim_history
 from .state import AppState
-from .values import Profile, ScoredResult, ScoredRow
+from .values import Profile, ProfileKind, ScoredResult, ScoredRow
 from .views import cf_label
 
-__all__ = ["HISTORY_COLUMNS", "InputError", "Profile", "ScoredResult", "ScoredRow", "answer_logits", "compare",
-           "history_frame", "mode_names", "parse_cf", "parse_history", "parse_item_ids", "parse_seed", "parse_user_id",
-           "profile_from_inputs", "profile_of", "prompt_html", "real_profile", "score_both", "trim_history",
-           "user_vector"]
+__all__ = ["HISTORY_COLUMNS", "InputError", "Profile", "ProfileKind", "ScoredResult", "ScoredRow", "answer_logits",
+           "compare", "history_frame", "mode_names", "profile_from_inputs", "profile_of", "prompt_html",
+           "real_profile", "score_both", "user_vector"]
 
 
 # ------------------------------------------------------------------------- profiles
-
-HISTORY_COLUMNS = ["id", "title", "year", "genres", "liked", "date"]
 
 
 def real_profile(state: AppState, user: str) -> Profile:
     hist = state.catalog.real_history(user)
     dates = [pd.Timestamp(int(t), unit="s").strftime("%Y-%m-%d") for t in hist["timestamp"]]
-    return Profile("user", user, [str(i) for i in hist["item"]], [int(y) for y in hist["label"]], dates)
+    return Profile(ProfileKind.USER, user, [str(i) for i in hist["item"]], [int(y) for y in hist["label"]], dates)
 
 
 def profile_of(state: AppState, result: ScoredResult | None) -> Profile:
@@ -75,54 +72,18 @@ def history_frame(state: AppState, profile_or_rows) -> pd.DataFrame:
     return pd.DataFrame(out, columns=HISTORY_COLUMNS)
 
 
-def _truthy(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes", "liked", "y", "x", "✓")
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return False
-    return bool(value)
-
-
-def parse_history(table) -> list[tuple[str, int, str]]:
-    """(item, label, date) rows from the history table (a DataFrame or a list of lists)."""
-    if table is None:
-        return []
-    if isinstance(table, dict):  # gradio's raw {"headers", "data"} form
-        table = pd.DataFrame(table.get("data", []), columns=table.get("headers"))
-    if not isinstance(table, pd.DataFrame):
-        table = pd.DataFrame(table, columns=HISTORY_COLUMNS[: len(table[0])] if table else HISTORY_COLUMNS)
-    rows = []
-    for _, rec in table.iterrows():
-        item = str(rec.get("id", "")).strip()
-        if not item or item.lower() == "nan":
-            continue
-        rows.append((item, int(_truthy(rec.get("liked"))), str(rec.get("date", "") or "")))
-    return rows
-
-
-def trim_history(state: AppState, rows: list) -> tuple[list, str]:
-    """Keep the latest ``history_len`` (10) rows, as the prompt does; say what was dropped."""
-    limit = state.dataset.protocol.history_len
-    if len(rows) <= limit:
-        return rows, ""
-    dropped = rows[: len(rows) - limit]
-    titles = ", ".join(state.dataset.title(r[0]) for r in dropped[:3]) + (" …" if len(dropped) > 3 else "")
-    return rows[-limit:], (f"The prompt holds at most {limit} movies: kept the latest {limit} and dropped "
-                           f"the {len(dropped)} oldest ({titles}).")
-
-
 def profile_from_inputs(state: AppState, source: str, user: str | None, table) -> Profile:
     """The profile the UI's inputs describe. An edited real history becomes 'edited'.
     A table longer than the prompt's limit is cut to its latest 10 rows (``trim_history``)."""
     rows, _ = trim_history(state, parse_history(table))
     unknown = [i for i, _, _ in rows if i not in state.catalog.item_title]
     if unknown:
-        raise InputError(f"Unknown movie id(s) in the history table: {', '.join(_echo(u) for u in unknown[:5])}")
+        raise InputError(f"Unknown movie id(s) in the history table: {', '.join(echo(u) for u in unknown[:5])}")
     if source == "composed" or not user:
-        return Profile("composed", None, [i for i, _, _ in rows], [y for _, y, _ in rows],
+        return Profile(ProfileKind.COMPOSED, None, [i for i, _, _ in rows], [y for _, y, _ in rows],
                        ["" for _ in rows])
     real = real_profile(state, user)
-    edited = Profile("edited", user, [i for i, _, _ in rows], [y for _, y, _ in rows], [d for _, _, d in rows])
+    edited = Profile(ProfileKind.EDITED, user, [i for i, _, _ in rows], [y for _, y, _ in rows], [d for _, _, d in rows])
     if edited.items == real.items and edited.labels == real.labels:
         return real
     return edited
@@ -150,7 +111,7 @@ def _user_vector(state: AppState, profile: Profile, cf_name: str, l2: float) -> 
     cf = pipe.cf
     n = len(profile.items)
     encodes_history = cf.encodes_history  # as in the evaluation: never a stored vector
-    if profile.kind == "user" and cf.has_user(profile.user) and not encodes_history:
+    if profile.kind is ProfileKind.USER and cf.has_user(profile.user) and not encodes_history:
         return (pipe.user_token_vector(profile.user, profile.items, profile.labels),
                 f"the trained {cf_label(pipe)} vector (this user is in the training data)")
     # The engine's per-row rule: fold-in, or the encoding for a model that encodes histories.
@@ -158,10 +119,10 @@ def _user_vector(state: AppState, profile: Profile, cf_name: str, l2: float) -> 
     if encodes_history:
         return vec, (f"encoded by the sequential model from the {n} movies of the history, in order, "
                      "with their liked/disliked marks (SASRec's user vector is always its history's encoding)")
-    if profile.kind == "user":
+    if profile.kind is ProfileKind.USER:
         why = (f"folded in from their {n} pre-test interactions (user {profile.user} has no trained "
                "vector: no training interactions)")
-    elif profile.kind == "edited":
+    elif profile.kind is ProfileKind.EDITED:
         why = (f"folded in from the edited history ({n} movies): the trained vector only knows the "
                "real history")
     else:
@@ -172,119 +133,6 @@ def _user_vector(state: AppState, profile: Profile, cf_name: str, l2: float) -> 
 def project(state: AppState, vectors, cf: str | None = None) -> np.ndarray:
     """CF vectors -> mapped tokens (the vectors that overwrite the slots)."""
     return state.pipeline(cf).project(np.asarray(vectors, dtype=np.float32)).numpy()
-
-
-# ------------------------------------------------------------------------- inputs
-
-def _echo(value: str, limit: int = 40) -> str:
-    """repr() of user input, cut so that an error never echoes a huge string back."""
-    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} characters)"
-
-
-# An id is 1 to 7 ASCII digits. str.isdigit() would take '²' or '①' (then int() fails) and
-# read the full-width '１３' as 13; 7 digits leave room for any real catalogue.
-ID_DIGITS = 7
-_ID = re.compile(rf"[0-9]{{1,{ID_DIGITS}}}", re.ASCII)
-SEED_MAX = 2**32 - 1  # numpy's SeedSequence takes any non-negative int; the UI offers 0..2^32-1
-
-
-def _is_id(token: str) -> bool:
-    return _ID.fullmatch(token) is not None
-
-
-def parse_seed(value, field_name: str = "seed") -> int:
-    """A random seed from the UI or an API: a whole number from 0 to 2^32 - 1 (empty = 0)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return 0
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value.strip(), re.ASCII):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
-        shown = _echo(value) if isinstance(value, str) else _echo(repr(value))
-        raise InputError(f"{field_name} {shown} is not a whole number from 0 to {SEED_MAX}")
-    return value
-
-
-def parse_item_ids(state: AppState, text_or_list, field_name: str = "item_ids", ui: str | None = None) -> list[str]:
-    """Validate candidate ids: numeric, known, unique, 1..MAX_CANDIDATES.
-
-    ``ui``: the thing's name on screen (e.g. "candidate movie"): the messages then speak of
-    picking movies from a list, as the app's dropdowns have the user do, instead of the API's
-    comma-separated ids (whose wording /compare keeps)."""
-    if text_or_list is None:
-        text_or_list = ""
-    if isinstance(text_or_list, (int, float)):  # a bare number through the API: treat it as its text
-        text_or_list = str(text_or_list)
-    if isinstance(text_or_list, str):
-        tokens = [t.strip() for t in text_or_list.replace(";", ",").split(",")]
-        tokens = [t for t in tokens if t]
-    elif isinstance(text_or_list, (list, tuple)):
-        tokens = [str(t).strip() for t in text_or_list if str(t).strip()]
-    else:
-        raise InputError(f"{field_name} must be text like \"1, 50, 100\", not {type(text_or_list).__name__}")
-    if not tokens:
-        raise InputError(f"The {ui} list is empty: pick at least one {ui} (type in the box to search)."
-                         if ui else f"{field_name} is empty: give at least one item id, e.g. \"1, 50, 100\"")
-    bad = [t for t in tokens if not _is_id(t)]
-    if bad:
-        raise InputError(f"{', '.join(_echo(b) for b in bad[:5])} is not a movie of this catalogue: pick each "
-                         f"{ui} from the list." if ui else
-                         f"{field_name}: {', '.join(_echo(b) for b in bad[:5])} is not a numeric item id "
-                         f"(use comma-separated numbers of 1 to {ID_DIGITS} digits 0-9, like \"1, 50, 100\")")
-    tokens = [str(int(t)) for t in tokens]
-    seen, dup = set(), []
-    for t in tokens:
-        if t in seen and t not in dup:
-            dup.append(t)
-        seen.add(t)
-    if dup:
-        raise InputError(f"{', '.join(state.dataset.title(t) for t in dup[:5])}: picked twice; pick each {ui} once."
-                         if ui else f"{field_name}: duplicate item id(s) {', '.join(dup[:5])}; list each candidate once")
-    if len(tokens) > MAX_CANDIDATES:
-        raise InputError(f"{len(tokens)} {ui}s picked: at most {MAX_CANDIDATES} at a time." if ui else
-                         f"{field_name}: {len(tokens)} candidates given; at most {MAX_CANDIDATES} per call")
-    catalog = state.catalog
-    unknown = [t for t in tokens if t not in catalog.item_title]
-    if unknown:
-        raise InputError(f"{', '.join(unknown[:5])} is not a movie of this catalogue: pick each {ui} from the list."
-                         if ui else f"{field_name}: unknown item id(s) {', '.join(unknown[:5])} "
-                         f"(this dataset has ids {catalog.item_ids[0]}..{catalog.item_ids[-1]})")
-    return tokens
-
-
-def parse_user_id(state: AppState, text) -> str:
-    if isinstance(text, bool) or not isinstance(text, (str, int, type(None))):
-        raise InputError(f"user_id must be one id as text such as \"1\", not a {type(text).__name__}")
-    user = str(text if text is not None else "").strip()
-    if not user:
-        raise InputError("user_id is empty: give a user id such as \"1\"")
-    if not _is_id(user):
-        raise InputError(f"user_id {_echo(user)} is not a numeric user id (1 to {ID_DIGITS} digits 0-9, "
-                         "e.g. \"1\")")
-    user = str(int(user))
-    users = state.catalog.users
-    if user not in users:
-        raise InputError(f"unknown user_id {user} (this dataset has {len(users)} users)")
-    if users[user].n_pretest == 0:
-        raise InputError(f"user {user} has no interactions before the test period, so there is no "
-                         "history to put in the prompt")
-    return user
-
-
-def parse_cf(state: AppState, cf) -> str | None:
-    """A CF backend name from the UI or the API; None/empty = the app's default."""
-    if cf is None or (isinstance(cf, str) and not cf.strip()):
-        return None
-    if not isinstance(cf, str):
-        raise InputError(f"cf_model must be a name such as \"mf\", not {type(cf).__name__}")
-    name = cf.strip().lower()
-    backends = state.hub.backends()
-    if name not in backends:
-        if not backends:  # the checkpoints were refused: say why, not "this app has: " and nothing
-            raise InputError(f"cf_model {_echo(cf)} is not available: {state.hub.notice or 'no CF model is loaded'}")
-        raise InputError(f"cf_model {_echo(cf)} is not available; this app has: {', '.join(backends)}")
-    return name
 
 
 # -------------------------------------------------------------------------- scoring
@@ -322,7 +170,7 @@ def _score_both(state: AppState, profile: Profile, candidates: tuple[str, ...], 
     scores = pipe.score_profile(profile.items, profile.labels, candidates, uvec)
     s_text, s_cf = scores.text, scores.cf or [None] * len(candidates)
     step(0.95, desc="ranking")
-    labels = catalog.true_labels(profile.user) if profile.kind == "user" else {}
+    labels = catalog.true_labels(profile.user) if profile.kind is ProfileKind.USER else {}
     items = state.dataset.items
     rows = []
     for n, item in enumerate(candidates):
@@ -338,7 +186,7 @@ def _score_both(state: AppState, profile: Profile, candidates: tuple[str, ...], 
     return ScoredResult(
         profile=profile, rows=tuple(rows), vector_source=vec_source, cf=cf_name, cf_label=cf_label(pipe),
         text_mode=text_name, cf_mode=cf_mode if pipe.has_projector else None,
-        user_warm=bool(user_info.warm) if (user_info and profile.kind == "user") else False,
+        user_warm=bool(user_info.warm) if (user_info and profile.kind is ProfileKind.USER) else False,
         user_n_train=user_info.n_train if user_info else 0, seconds=round(time.time() - started, 2),
         warm_min=catalog.warm_min)
 
@@ -351,7 +199,7 @@ def warm_up(state: AppState, cf: str | None = None) -> float:
     started = time.time()
     catalog = state.catalog
     items = sorted(catalog.item_ids, key=lambda i: -catalog.item_train.get(i, 0))[:4]
-    profile = Profile(kind="composed", user=None, items=tuple(items[:2]), labels=(1, 0))
+    profile = Profile(kind=ProfileKind.COMPOSED, user=None, items=tuple(items[:2]), labels=(1, 0))
     _score_both(state, profile, tuple(items[2:]), state.pipeline(cf).cf_name)
     return round(time.time() - started, 2)
 
@@ -424,7 +272,7 @@ def user_position(state: AppState, profile: Profile, cf: str | None = None) -> t
     pipe = state.pipeline(cf)
     index = layout_index(state, pipe.cf_name)
     # A model that encodes histories has no stored vector for a profile: the layout's is not it.
-    if profile.kind == "user" and ("user", profile.user) in index and not pipe.cf.encodes_history:
+    if profile.kind is ProfileKind.USER and ("user", profile.user) in index and not pipe.cf.encodes_history:
         return index[("user", profile.user)], "fitted in the layout (trained vector)"
     x, y = _placed_user(state, profile, pipe.cf_name)
     return (x, y), ("placed (approximate): not in the fitted layout, so drawn at the "

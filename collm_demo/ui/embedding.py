@@ -9,15 +9,22 @@ mean position of their 10 nearest fitted points. The app labels such points "pla
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from . import core
 from .memo import memoize
+from .page import Page, Refresh, Tab
 from .state import AppState
 from .values import ScoredResult, focus_choices
 from .views import CANDIDATE_COLOUR, cf_label, empty_figure, layout_traces, shorten, spread_labels
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 # Mean rating first: in the shipped layouts (MF, LightGCN) the item tokens spread along it in one
 # clean gradient, which reads best when projected; popularity is mixed along the band.
@@ -75,32 +82,10 @@ def map_figure(state: AppState, result: ScoredResult | None, color_by: str = "ra
     fig = go.Figure(layout_traces(layout["points"], color_by, show_words,
                                   mean_rating=mean_ratings(state) if color_by == "rating" else None))
     profile = core.profile_of(state, result)
-    (ux, uy), how = core.user_position(state, profile, cf)
-    candidates = result.items if result else []
-    labelled: list[str] = []
-    if candidates:
-        xy, was_placed = core.item_positions(state, candidates, cf)
-        titles = {r.item: r.title for r in result.rows}
-        fig.add_trace(go.Scatter(
-            x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers", name="candidates",
-            marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(width=3, color=CANDIDATE_COLOUR)),
-            text=[f"<b>{titles[i]}</b> · #{i}" + (" (placed: not in the layout)" if pl else "")
-                  for i, pl in zip(candidates, was_placed)],
-            hovertemplate="%{text}<extra>candidate</extra>"))
-        # The best few in the active ranking (the dropdown's order), and the inspected one.
-        order = [item for _, item in focus_choices(result)[0]]
-        labelled = order[:LABELLED] + ([focus] if focus in candidates and focus not in order[:LABELLED] else [])
-        # name the inspected candidate first: it gets the freest spot
-        labelled.sort(key=lambda i: i != focus)
-        pos = {i: xy[candidates.index(i)] for i in labelled}
-        xs = [p["x"] for p in layout["points"]] + [ux]
-        ys = [p["y"] for p in layout["points"]] + [uy]
-        for note in candidate_labels([pos[i] for i in labelled], [shorten(titles[i], 22) for i in labelled],
-                                     (min(xs), max(xs), min(ys), max(ys)),
-                                     focus=labelled.index(focus) if focus in labelled else None):
-            fig.add_annotation(**note)
+    user_xy, how = core.user_position(state, profile, cf)
+    labelled = _mark_candidates(state, fig, result, layout, user_xy, focus) if result and result.items else []
     fig.add_trace(go.Scatter(
-        x=[ux], y=[uy], mode="markers", name=f"{profile.describe()}",
+        x=[user_xy[0]], y=[user_xy[1]], mode="markers", name=f"{profile.describe()}",
         marker=dict(size=24, symbol="star", color="#E64980", line=dict(width=1.5, color="#1a1a1a")),
         text=[f"{profile.describe()}: {how}"], hovertemplate="%{text}<extra></extra>"))
     # No width: the figure fills its container (Gradio's plots are responsive; see RESIZE_PLOTS_JS).
@@ -112,19 +97,53 @@ def map_figure(state: AppState, result: ScoredResult | None, color_by: str = "ra
         dragmode="pan", hoverlabel_font_size=13,
         xaxis=dict(showticklabels=False, title=None, zeroline=False),
         yaxis=dict(showticklabels=False, title=None, zeroline=False))
-    meta = layout.get("meta", {})
+    return fig, map_caption(state, layout.get("meta", {}), color_by, f"{profile.describe()}: {how}", bool(labelled))
+
+
+def _mark_candidates(state: AppState, fig: go.Figure, result: ScoredResult, layout: dict,
+                     user_xy: tuple[float, float], focus: str | None) -> list[str]:
+    """Ring every candidate of ``result`` on ``fig`` and name the best few (and the inspected
+    ``focus``) without stacking the names; the candidates named."""
+    candidates = result.items
+    xy, was_placed = core.item_positions(state, candidates, result.cf)
+    titles = {r.item: r.title for r in result.rows}
+    fig.add_trace(go.Scatter(
+        x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers", name="candidates",
+        marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(width=3, color=CANDIDATE_COLOUR)),
+        text=[f"<b>{titles[i]}</b> · #{i}" + (" (placed: not in the layout)" if pl else "")
+              for i, pl in zip(candidates, was_placed)],
+        hovertemplate="%{text}<extra>candidate</extra>"))
+    # The best few in the active ranking (the dropdown's order), and the inspected one.
+    order = [item for _, item in focus_choices(result)[0]]
+    labelled = order[:LABELLED] + ([focus] if focus in candidates and focus not in order[:LABELLED] else [])
+    # name the inspected candidate first: it gets the freest spot
+    labelled.sort(key=lambda i: i != focus)
+    pos = {i: xy[candidates.index(i)] for i in labelled}
+    xs = [p["x"] for p in layout["points"]] + [user_xy[0]]
+    ys = [p["y"] for p in layout["points"]] + [user_xy[1]]
+    for note in candidate_labels([pos[i] for i in labelled], [shorten(titles[i], 22) for i in labelled],
+                                 (min(xs), max(xs), min(ys), max(ys)),
+                                 focus=labelled.index(focus) if focus in labelled else None):
+        fig.add_annotation(**note)
+    return labelled
+
+
+def map_caption(state: AppState, meta: dict, color_by: str, user: str, named: bool) -> str:
+    """What the map shows and how it was made (``meta``: the layout's record); ``user``: the ★'s
+    account of itself; ``named``: whether candidates are named on the map."""
+    counts = meta.get("counts", {})
     caption = (f"Each dot is a token vector as the LLM would receive it. The layout was fitted once "
-               f"(UMAP, cosine metric, seed {meta.get('seed', '?')}) on {meta.get('counts', {}).get('item', '?')} "
-               f"mapped item tokens, {meta.get('counts', {}).get('user', '?')} mapped user tokens and "
-               f"{meta.get('counts', {}).get('word', '?')} sampled word embeddings; distances are only roughly "
-               f"meaningful. {COLOUR_NOTE.get(color_by, '')}The ★ is {profile.describe()}: {how}. Red rings are "
-               f"the candidates{'; the best few in the current ranking are named' if labelled else ''}. "
+               f"(UMAP, cosine metric, seed {meta.get('seed', '?')}) on {counts.get('item', '?')} "
+               f"mapped item tokens, {counts.get('user', '?')} mapped user tokens and "
+               f"{counts.get('word', '?')} sampled word embeddings; distances are only roughly "
+               f"meaningful. {COLOUR_NOTE.get(color_by, '')}The ★ is {user}. Red rings are "
+               f"the candidates{'; the best few in the current ranking are named' if named else ''}. "
                "Mapped tokens that form their own islands away from the green words are normal: CoLLM only needs "
                "the LLM to read them, not to make them word-like. Scroll to zoom, drag to pan, click legend "
                "entries to hide groups.")
     if meta.get("llm") and meta.get("llm") != state.pipeline().llm.name:
         caption += f" ⚠️ The layout was computed for {meta['llm']}, not the running {state.pipeline().llm.name}."
-    return fig, caption
+    return caption
 
 
 def token_report(state: AppState, result: ScoredResult | None, focus: str | None, k: int = 8
@@ -164,46 +183,72 @@ NEAREST_CAUTION = ("A cosine of about 0.2 is weak: these are merely the closest 
                    "itself reads at each layer) says more.")
 
 
-def build(state: AppState):
+@dataclass(frozen=True)
+class EmbeddingTab(Tab):
+    """The map of the current result's user and candidates among the LLM's word embeddings."""
+
+    color_by: gr.Radio
+    show_words: gr.Checkbox
+    focus: gr.Dropdown  # the candidate whose two CF tokens the word lists are about
+    map: gr.Plot
+    caption: gr.Markdown
+    norms: gr.Markdown
+    nearest: gr.Dataframe
+
+    @property
+    def outputs(self) -> list:
+        return [self.map, self.caption, self.nearest, self.norms]
+
+    def after_scoring(self, page: Page) -> Refresh:
+        """After every scoring: the candidate list, and the map of the new result."""
+        import gradio as gr
+
+        state = page.state
+
+        def after_score(result, color_by, show_words):
+            choices, value = focus_choices(result)
+            return (gr.update(choices=choices, value=value),) + redraw(state, result, color_by, show_words, value)
+        return Refresh(after_score, [page.result, self.color_by, self.show_words], [self.focus] + self.outputs)
+
+    def wire(self, page: Page) -> None:
+        state = page.state
+
+        def refresh(result, color_by, show_words, focus):
+            return redraw(state, result, color_by, show_words, focus)
+
+        for event in (self.color_by.input, self.show_words.input, self.focus.input):
+            event(refresh, [page.result, self.color_by, self.show_words, self.focus], self.outputs)
+
+
+def redraw(state: AppState, result: ScoredResult | None, color_by: str, show_words: bool, focus: str | None
+           ) -> tuple:
+    """The map, its caption and the word lists (``EmbeddingTab.outputs`` order)."""
+    fig, caption = map_figure(state, result, color_by, show_words, focus)
+    frame, text = token_report(state, result, focus)
+    return fig, caption, frame, text
+
+
+def build(state: AppState) -> EmbeddingTab:
     import gradio as gr
 
-    w: dict = {}
     gr.Markdown("Where do the CF tokens sit among the LLM's own word embeddings? Each mapped token is the "
                 "projector's output for one user or item; the plot squeezes those 576-dimensional vectors, "
                 "together with a sample of real word embeddings, into two dimensions.", elem_classes=["lead"])
     with gr.Row():
-        w["color_by"] = gr.Radio(COLOR_CHOICES, value=COLOR_CHOICES[0][1], label="Colour items by", scale=2,
-                                 min_width=360, elem_id="map-colour")  # wide: the three choices on one line
-        w["show_words"] = gr.Checkbox(True, label="Show vocabulary words", min_width=200)
-        w["focus"] = gr.Dropdown([], label="Candidate to inspect", min_width=240, elem_id="map-candidate")
+        color_by = gr.Radio(COLOR_CHOICES, value=COLOR_CHOICES[0][1], label="Colour items by", scale=2,
+                            min_width=360, elem_id="map-colour")  # wide: the three choices on one line
+        show_words = gr.Checkbox(True, label="Show vocabulary words", min_width=200)
+        focus = gr.Dropdown([], label="Candidate to inspect", min_width=240, elem_id="map-candidate")
     # No label badge: it would sit on the figure's title (and Gradio then adds a 100 px top margin).
-    w["map"] = gr.Plot(empty_figure("Score candidates in the Recommend tab (or wait for the first load).",
-                                    height=MAP_HEIGHT), show_label=False, elem_id="embedding-map")
-    w["caption"] = gr.Markdown(elem_classes=["note"])
+    fig = gr.Plot(empty_figure("Score candidates in the Recommend tab (or wait for the first load).",
+                               height=MAP_HEIGHT), show_label=False, elem_id="embedding-map")
+    caption = gr.Markdown(elem_classes=["note"])
     # Collapsed on purpose: word lists with cosines around 0.2 invite reading meaning into the tokens.
     with gr.Accordion("Nearest vocabulary words of the two CF tokens (a weak signal: read with care)", open=False,
                       elem_id="nearest-fold"):
         gr.Markdown(NEAREST_CAUTION, elem_classes=["note"])
-        w["norms"] = gr.Markdown(elem_classes=["note"])
-        w["nearest"] = gr.Dataframe(interactive=False, label="Nearest vocabulary tokens by cosine similarity",
-                                    elem_id="nearest-words")
-    return w
-
-
-def wire(state: AppState, w: dict, result_state):
-    import gradio as gr
-
-    def refresh(result, color_by, show_words, focus):
-        fig, caption = map_figure(state, result, color_by, show_words, focus)
-        frame, text = token_report(state, result, focus)
-        return fig, caption, frame, text
-
-    def after_score(result, color_by, show_words):
-        choices, value = focus_choices(result)
-        fig, caption, frame, text = refresh(result, color_by, show_words, value)
-        return gr.update(choices=choices, value=value), fig, caption, frame, text
-
-    outs = [w["map"], w["caption"], w["nearest"], w["norms"]]
-    for event in (w["color_by"].input, w["show_words"].input, w["focus"].input):
-        event(refresh, [result_state, w["color_by"], w["show_words"], w["focus"]], outs)
-    return after_score, [result_state, w["color_by"], w["show_words"]], [w["focus"]] + outs
+        norms = gr.Markdown(elem_classes=["note"])
+        nearest = gr.Dataframe(interactive=False, label="Nearest vocabulary tokens by cosine similarity",
+                               elem_id="nearest-words")
+    return EmbeddingTab(color_by=color_by, show_words=show_words, focus=focus, map=fig, caption=caption, norms=norms,
+                        nearest=nearest)

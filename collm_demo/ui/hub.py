@@ -179,9 +179,7 @@ class ModelHub:
         out = []
         for name in self.backends():
             entry = info.get(name, {}) if isinstance(info.get(name), dict) else {}
-            spec = backend(name)
-            imported = str(entry.get("kind", "")).startswith("imported") and not spec.imported
-            label = f"{name} (imported)" if imported else spec.label
+            label = backend(name).display_name(entry.get("kind", ""))
             dim = entry.get("vector_dim")
             out.append((f"{label}{f' · {dim}-dim' if dim else ''}", name))
         return out

@@ -10,6 +10,8 @@ numbers come from ``collm_demo.inside.explain_prompt`` (the engine's one forward
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,9 +22,14 @@ from .. import inside as engine
 from ..errors import InputError
 from . import core
 from .memo import memoize
+from .page import Page, Refresh, Tab, gr_error
+from .parsing import parse_cf, parse_item_ids, parse_user_id
 from .state import AppState
-from .values import Profile, ScoredResult, focus_choices
+from .values import Profile, ProfileKind, ScoredResult, focus_choices
 from .views import empty_figure
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 GROUP_COLOURS = {"user slot": "#E64980", "item slot": "#1C7ED6", "title": "#F08C00", "history": "#37B24D",
                  "template": "#ADB5BD"}
@@ -54,7 +61,7 @@ def _explain(state: AppState, profile: Profile, item: str, cf_name: str, progres
     info = catalog.users.get(profile.user) if profile.user else None
     return out | {"item": item, "user": profile.user, "profile": profile.describe(), "cf": cf_name,
                   "warm_item": catalog.item_warm(item), "item_train": int(catalog.item_train.get(item, 0)),
-                  "warm_user": bool(info and info.warm and profile.kind == "user"), "user_vector": source,
+                  "warm_user": bool(info and info.warm and profile.kind is ProfileKind.USER), "user_vector": source,
                   "neighbourhood": neighbourhood(state, cf_name)}
 
 
@@ -66,11 +73,11 @@ def neighbourhood(state: AppState, cf_name: str) -> dict:
 
 def inside_json(state: AppState, user_id, item_id, cf_model=None) -> dict:
     """The /inside API: the view's numbers for a real user and one item, as JSON."""
-    user = core.parse_user_id(state, user_id)
-    items = core.parse_item_ids(state, item_id, "item_id")
+    user = parse_user_id(state, user_id)
+    items = parse_item_ids(state, item_id, "item_id")
     if len(items) != 1:
         raise InputError(f"item_id: give exactly one item id, got {len(items)}")
-    return explain(state, core.real_profile(state, user), items[0], core.parse_cf(state, cf_model))
+    return explain(state, core.real_profile(state, user), items[0], parse_cf(state, cf_model))
 
 
 # ----------------------------------------------------------------------------- views
@@ -212,7 +219,7 @@ def scenario_pick(state: AppState, name: str, result: ScoredResult | None) -> tu
     counts = catalog.item_train
     if name == "composed":
         popular = sorted(counts, key=lambda i: (-counts[i], i))[:4]
-        return Profile("composed", None, popular[:3], (1, 1, 1)), popular[3]
+        return Profile(ProfileKind.COMPOSED, None, popular[:3], (1, 1, 1)), popular[3]
     profile = core.real_profile(state, catalog.default_user())
     tests = [str(i) for i in catalog.test_items(profile.user)["item"]]
     if name == "warm":
@@ -225,11 +232,8 @@ def scenario_pick(state: AppState, name: str, result: ScoredResult | None) -> tu
 
 # ------------------------------------------------------------------------- widgets
 
-OUTPUT_KEYS = ["summary", "attention_fig", "attention_table", "attribution", "ablation", "lens", "lens_note",
-               "hood_md", "hood_fig"]
-
-
 def outputs(data: dict | None) -> list:
+    """What the tab shows for ``data`` (``explain``'s numbers), in ``InsideTab.outputs`` order."""
     hood = (data or {}).get("neighbourhood")
     lens_note = "" if not data else f"*Why the two differ:* {data['why_they_differ']}"
     hood_md = ("" if not hood else f"**Neighbourhoods kept:** on average **{hood['mean']:.0%}** of an item's "
@@ -240,10 +244,92 @@ def outputs(data: dict | None) -> list:
             ablation_table(data), lens_table(data), lens_note, hood_md, histogram_figure(hood)]
 
 
-def build(state: AppState):
+@dataclass(frozen=True)
+class InsideTab(Tab):
+    """One look inside the LLM for a candidate of the current result, or for a guided scenario."""
+
+    scenario_buttons: dict[str, gr.Button]  # by ``SCENARIOS`` key
+    scenario_text: gr.Markdown
+    focus: gr.Dropdown  # the candidate to look at
+    run: gr.Button
+    selection: gr.State  # (profile, item, CF backend) a scenario picked, for the look that follows
+    summary: gr.Markdown
+    attention_fig: gr.Plot
+    attention_table: gr.Dataframe
+    attribution: gr.HTML
+    ablation: gr.Dataframe
+    lens: gr.Dataframe
+    lens_note: gr.Markdown
+    hood_md: gr.Markdown
+    hood_fig: gr.Plot
+
+    @property
+    def outputs(self) -> list:
+        """What ``outputs`` fills, in its order."""
+        return [self.summary, self.attention_fig, self.attention_table, self.attribution, self.ablation,
+                self.lens, self.lens_note, self.hood_md, self.hood_fig]
+
+    def after_scoring(self, page: Page) -> Refresh:
+        """After every scoring: only the candidate list (the look itself is on demand: seconds)."""
+        import gradio as gr
+
+        def refresh(result):
+            choices, value = focus_choices(result)
+            return gr.update(choices=choices, value=value)
+        return Refresh(refresh, [page.result], [self.focus])
+
+    def wire(self, page: Page) -> None:
+        import gradio as gr
+
+        state = page.state
+
+        @gr_error
+        def look(result, item, progress=gr.Progress()):
+            if not item:
+                raise InputError("Pick a candidate first (score some in the Recommend tab, or use a scenario).")
+            profile = core.profile_of(state, result)
+            return outputs(explain(state, profile, item, result.cf if result else None, progress))
+
+        @gr_error
+        def look_selection(selection, progress=gr.Progress()):
+            profile, item, cf = selection
+            return outputs(explain(state, profile, item, cf, progress))
+
+        self.run.click(look, [page.result, self.focus], self.outputs)
+        for key in ("warm", "cold", "composed"):
+            picked = self.scenario_buttons[key].click(scenario(state, key), [page.result],
+                                                      [self.scenario_text, self.selection, self.summary])
+            picked.success(look_selection, [self.selection], self.outputs)
+        self._wire_simulator_scenario(page)
+
+    def _wire_simulator_scenario(self, page: Page) -> None:
+        """Scenario 4 opens the Warm vs cold tab and reruns its simulator on the current result."""
+        import gradio as gr
+
+        def to_simulator():
+            label, text = SCENARIOS["simulator"]
+            gr.Info(f"{label}: {text}", duration=20)  # the other tab is shown: say what to look at there too
+            return f"**{label}** — {text}", gr.Tabs(selected="warmcold")
+
+        opened = self.scenario_buttons["simulator"].click(to_simulator, None, [self.scenario_text, page.tabs])
+        page.refreshes["warmcold"].after(opened)
+
+
+def scenario(state: AppState, name: str):
+    """A guided scenario's first step: what to look at (at once), before the look itself (seconds).
+    The CF backend is the current result's, as for "Look inside"."""
+    @gr_error
+    def pick(result):
+        profile, item = scenario_pick(state, name, result)
+        label, text = SCENARIOS[name]
+        head = f"**{label}** — {profile.describe()}, candidate **{state.dataset.title(item)}** (#{item}). {text}"
+        return head, (profile, item, result.cf if result else None), "*Running the five passes of the LLM…*"
+    return pick
+
+
+def build(state: AppState) -> InsideTab:
     import gradio as gr
 
-    w: dict = {}
     gr.Markdown("How much does the LLM *use* the two CF tokens, where, and for which items? For one user and "
                 "candidate: where the answer position looks, which tokens move the Yes−No logit, what happens "
                 "when the tokens carry no information, and what each token becomes inside the model. Computed "
@@ -251,77 +337,30 @@ def build(state: AppState):
     gr.Markdown("**Guided scenarios** (one click each: they pick the user and movie and run the view)",
                 elem_classes=["note"])
     with gr.Row():
-        for key, (label, _) in SCENARIOS.items():
-            w[f"scenario_{key}"] = gr.Button(label, size="sm", elem_id=f"inside-scenario-{key}")
-    w["scenario_text"] = gr.Markdown(elem_id="inside-scenario-text")
+        buttons = {key: gr.Button(label, size="sm", elem_id=f"inside-scenario-{key}")
+                   for key, (label, _) in SCENARIOS.items()}
+    scenario_text = gr.Markdown(elem_id="inside-scenario-text")
     with gr.Row():
-        w["focus"] = gr.Dropdown([], label="Candidate (from the Recommend tab's selection)", min_width=320,
-                                 elem_id="inside-candidate")
-        w["run"] = gr.Button("Look inside", variant="primary", elem_id="inside-run")
-    w["selection"] = gr.State(None)  # (profile, item) of the last look
-    w["summary"] = gr.Markdown(summary_text(None), elem_id="inside-summary")
+        focus = gr.Dropdown([], label="Candidate (from the Recommend tab's selection)", min_width=320,
+                            elem_id="inside-candidate")
+        run = gr.Button("Look inside", variant="primary", elem_id="inside-run")
+    selection = gr.State(None)
+    summary = gr.Markdown(summary_text(None), elem_id="inside-summary")
     gr.Markdown("### Attention by layer")
-    w["attention_fig"] = gr.Plot(attention_figure(None), show_label=False, elem_id="inside-attention")
-    w["attention_table"] = gr.Dataframe(attention_table(None), interactive=False, label="Shares by layer", wrap=True)
+    attention_fig = gr.Plot(attention_figure(None), show_label=False, elem_id="inside-attention")
+    attention = gr.Dataframe(attention_table(None), interactive=False, label="Shares by layer", wrap=True)
     gr.Markdown("### Attribution: which tokens move the Yes−No logit (gradient × input; red → Yes, blue → No)")
-    w["attribution"] = gr.HTML()
+    attribution = gr.HTML()
     gr.Markdown("### Ablation: the CF tokens replaced by the CF model's no-information vectors")
-    w["ablation"] = gr.Dataframe(ablation_table(None), interactive=False, show_label=False, elem_id="inside-ablation")
+    ablation = gr.Dataframe(ablation_table(None), interactive=False, show_label=False, elem_id="inside-ablation")
     gr.Markdown("### What the token becomes: logit lens of the two CF slots")
-    w["lens"] = gr.Dataframe(lens_table(None), interactive=False, show_label=False, wrap=True, elem_id="inside-lens")
-    w["lens_note"] = gr.Markdown(elem_classes=["note"])
+    lens = gr.Dataframe(lens_table(None), interactive=False, show_label=False, wrap=True, elem_id="inside-lens")
+    lens_note = gr.Markdown(elem_classes=["note"])
     gr.Markdown("### Neighbourhoods kept by the projector")
-    w["hood_md"] = gr.Markdown()
-    w["hood_fig"] = gr.Plot(histogram_figure(None), show_label=False)
+    hood_md = gr.Markdown()
+    hood_fig = gr.Plot(histogram_figure(None), show_label=False)
     gr.Markdown("The same measurements over a seeded sample of test rows, warm vs cold items and users, with "
                 "bootstrap intervals, are on the **Warm vs cold** tab.", elem_classes=["note"])
-    return w
-
-
-def wire(state: AppState, w: dict, result_state, gr_error, tabs, simulator: tuple):
-    """Events of this tab. ``tabs``: the page's Tabs (the simulator scenario opens "warmcold");
-    ``simulator``: the Warm vs cold tab's (fn, inputs, outputs) rerun. Returns (fn, inputs,
-    outputs) that refill the candidate list after each scoring."""
-    import gradio as gr
-
-    outs = [w[k] for k in OUTPUT_KEYS]
-
-    @gr_error
-    def look(result, item, progress=gr.Progress()):
-        if not item:
-            raise InputError("Pick a candidate first (score some in the Recommend tab, or use a scenario).")
-        profile = core.profile_of(state, result)
-        return outputs(explain(state, profile, item, result.cf if result else None, progress))
-
-    def refresh(result):
-        choices, value = focus_choices(result)
-        return gr.update(choices=choices, value=value)
-
-    def scenario(name):
-        """First what to look at (at once), then the look itself (seconds)."""
-        @gr_error
-        def pick(result):
-            profile, item = scenario_pick(state, name, result)
-            label, text = SCENARIOS[name]
-            head = f"**{label}** — {profile.describe()}, candidate **{state.dataset.title(item)}** (#{item}). {text}"
-            return head, (profile, item), "*Running the five passes of the LLM…*"
-        return pick
-
-    @gr_error
-    def look_selection(selection, progress=gr.Progress()):
-        profile, item = selection
-        return outputs(explain(state, profile, item, None, progress))
-
-    w["run"].click(look, [result_state, w["focus"]], outs)
-    for key in ("warm", "cold", "composed"):
-        picked = w[f"scenario_{key}"].click(scenario(key), [result_state],
-                                            [w["scenario_text"], w["selection"], w["summary"]])
-        picked.success(look_selection, [w["selection"]], outs)
-    def to_simulator():
-        label, text = SCENARIOS["simulator"]
-        gr.Info(f"{label}: {text}", duration=20)  # the other tab is shown: say what to look at there too
-        return f"**{label}** — {text}", gr.Tabs(selected="warmcold")
-
-    open_simulator = w["scenario_simulator"].click(to_simulator, None, [w["scenario_text"], tabs])
-    open_simulator.then(*simulator)
-    return refresh, [result_state], [w["focus"]]
+    return InsideTab(scenario_buttons=buttons, scenario_text=scenario_text, focus=focus, run=run, selection=selection,
+                     summary=summary, attention_fig=attention_fig, attention_table=attention, attribution=attribution,
+                     ablation=ablation, lens=lens, lens_note=lens_note, hood_md=hood_md, hood_fig=hood_fig)

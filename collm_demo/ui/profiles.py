@@ -15,8 +15,9 @@ import plotly.graph_objects as go
 from ..errors import InputError
 from . import core
 from .memo import memoize
+from .parsing import echo, parse_cf, parse_item_ids
 from .state import AppState
-from .values import Profile, ProfileComparison, cosine, kendall, spearman
+from .values import Profile, ProfileComparison, ProfileKind, cosine, kendall, spearman
 from .views import empty_figure, shorten
 
 # (liked genre, disliked genre) of the two preset profiles: the issue's sci-fi fan and
@@ -62,13 +63,13 @@ def _composed(state: AppState, liked, disliked, name: str) -> Profile:
     items = liked + disliked
     unknown = [i for i in items if i not in state.catalog.item_title]
     if unknown:
-        raise InputError(f"Unknown movie id {core._echo(unknown[0])}")
+        raise InputError(f"Unknown movie id {echo(unknown[0])}")
     if not items:
         raise InputError(f"{name} has no movies yet: pick at least one liked or disliked movie.")
     limit = state.dataset.protocol.history_len
     if len(items) > limit:
         raise InputError(f"{name} has {len(items)} movies; the prompt holds at most {limit}.")
-    return Profile("composed", None, tuple(items), tuple([1] * len(liked) + [0] * len(disliked)))
+    return Profile(ProfileKind.COMPOSED, None, tuple(items), tuple([1] * len(liked) + [0] * len(disliked)))
 
 
 @memoize(8)
@@ -130,10 +131,10 @@ def compare_profiles(state: AppState, a_liked, a_disliked, b_liked, b_disliked, 
     and measure how differently they rank them."""
     a = _composed(state, a_liked, a_disliked, names[0])
     b = _composed(state, b_liked, b_disliked, names[1])
-    items = core.parse_item_ids(state, list(candidates or []), "candidates", ui="candidate movie")
+    items = parse_item_ids(state, list(candidates or []), "candidates", ui="candidate movie")
     if len(items) < 3:
         raise InputError("Pick at least three candidate movies: a ranking of fewer says nothing.")
-    cf = core.parse_cf(state, cf)
+    cf = parse_cf(state, cf)
     ra, rb = core.score_both(state, a, items, cf=cf), core.score_both(state, b, items, cf=cf)
     rho_text = spearman([r.score_text for r in ra.rows], [r.score_text for r in rb.rows])
     rho_cf = tau_cf = cos_vec = cos_tok = typical = pop = None

@@ -1,14 +1,22 @@
 """Recommend tab: a history (real or composed), candidates, and both scores side by side.
 
 Handlers are plain functions of plain values (tests call them without a server); only
-``build`` creates widgets and wires events. The tab's last section, two composed profiles side by
+``build`` creates widgets (a :class:`RecommendTab`, one small dataclass per section of the page)
+and the tab's ``wire`` attaches events. The tab's last section, two composed profiles side by
 side, has its logic in ``profiles``.
+
+A Score click: ``score_btn.click`` → ``on_score`` → :func:`score` (reads the inputs with
+``parsing`` into a :class:`Profile` and candidate ids) → ``core.score_both`` → the pipeline's
+``score_profile`` (both modes, one call) → a :class:`ScoredResult` in the page's ``gr.State`` →
+``render`` draws this tab → ``Page.refresh_after`` brings the header and the other tabs up to date.
 """
 
 from __future__ import annotations
 
 import time
 import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,14 +25,20 @@ import plotly.graph_objects as go
 from ..config import MAX_CANDIDATES
 from ..errors import InputError
 from . import core, profiles
+from .page import Page, Tab, gr_error
+from .parsing import echo, parse_cf, parse_history, parse_item_ids, trim_history
 from .state import AppState
 from .values import (
+    ProfileKind,
     ScoredResult,
     candidate_auc,
     focus_choices,
     ranks,
 )
 from .views import COLD_COLOUR, WARM_COLOUR, empty_figure, shorten
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 SORT_CHOICES = ["score with CF tokens", "score without CF tokens", "difference (with − without)"]
 RESULT_COLUMNS = ["rank", "movie", "item (train)", "without CF", "with CF", "Δ", "rank w/o CF", "rank w/ CF",
@@ -97,18 +111,18 @@ def load_history(state: AppState, source: str, user: str | None) -> tuple[pd.Dat
 def add_to_history(state: AppState, table, items: list[str] | None, liked: str, warn=None) -> pd.DataFrame:
     """Append movies (newest last). Past the prompt's limit the oldest are dropped, and
     ``warn`` (gr.Warning in the app) says which."""
-    rows = core.parse_history(table)
+    rows = parse_history(table)
     have = {i for i, _, _ in rows}
     for item in items or []:
         item = str(item)
         if item not in state.catalog.item_title:
-            raise InputError(f"Unknown movie id {core._echo(item)}")
+            raise InputError(f"Unknown movie id {echo(item)}")
         if item in have:
             rows = [(i, int(liked == "liked") if i == item else y, d) for i, y, d in rows]
             continue
         rows.append((item, int(liked == "liked"), ""))
         have.add(item)
-    rows, note = core.trim_history(state, rows)
+    rows, note = trim_history(state, rows)
     if note and warn is not None:
         warn(note)
     return core.history_frame(state, rows)
@@ -116,11 +130,11 @@ def add_to_history(state: AppState, table, items: list[str] | None, liked: str, 
 
 def remove_from_history(state: AppState, table, items: list[str] | None) -> pd.DataFrame:
     drop = {str(i) for i in (items or [])}
-    return core.history_frame(state, [r for r in core.parse_history(table) if r[0] not in drop])
+    return core.history_frame(state, [r for r in parse_history(table) if r[0] not in drop])
 
 
 def history_choices(state: AppState, table) -> list[tuple[str, str]]:
-    return [(state.catalog.item_label(i), i) for i, _, _ in core.parse_history(table)]
+    return [(state.catalog.item_label(i), i) for i, _, _ in parse_history(table)]
 
 
 def history_status(state: AppState, source: str, user: str | None, table) -> str:
@@ -130,13 +144,13 @@ def history_status(state: AppState, source: str, user: str | None, table) -> str
     except InputError as err:
         return f"⚠️ {err}"
     liked = sum(profile.labels)
-    _, trimmed = core.trim_history(state, core.parse_history(table))
+    _, trimmed = trim_history(state, parse_history(table))
     base = (trimmed + " " if trimmed else "") + f"{len(profile.items)} movies ({liked} liked, {len(profile.items) - liked} disliked)."
-    if profile.kind == "edited":
+    if profile.kind is ProfileKind.EDITED:
         return (base + f" **Edited** — differs from user {user}'s real history, so their CF vector will be "
                 "folded in from this table (" + FOLD_IN + ") instead of the trained one, and true "
                 "answers are hidden.")
-    if profile.kind == "user":
+    if profile.kind is ProfileKind.USER:
         return base + " Unedited real history."
     return base + " Composed history."
 
@@ -170,7 +184,7 @@ def candidate_set(state: AppState, kind: str, n: int, source: str, user: str | N
     'test' is the same for the same (user, n) unless ``seed`` is given; 'random' and 'cold'
     draw anew on each click (their point is variety)."""
     n = int(max(1, min(MAX_CANDIDATES, n or 10)))
-    in_history = {i for i, _, _ in core.parse_history(table)}
+    in_history = {i for i, _, _ in parse_history(table)}
     if kind == "test":
         if source == "composed" or not user:
             raise InputError("A composed user has no test-period ratings; pick a real user for this set.")
@@ -212,8 +226,8 @@ def score(state: AppState, source: str, user: str | None, table, candidates: lis
     """Score the candidates for the described profile in both modes (cached); the CF tokens come
     from backend ``cf`` (None = the app's default)."""
     profile = core.profile_from_inputs(state, source, user, table)
-    items = core.parse_item_ids(state, list(candidates or []), "candidates", ui="candidate movie")
-    return core.score_both(state, profile, items, progress=progress, cf=core.parse_cf(state, cf))
+    items = parse_item_ids(state, list(candidates or []), "candidates", ui="candidate movie")
+    return core.score_both(state, profile, items, progress=progress, cf=parse_cf(state, cf))
 
 
 def sort_key_for(inject: bool) -> str:
@@ -296,7 +310,7 @@ def summary(state: AppState, result: ScoredResult | None, inject: bool = True) -
     use_cf = result.ranks_by_cf(inject)
     top = sorted(rows, key=lambda r: -r.score(use_cf))[:3]
     who = profile.describe()
-    if profile.kind == "user":
+    if profile.kind is ProfileKind.USER:
         who += f" ({'warm' if result.user_warm else 'cold'}, {result.user_n_train} training interactions)"
     lines = [f"**{who}** · {len(rows)} candidates scored in {result.seconds} s "
              f"(both modes; repeated requests come from a cache)."]
@@ -387,129 +401,279 @@ def prompts_html(state: AppState, result: ScoredResult | None, item: str | None,
     return text, cf
 
 
-# ------------------------------------------------------------------------- widgets
+# ------------------------------------------------------------------------- rendering
 
-def build(state: AppState):
-    """Create the tab's widgets (inside an open gr.Tab) and return them by name."""
+def render(state: AppState, result: ScoredResult | None, sort_by: str, inject: bool) -> tuple:
+    """Everything the Results section shows for ``result`` (in ``ResultViews.outputs`` order)."""
     import gradio as gr
 
-    pipe_ready_note = ("Both scores are always computed so you can compare them; this switch chooses "
-                       "which one ranks the recommendations (and which prompt is the one 'sent').")
-    w: dict = {}
+    choices, value = focus_choices(result, inject)
+    text, cf = prompts_html(state, result, value, inject)
+    return (summary(state, result, inject), styled_table(results_table(result, sort_by, inject)),
+            delta_figure(result, inject), gr.update(choices=choices, value=value), text, cf,
+            rank_figure(result))
+
+
+def first_example(state: AppState) -> tuple:
+    """The page's first example, once the model has loaded (``RecommendTab.first_example_outputs``):
+    the first demo user, their history, their test items as candidates, and the CF selector."""
+    import gradio as gr
+
+    user = state.catalog.default_user()
+    table, note = load_history(state, "user", user)
+    cands = user_candidates(state, user, DEFAULT_SET_SIZE)  # = the button's set
+    # The CF selector again, now that the model has loaded: a refusal that only the loaded
+    # LLM can reveal (its hidden size, see hub.py) must not leave its backends offered.
+    choices = state.hub.backend_choices()
+    return (user, table, note, gr.update(choices=history_choices(state, table), value=[]), cands,
+            gr.update(choices=choices, value=choices[0][1], interactive=len(choices) > 1))
+
+
+# ------------------------------------------------------------------------- widgets
+
+@dataclass(frozen=True)
+class HistoryInputs:
+    """Section 1, whose history: a real user or a composed one, in an editable table."""
+
+    source: gr.Radio  # "user" (a real MovieLens user) or "composed"
+    user: gr.Dropdown
+    user_md: gr.Markdown  # who the user is, or how a composed history is used
+    history: gr.Dataframe
+    history_md: gr.Markdown  # how the table will be used (unedited, edited, trimmed)
+    edit_box: gr.Accordion
+    add_items: gr.Dropdown
+    add_liked: gr.Radio
+    add_btn: gr.Button
+    remove_items: gr.Dropdown
+    remove_btn: gr.Button
+    reset_btn: gr.Button
+
+
+@dataclass(frozen=True)
+class CandidateInputs:
+    """Section 2, which candidates: picked one by one or as a one-click set."""
+
+    candidates: gr.Dropdown
+    n_set: gr.Slider  # the size of a one-click set
+    set_test: gr.Button
+    set_popular: gr.Button
+    set_cold: gr.Button
+    set_random: gr.Button
+
+    @property
+    def set_buttons(self) -> dict[str, gr.Button]:
+        """Each one-click set's button by its ``candidate_set`` kind."""
+        return {"test": self.set_test, "popular": self.set_popular, "cold": self.set_cold,
+                "random": self.set_random}
+
+
+@dataclass(frozen=True)
+class ScoreControls:
+    """Section 3: which score ranks, which CF model makes the tokens, and the Score button."""
+
+    inject: gr.Checkbox
+    cf_model: gr.Dropdown
+    score_btn: gr.Button
+
+
+@dataclass(frozen=True)
+class ResultViews:
+    """The Results section and the exact prompts: what ``render`` fills."""
+
+    summary: gr.Markdown
+    rank_chart: gr.Plot
+    sort_by: gr.Radio
+    table: gr.Dataframe
+    chart: gr.Plot
+    focus: gr.Dropdown  # the candidate whose prompts are shown
+    prompt_text: gr.HTML
+    prompt_cf: gr.HTML
+
+    @property
+    def outputs(self) -> list:
+        """The components ``render`` fills, in its order."""
+        return [self.summary, self.table, self.chart, self.focus, self.prompt_text, self.prompt_cf,
+                self.rank_chart]
+
+
+@dataclass(frozen=True)
+class ProfileInputs:
+    """One side of the comparison: a named composed profile."""
+
+    name: gr.Textbox
+    liked: gr.Dropdown
+    disliked: gr.Dropdown
+
+
+@dataclass(frozen=True)
+class ComparisonPanel:
+    """The fold comparing two composed profiles on the same candidates (logic in ``profiles``)."""
+
+    a: ProfileInputs
+    b: ProfileInputs
+    candidates: gr.Dropdown
+    button: gr.Button
+    summary: gr.Markdown
+    table: gr.Dataframe
+    chart: gr.Plot
+
+
+def build(state: AppState) -> RecommendTab:
+    """Create the tab's widgets (inside an open gr.Tab)."""
+    import gradio as gr
+
     gr.Markdown("Pick **whose history** the LLM reads, pick **candidate movies**, and score them twice: "
                 "once from the text alone and once with the two **CF tokens** injected. "
                 "Scores are P(“Yes”) when the LLM is asked whether the user would enjoy the movie.",
                 elem_classes=["lead"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=480):  # side by side at 1280 px, stacked at 125 % zoom
-            gr.Markdown("### 1 · Whose history?")
-            w["source"] = gr.Radio([("A real MovieLens user", "user"), ("Compose your own", "composed")],
-                                   value="user", label="History from", elem_id="source")
-            w["user"] = gr.Dropdown(state.catalog.user_choices(), value=None, label="User (type to search, e.g. “warm” or an id)",
-                                    filterable=True, elem_id="user-dropdown")
-            w["demo_users_md"] = gr.Markdown(demo_users_note(state), elem_classes=["note"], elem_id="demo-users")
-            w["user_md"] = gr.Markdown(elem_classes=["note"])
-            w["history"] = gr.Dataframe(
-                value=core.history_frame(state, []), headers=core.HISTORY_COLUMNS,
-                datatype=["str", "str", "str", "str", "bool", "str"], interactive=True,
-                static_columns=[0, 1, 2, 3, 5],
-                label="History in the prompt (oldest first) — tick/untick “liked” to edit",
-                column_widths=["9%", "25%", "12%", "21%", "16%", "17%"], max_height=1000, wrap=True,
-                elem_id="history-table")
-            w["history_md"] = gr.Markdown(elem_classes=["note"])
-            w["edit_box"] = gr.Accordion("Add or remove movies", open=False, elem_id="history-edit")
-            with w["edit_box"]:
-                w["add_items"] = gr.Dropdown(state.catalog.item_choices(), multiselect=True, label="Add movies",
-                                             filterable=True)
-                with gr.Row():
-                    w["add_liked"] = gr.Radio(["liked", "disliked"], value="liked", label="as", min_width=160)
-                    w["add_btn"] = gr.Button("Add to history", size="sm", min_width=120)
-                w["remove_items"] = gr.Dropdown([], multiselect=True, label="Remove movies", filterable=True)
-                with gr.Row():
-                    w["remove_btn"] = gr.Button("Remove", size="sm", min_width=100)
-                    w["reset_btn"] = gr.Button("Reset to the real history / example", size="sm", min_width=160)
+            history = _build_history(state)
         with gr.Column(scale=5, min_width=480):  # side by side at 1280 px, stacked at 125 % zoom
-            gr.Markdown("### 2 · Which candidates?")
-            w["candidates"] = gr.Dropdown(state.catalog.item_choices(), multiselect=True, max_choices=MAX_CANDIDATES,
-                                          label=f"Candidate movies (type to search; up to {MAX_CANDIDATES})",
-                                          filterable=True, elem_id="candidates")
-            w["n_set"] = gr.Slider(3, MAX_CANDIDATES, value=DEFAULT_SET_SIZE, step=1, label="Size of a one-click set")
-            with gr.Row():
-                w["set_test"] = gr.Button("This user's test items", size="sm", min_width=140, elem_id="set-test")
-                w["set_popular"] = gr.Button("Popular warm items", size="sm", min_width=140, elem_id="set-popular")
-            with gr.Row():
-                w["set_cold"] = gr.Button("Cold items", size="sm", min_width=140, elem_id="set-cold")
-                w["set_random"] = gr.Button("Random", size="sm", min_width=140, elem_id="set-random")
-            gr.Markdown("*Test items* are movies this user rated in the test period, after everything the "
-                        "models were trained on, so their true answers are shown. *Cold* items have fewer "
-                        f"than {state.catalog.warm_min} training interactions.", elem_classes=["note"])
-            gr.Markdown("### 3 · Score")
-            w["inject"] = gr.Checkbox(True, label="Inject CF tokens (CoLLM)", info=pipe_ready_note,
-                                      elem_id="inject")
-            choices = state.hub.backend_choices()
-            w["cf_model"] = gr.Dropdown(
-                choices, value=choices[0][1], label="CF model that makes the tokens",
-                info="Same frozen LLM and LoRA; each CF model has its own small projector. Changing it "
-                     "re-scores, and the map and the walkthrough follow.",
-                interactive=len(choices) > 1, elem_id="cf-model")
-            w["score_btn"] = gr.Button("Score candidates", variant="primary", elem_id="score-btn")
+            candidates = _build_candidates(state)
+            controls = _build_score_controls(state)
+    return RecommendTab(history=history, candidates=candidates, controls=controls, results=_build_results(),
+                        comparison=_build_comparison(state))
+
+
+def _build_history(state: AppState) -> HistoryInputs:
+    import gradio as gr
+
+    gr.Markdown("### 1 · Whose history?")
+    source = gr.Radio([("A real MovieLens user", "user"), ("Compose your own", "composed")],
+                      value="user", label="History from", elem_id="source")
+    user = gr.Dropdown(state.catalog.user_choices(), value=None, label="User (type to search, e.g. “warm” or an id)",
+                       filterable=True, elem_id="user-dropdown")
+    gr.Markdown(demo_users_note(state), elem_classes=["note"], elem_id="demo-users")
+    user_md = gr.Markdown(elem_classes=["note"])
+    history = gr.Dataframe(
+        value=core.history_frame(state, []), headers=core.HISTORY_COLUMNS,
+        datatype=["str", "str", "str", "str", "bool", "str"], interactive=True,
+        static_columns=[0, 1, 2, 3, 5],
+        label="History in the prompt (oldest first) — tick/untick “liked” to edit",
+        column_widths=["9%", "25%", "12%", "21%", "16%", "17%"], max_height=1000, wrap=True,
+        elem_id="history-table")
+    history_md = gr.Markdown(elem_classes=["note"])
+    with gr.Accordion("Add or remove movies", open=False, elem_id="history-edit") as edit_box:
+        add_items = gr.Dropdown(state.catalog.item_choices(), multiselect=True, label="Add movies", filterable=True)
+        with gr.Row():
+            add_liked = gr.Radio(["liked", "disliked"], value="liked", label="as", min_width=160)
+            add_btn = gr.Button("Add to history", size="sm", min_width=120)
+        remove_items = gr.Dropdown([], multiselect=True, label="Remove movies", filterable=True)
+        with gr.Row():
+            remove_btn = gr.Button("Remove", size="sm", min_width=100)
+            reset_btn = gr.Button("Reset to the real history / example", size="sm", min_width=160)
+    return HistoryInputs(source=source, user=user, user_md=user_md, history=history, history_md=history_md,
+                         edit_box=edit_box, add_items=add_items, add_liked=add_liked, add_btn=add_btn,
+                         remove_items=remove_items, remove_btn=remove_btn, reset_btn=reset_btn)
+
+
+def _build_candidates(state: AppState) -> CandidateInputs:
+    import gradio as gr
+
+    gr.Markdown("### 2 · Which candidates?")
+    candidates = gr.Dropdown(state.catalog.item_choices(), multiselect=True, max_choices=MAX_CANDIDATES,
+                             label=f"Candidate movies (type to search; up to {MAX_CANDIDATES})",
+                             filterable=True, elem_id="candidates")
+    n_set = gr.Slider(3, MAX_CANDIDATES, value=DEFAULT_SET_SIZE, step=1, label="Size of a one-click set")
+    with gr.Row():
+        set_test = gr.Button("This user's test items", size="sm", min_width=140, elem_id="set-test")
+        set_popular = gr.Button("Popular warm items", size="sm", min_width=140, elem_id="set-popular")
+    with gr.Row():
+        set_cold = gr.Button("Cold items", size="sm", min_width=140, elem_id="set-cold")
+        set_random = gr.Button("Random", size="sm", min_width=140, elem_id="set-random")
+    gr.Markdown("*Test items* are movies this user rated in the test period, after everything the "
+                "models were trained on, so their true answers are shown. *Cold* items have fewer "
+                f"than {state.catalog.warm_min} training interactions.", elem_classes=["note"])
+    return CandidateInputs(candidates=candidates, n_set=n_set, set_test=set_test, set_popular=set_popular,
+                           set_cold=set_cold, set_random=set_random)
+
+
+def _build_score_controls(state: AppState) -> ScoreControls:
+    import gradio as gr
+
+    gr.Markdown("### 3 · Score")
+    inject = gr.Checkbox(True, label="Inject CF tokens (CoLLM)", elem_id="inject",
+                         info="Both scores are always computed so you can compare them; this switch chooses "
+                              "which one ranks the recommendations (and which prompt is the one 'sent').")
+    choices = state.hub.backend_choices()
+    cf_model = gr.Dropdown(
+        choices, value=choices[0][1], label="CF model that makes the tokens",
+        info="Same frozen LLM and LoRA; each CF model has its own small projector. Changing it "
+             "re-scores, and the map and the walkthrough follow.",
+        interactive=len(choices) > 1, elem_id="cf-model")
+    score_btn = gr.Button("Score candidates", variant="primary", elem_id="score-btn")
+    return ScoreControls(inject=inject, cf_model=cf_model, score_btn=score_btn)
+
+
+def _build_results() -> ResultViews:
+    import gradio as gr
+
     # A presenter's screen: on Score the page scrolls here (SCROLL_TO_RESULTS), and the headline
     # (the reading and the rank chart) fills it; the table and the bars follow below.
     gr.Markdown("### Results", elem_id="results-heading")
     with gr.Row(equal_height=False):
         with gr.Column(scale=6, min_width=360):
-            w["summary"] = gr.Markdown(elem_id="summary")
+            summary_md = gr.Markdown(elem_id="summary")
         with gr.Column(scale=5, min_width=360):
-            w["rank_chart"] = gr.Plot(rank_figure(None), label="Rank without → rank with CF tokens",
-                                      elem_id="rank-chart")
-    w["sort_by"] = gr.Radio(SORT_CHOICES, value=SORT_CHOICES[0], label="Sort the table by", elem_id="sort-by")
+            rank_chart = gr.Plot(rank_figure(None), label="Rank without → rank with CF tokens", elem_id="rank-chart")
+    sort_by = gr.Radio(SORT_CHOICES, value=SORT_CHOICES[0], label="Sort the table by", elem_id="sort-by")
     # Widths in % so the nine columns fit at 1280 px and at 125 % zoom (1024 px) without a
     # sideways scroll; each is wide enough for its longest word ("disliked", "0.8831").
-    w["table"] = gr.Dataframe(value=results_table(None), interactive=False, wrap=True, max_height=1400,
-                              label="Both modes side by side: scores are P(Yes); Δ = with CF − without CF; "
-                                    "rank = place in the order shown (1 = top); item (train) = warm/cold and its "
-                                    "training interactions; truth = what the user actually did (test items only)",
-                              column_widths=["6%", "31%", "10%", "9%", "9%", "9%", "8%", "8%", "10%"],
-                              elem_id="results-table")
-    w["chart"] = gr.Plot(delta_figure(None), label="Difference per candidate", elem_id="delta-chart")
+    table = gr.Dataframe(value=results_table(None), interactive=False, wrap=True, max_height=1400,
+                         label="Both modes side by side: scores are P(Yes); Δ = with CF − without CF; "
+                               "rank = place in the order shown (1 = top); item (train) = warm/cold and its "
+                               "training interactions; truth = what the user actually did (test items only)",
+                         column_widths=["6%", "31%", "10%", "9%", "9%", "9%", "8%", "8%", "10%"],
+                         elem_id="results-table")
+    chart = gr.Plot(delta_figure(None), label="Difference per candidate", elem_id="delta-chart")
     gr.Markdown("### The exact prompts")
-    w["focus"] = gr.Dropdown([], label="Show the prompts for", elem_id="prompt-candidate")
+    focus = gr.Dropdown([], label="Show the prompts for", elem_id="prompt-candidate")
     with gr.Row(equal_height=False):
-        w["prompt_text"] = gr.HTML(elem_id="prompt-text", min_height=60)
-        w["prompt_cf"] = gr.HTML(elem_id="prompt-cf", min_height=60)
+        prompt_text = gr.HTML(elem_id="prompt-text", min_height=60)
+        prompt_cf = gr.HTML(elem_id="prompt-cf", min_height=60)
+    return ResultViews(summary=summary_md, rank_chart=rank_chart, sort_by=sort_by, table=table, chart=chart,
+                       focus=focus, prompt_text=prompt_text, prompt_cf=prompt_cf)
+
+
+def _build_comparison(state: AppState) -> ComparisonPanel:
+    import gradio as gr
+
     preset = profiles.compare_presets(state)
-    w["compare_box"] = gr.Accordion("Compare two composed profiles side by side", open=False, elem_id="compare-box")
-    with w["compare_box"]:
+    with gr.Accordion("Compare two composed profiles side by side", open=False, elem_id="compare-box"):
         gr.Markdown("Two made-up users, each " + FOLD_IN.replace("fold-in: ", "given a CF vector by fold-in (")
                     + "), score the **same** candidates. If the user token carried their taste, the two "
                     "rankings would differ; if they come out alike, the tokens mostly carry each movie's "
                     "general appeal. Edit either profile freely.", elem_classes=["note"])
         items = state.catalog.item_choices()
+        sides = {}
         with gr.Row(equal_height=False):
-            for side, name in (("a", preset["a_name"]), ("b", preset["b_name"])):
+            for side in ("a", "b"):
                 with gr.Column(min_width=300):
-                    w[f"cmp_{side}_name"] = gr.Textbox(name, label="Profile", max_lines=1,
-                                                       elem_id=f"compare-{side}-name")
-                    w[f"cmp_{side}_liked"] = gr.Dropdown(items, value=preset[f"{side}_liked"], multiselect=True,
-                                                         label="Liked movies", filterable=True,
-                                                         elem_id=f"compare-{side}-liked")
-                    w[f"cmp_{side}_disliked"] = gr.Dropdown(items, value=preset[f"{side}_disliked"],
-                                                            multiselect=True, label="Disliked movies",
-                                                            filterable=True, elem_id=f"compare-{side}-disliked")
-        w["cmp_candidates"] = gr.Dropdown(items, value=preset["candidates"], multiselect=True,
-                                          max_choices=MAX_CANDIDATES, filterable=True,
-                                          label="Candidates scored for both (preset: the next most popular films "
-                                                "of the two genres, half each)", elem_id="compare-candidates")
-        w["cmp_btn"] = gr.Button("Compare the two profiles", variant="primary", elem_id="compare-btn")
-        w["cmp_md"] = gr.Markdown(profiles.comparison_md(state, None), elem_id="compare-summary")
+                    sides[side] = ProfileInputs(
+                        name=gr.Textbox(preset[f"{side}_name"], label="Profile", max_lines=1,
+                                        elem_id=f"compare-{side}-name"),
+                        liked=gr.Dropdown(items, value=preset[f"{side}_liked"], multiselect=True,
+                                          label="Liked movies", filterable=True, elem_id=f"compare-{side}-liked"),
+                        disliked=gr.Dropdown(items, value=preset[f"{side}_disliked"], multiselect=True,
+                                             label="Disliked movies", filterable=True,
+                                             elem_id=f"compare-{side}-disliked"))
+        candidates = gr.Dropdown(items, value=preset["candidates"], multiselect=True, max_choices=MAX_CANDIDATES,
+                                 filterable=True, label="Candidates scored for both (preset: the next most popular "
+                                                        "films of the two genres, half each)",
+                                 elem_id="compare-candidates")
+        button = gr.Button("Compare the two profiles", variant="primary", elem_id="compare-btn")
+        summary_md = gr.Markdown(profiles.comparison_md(state, None), elem_id="compare-summary")
         with gr.Row(equal_height=False):
-            w["cmp_table"] = gr.Dataframe(profiles.comparison_table(None), interactive=False, wrap=True,
-                                          label="Top picks of each (CoLLM's ranking)", elem_id="compare-table",
-                                          column_widths=["10%", "45%", "45%"], max_height=600)
-            w["cmp_chart"] = gr.Plot(profiles.comparison_figure(None), label="Both profiles' scores",
-                                     elem_id="compare-chart")
-    return w
+            table = gr.Dataframe(profiles.comparison_table(None), interactive=False, wrap=True,
+                                 label="Top picks of each (CoLLM's ranking)", elem_id="compare-table",
+                                 column_widths=["10%", "45%", "45%"], max_height=600)
+            chart = gr.Plot(profiles.comparison_figure(None), label="Both profiles' scores", elem_id="compare-chart")
+    return ComparisonPanel(a=sides["a"], b=sides["b"], candidates=candidates, button=button, summary=summary_md,
+                           table=table, chart=chart)
 
+
+# ------------------------------------------------------------------------- events
 
 # After a scoring's results are drawn: bring them into view (the Score button sits low on a
 # 1280x800 screen, and the results below it). A front-end step only (no queue, no server call).
@@ -517,93 +681,155 @@ SCROLL_TO_RESULTS = ("() => { document.getElementById('results-heading')"
                      "?.scrollIntoView({behavior: 'smooth', block: 'start'}); }")
 
 
-def wire(state: AppState, w: dict, result_state, gr_error):
-    """Events of this tab. ``gr_error`` turns a CoLLMError into gr.Error."""
-    import gradio as gr
+@dataclass(frozen=True)
+class RecommendTab(Tab):
+    """The Recommend tab: it scores, and every other tab follows its result (``Page.refresh_after``)."""
 
-    def on_source(source, user):
-        table, note = load_history(state, source, user)
-        return (gr.update(visible=source == "user"), table, note,
-                gr.update(choices=history_choices(state, table), value=[]),
-                gr.update(interactive=source == "user"), gr.update(open=source == "composed"))
+    history: HistoryInputs
+    candidates: CandidateInputs
+    controls: ScoreControls
+    results: ResultViews
+    comparison: ComparisonPanel
 
-    def on_user(source, user):
-        table, note = load_history(state, source, user)
-        return table, note, gr.update(choices=history_choices(state, table), value=[])
+    @property
+    def score_inputs(self) -> list:
+        """What ``score`` reads: source, user, history table, candidates, CF model."""
+        h = self.history
+        return [h.source, h.user, h.history, self.candidates.candidates, self.controls.cf_model]
 
-    def on_pick_user(source, user, n, sort_by, inject):
-        table, note, cands, result = change_user(state, source, user, n)
-        return ((table, note, gr.update(choices=history_choices(state, table), value=[]), cands, result)
-                + render(result, sort_by, inject))
+    @property
+    def first_example_outputs(self) -> list:
+        """What ``first_example`` fills on page load, in its order."""
+        h = self.history
+        return [h.user, h.history, h.user_md, h.remove_items, self.candidates.candidates, self.controls.cf_model]
 
-    def on_table(source, user, table):
-        return history_status(state, source, user, table), gr.update(choices=history_choices(state, table))
+    def wire(self, page: Page) -> None:
+        self._wire_history(page)
+        self._wire_candidate_sets(page)
+        self._wire_scoring(page)
+        self._wire_comparison(page)
+        self._wire_results(page)
 
-    @gr_error
-    def on_add(table, items, liked):
-        return add_to_history(state, table, items, liked, warn=gr.Warning), []
+    def score_first_example(self, page: Page, loaded) -> None:
+        """Once ``loaded`` has filled the inputs (``first_example``): score them, draw, refresh the page."""
+        import gradio as gr
 
-    @gr_error
-    def on_remove(table, items):
-        return remove_from_history(state, table, items), []
+        state = page.state
 
-    def make_set(kind):
         @gr_error
-        def handler(n, source, user, table):
-            return candidate_set(state, kind, n, source, user, table)
-        return handler
+        def initial_score(source, user, table, candidates, cf, progress=gr.Progress()):
+            return score(state, source, user, table, candidates, progress=progress, cf=cf)
 
-    @gr_error
-    def on_score(source, user, table, candidates, cf, progress=gr.Progress()):
-        return score(state, source, user, table, candidates, progress=progress, cf=cf)
+        first = loaded.then(initial_score, self.score_inputs, page.result)
+        page.refresh_after(first.success(self._render(page), self._render_inputs(page), self.results.outputs))
 
-    def render(result, sort_by, inject):
-        choices, value = focus_choices(result, inject)
-        text, cf = prompts_html(state, result, value, inject)
-        return (summary(state, result, inject), styled_table(results_table(result, sort_by, inject)),
-                delta_figure(result, inject), gr.update(choices=choices, value=value), text, cf,
-                rank_figure(result))
+    def _render(self, page: Page):
+        state = page.state
 
-    def on_inject(result, inject):
-        sort_by = sort_key_for(inject)
-        return (sort_by,) + render(result, sort_by, inject)
+        def render_result(result, sort_by, inject):
+            return render(state, result, sort_by, inject)
+        return render_result
 
-    def on_sort(result, sort_by, inject):
-        return styled_table(results_table(result, sort_by, inject))
+    def _render_inputs(self, page: Page) -> list:
+        return [page.result, self.results.sort_by, self.controls.inject]
 
-    def on_focus(result, item, inject):
-        return prompts_html(state, result, item, inject)
+    def _wire_history(self, page: Page) -> None:
+        import gradio as gr
 
-    w["source"].change(on_source, [w["source"], w["user"]],
-                       [w["user"], w["history"], w["user_md"], w["remove_items"], w["set_test"], w["edit_box"]])
-    w["history"].change(on_table, [w["source"], w["user"], w["history"]], [w["history_md"], w["remove_items"]])
-    w["add_btn"].click(on_add, [w["history"], w["add_items"], w["add_liked"]], [w["history"], w["add_items"]])
-    w["remove_btn"].click(on_remove, [w["history"], w["remove_items"]], [w["history"], w["remove_items"]])
-    w["reset_btn"].click(on_user, [w["source"], w["user"]], [w["history"], w["user_md"], w["remove_items"]])
-    for kind in ("test", "popular", "cold", "random"):
-        w[f"set_{kind}"].click(make_set(kind), [w["n_set"], w["source"], w["user"], w["history"]], w["candidates"])
-    render_out = [w["summary"], w["table"], w["chart"], w["focus"], w["prompt_text"], w["prompt_cf"],
-                  w["rank_chart"]]
-    w["user"].input(on_pick_user, [w["source"], w["user"], w["n_set"], w["sort_by"], w["inject"]],
-                    [w["history"], w["user_md"], w["remove_items"], w["candidates"], result_state] + render_out)
-    score_in = [w["source"], w["user"], w["history"], w["candidates"], w["cf_model"]]
-    chains = []
-    for trigger in (w["score_btn"].click, w["cf_model"].input):
-        chain = trigger(on_score, score_in, result_state)
-        rendered = chain.success(render, [result_state, w["sort_by"], w["inject"]], render_out)
-        rendered.then(None, None, None, js=SCROLL_TO_RESULTS)
-        chains.append(rendered)
+        state, h, render_result = page.state, self.history, self._render(page)
 
-    @gr_error
-    def on_compare(a_name, a_liked, a_disliked, b_name, b_liked, b_disliked, candidates, cf):
-        names = ((a_name or "").strip()[:40] or "Profile A", (b_name or "").strip()[:40] or "Profile B")
-        comp = profiles.compare_profiles(state, a_liked, a_disliked, b_liked, b_disliked, candidates, cf=cf, names=names)
-        return profiles.comparison_md(state, comp, names), profiles.comparison_table(comp, names), profiles.comparison_figure(comp, names)
+        def on_source(source, user):
+            table, note = load_history(state, source, user)
+            return (gr.update(visible=source == "user"), table, note,
+                    gr.update(choices=history_choices(state, table), value=[]),
+                    gr.update(interactive=source == "user"), gr.update(open=source == "composed"))
 
-    w["cmp_btn"].click(on_compare, [w["cmp_a_name"], w["cmp_a_liked"], w["cmp_a_disliked"], w["cmp_b_name"],
-                                    w["cmp_b_liked"], w["cmp_b_disliked"], w["cmp_candidates"], w["cf_model"]],
-                       [w["cmp_md"], w["cmp_table"], w["cmp_chart"]])
-    w["inject"].input(on_inject, [result_state, w["inject"]], [w["sort_by"]] + render_out)
-    w["sort_by"].input(on_sort, [result_state, w["sort_by"], w["inject"]], w["table"])
-    w["focus"].input(on_focus, [result_state, w["focus"], w["inject"]], [w["prompt_text"], w["prompt_cf"]])
-    return chains, render, render_out
+        def on_user(source, user):
+            table, note = load_history(state, source, user)
+            return table, note, gr.update(choices=history_choices(state, table), value=[])
+
+        def on_pick_user(source, user, n, sort_by, inject):
+            table, note, cands, result = change_user(state, source, user, n)
+            return ((table, note, gr.update(choices=history_choices(state, table), value=[]), cands, result)
+                    + render_result(result, sort_by, inject))
+
+        def on_table(source, user, table):
+            return history_status(state, source, user, table), gr.update(choices=history_choices(state, table))
+
+        @gr_error
+        def on_add(table, items, liked):
+            return add_to_history(state, table, items, liked, warn=gr.Warning), []
+
+        @gr_error
+        def on_remove(table, items):
+            return remove_from_history(state, table, items), []
+
+        h.source.change(on_source, [h.source, h.user],
+                        [h.user, h.history, h.user_md, h.remove_items, self.candidates.set_test, h.edit_box])
+        h.history.change(on_table, [h.source, h.user, h.history], [h.history_md, h.remove_items])
+        h.add_btn.click(on_add, [h.history, h.add_items, h.add_liked], [h.history, h.add_items])
+        h.remove_btn.click(on_remove, [h.history, h.remove_items], [h.history, h.remove_items])
+        h.reset_btn.click(on_user, [h.source, h.user], [h.history, h.user_md, h.remove_items])
+        h.user.input(on_pick_user, [h.source, h.user, self.candidates.n_set, self.results.sort_by,
+                                    self.controls.inject],
+                     [h.history, h.user_md, h.remove_items, self.candidates.candidates, page.result]
+                     + self.results.outputs)
+
+    def _wire_candidate_sets(self, page: Page) -> None:
+        state, h, c = page.state, self.history, self.candidates
+
+        def make_set(kind):
+            @gr_error
+            def handler(n, source, user, table):
+                return candidate_set(state, kind, n, source, user, table)
+            return handler
+
+        for kind, button in c.set_buttons.items():
+            button.click(make_set(kind), [c.n_set, h.source, h.user, h.history], c.candidates)
+
+    def _wire_scoring(self, page: Page) -> None:
+        """The Score button and the CF-model selector: score, draw, scroll to the results, refresh the page."""
+        import gradio as gr
+
+        state = page.state
+
+        @gr_error
+        def on_score(source, user, table, candidates, cf, progress=gr.Progress()):
+            return score(state, source, user, table, candidates, progress=progress, cf=cf)
+
+        for trigger in (self.controls.score_btn.click, self.controls.cf_model.input):
+            chain = trigger(on_score, self.score_inputs, page.result)
+            rendered = chain.success(self._render(page), self._render_inputs(page), self.results.outputs)
+            rendered.then(None, None, None, js=SCROLL_TO_RESULTS)
+            page.refresh_after(rendered)
+
+    def _wire_comparison(self, page: Page) -> None:
+        state, c = page.state, self.comparison
+
+        @gr_error
+        def on_compare(a_name, a_liked, a_disliked, b_name, b_liked, b_disliked, candidates, cf):
+            names = ((a_name or "").strip()[:40] or "Profile A", (b_name or "").strip()[:40] or "Profile B")
+            comp = profiles.compare_profiles(state, a_liked, a_disliked, b_liked, b_disliked, candidates, cf=cf,
+                                             names=names)
+            return (profiles.comparison_md(state, comp, names), profiles.comparison_table(comp, names),
+                    profiles.comparison_figure(comp, names))
+
+        c.button.click(on_compare, [c.a.name, c.a.liked, c.a.disliked, c.b.name, c.b.liked, c.b.disliked,
+                                    c.candidates, self.controls.cf_model], [c.summary, c.table, c.chart])
+
+    def _wire_results(self, page: Page) -> None:
+        state, r, render_result = page.state, self.results, self._render(page)
+
+        def on_inject(result, inject):
+            sort_by = sort_key_for(inject)
+            return (sort_by,) + render_result(result, sort_by, inject)
+
+        def on_sort(result, sort_by, inject):
+            return styled_table(results_table(result, sort_by, inject))
+
+        def on_focus(result, item, inject):
+            return prompts_html(state, result, item, inject)
+
+        self.controls.inject.input(on_inject, [page.result, self.controls.inject], [r.sort_by] + r.outputs)
+        r.sort_by.input(on_sort, [page.result, r.sort_by, self.controls.inject], r.table)
+        r.focus.input(on_focus, [page.result, r.focus, self.controls.inject], [r.prompt_text, r.prompt_cf])

@@ -30,10 +30,7 @@ def cf_label(pipe) -> str:
     """'MF', 'LightGCN', 'toy (imported)', ... for the CF model of a pipeline (from the registry)."""
     if pipe.cf is None:
         return "CF"
-    spec = pipe.backend
-    if spec.imported or str(pipe.cf.kind).startswith("imported"):
-        return f"{spec.name} (imported)"
-    return spec.short
+    return pipe.backend.display_name(pipe.cf.kind, short=True)
 
 
 POPULARITY_TICKS = (1, 3, 10, 30, 100, 300)  # training interactions, on the log colour bar
@@ -45,7 +42,27 @@ def layout_traces(points: list[dict], color_by: str = "popularity", show_words: 
     "popularity" (training interactions, log colour bar), "rating" (mean training rating from
     ``mean_rating``, 1-5: the axis the item tokens spread along, so the Embedding tab's default),
     or "warm" (warm / cold). Numbers a student can read, not 19 genre colours."""
-    items = [p for p in points if p["kind"] == "item"]
+    traces = item_traces([p for p in points if p["kind"] == "item"], color_by, faint, mean_rating)
+    users = [p for p in points if p["kind"] == "user"]
+    traces.append(go.Scattergl(
+        x=[p["x"] for p in users], y=[p["y"] for p in users], mode="markers", name="user tokens",
+        marker=dict(size=6, color="#868E96", opacity=0.35 if not faint else 0.15, symbol="diamond"),
+        text=[f"user {p['key']} · {p['popularity']} training interactions" for p in users],
+        hovertemplate="%{text}<extra>user token</extra>"))
+    if show_words:
+        words = [p for p in points if p["kind"] == "word"]
+        traces.append(go.Scattergl(
+            x=[p["x"] for p in words], y=[p["y"] for p in words], mode="markers", name="vocabulary words",
+            marker=dict(size=7, color="#2B8A3E", opacity=0.45 if not faint else 0.2, symbol="x-thin",
+                        line=dict(width=1, color="#2B8A3E")),
+            text=[f"word token “{p['label']}”" for p in words], hovertemplate="%{text}<extra>word</extra>"))
+    return traces
+
+
+def item_traces(items: list[dict], color_by: str, faint: bool = False,
+                mean_rating: dict[str, float] | None = None) -> list[go.BaseTraceType]:
+    """The layout's item points, sized by popularity and coloured by ``color_by`` (see ``layout_traces``):
+    one trace on a colour bar (and one grey for items without a value), or a warm and a cold trace."""
     pops = np.array([p["popularity"] for p in items], dtype=float)
     top = max(1.0, float(pops.max()) if len(pops) else 1.0)
 
@@ -60,24 +77,8 @@ def layout_traces(points: list[dict], color_by: str = "popularity", show_words: 
 
     traces = []
     opacity = 0.25 if faint else 0.75
-    colorbar = dict(thickness=14, len=0.75, y=0.55, tickfont_size=13, title=dict(side="right", font_size=13))
     if color_by in ("popularity", "rating") and items:
-        if color_by == "rating":
-            rated = [p for p in items if (mean_rating or {}).get(p["key"]) is not None]
-            unrated = [p for p in items if (mean_rating or {}).get(p["key"]) is None]
-            color = [mean_rating[p["key"]] for p in rated]
-            marker = dict(color=color, cmin=1, cmax=5, colorscale="RdYlBu",
-                          colorbar=colorbar | dict(title=dict(text="mean rating", side="right", font_size=13)))
-        else:
-            rated, unrated = items, []
-            # log scale: most items have a handful of interactions, a few have hundreds
-            color = [np.log10(1 + p["popularity"]) for p in rated]
-            ticks = [t for t in POPULARITY_TICKS if t <= top] or [1]
-            marker = dict(color=color, cmin=0, cmax=float(np.log10(1 + top)), colorscale="Viridis",
-                          colorbar=colorbar | dict(tickvals=[float(np.log10(1 + t)) for t in ticks],
-                                                   ticktext=[str(t) for t in ticks],
-                                                   title=dict(text="training interactions", side="right",
-                                                              font_size=13)))
+        rated, unrated, marker = _colour_scale(items, color_by, top, mean_rating)
         if faint:
             marker.pop("colorbar")
         traces.append(go.Scattergl(
@@ -95,20 +96,26 @@ def layout_traces(points: list[dict], color_by: str = "popularity", show_words: 
             x=[p["x"] for p in part], y=[p["y"] for p in part], mode="markers", name=name,
             marker=dict(size=[size(p) for p in part], color=color, opacity=opacity, line_width=0),
             text=[hover(p) for p in part], hovertemplate="%{text}<extra>item token</extra>"))
-    users = [p for p in points if p["kind"] == "user"]
-    traces.append(go.Scattergl(
-        x=[p["x"] for p in users], y=[p["y"] for p in users], mode="markers", name="user tokens",
-        marker=dict(size=6, color="#868E96", opacity=0.35 if not faint else 0.15, symbol="diamond"),
-        text=[f"user {p['key']} · {p['popularity']} training interactions" for p in users],
-        hovertemplate="%{text}<extra>user token</extra>"))
-    if show_words:
-        words = [p for p in points if p["kind"] == "word"]
-        traces.append(go.Scattergl(
-            x=[p["x"] for p in words], y=[p["y"] for p in words], mode="markers", name="vocabulary words",
-            marker=dict(size=7, color="#2B8A3E", opacity=0.45 if not faint else 0.2, symbol="x-thin",
-                        line=dict(width=1, color="#2B8A3E")),
-            text=[f"word token “{p['label']}”" for p in words], hovertemplate="%{text}<extra>word</extra>"))
     return traces
+
+
+def _colour_scale(items: list[dict], color_by: str, top: float, mean_rating: dict[str, float] | None
+                  ) -> tuple[list[dict], list[dict], dict]:
+    """(items with a value, items without, the plotly marker with its colour bar) for "rating" or "popularity"."""
+    colorbar = dict(thickness=14, len=0.75, y=0.55, tickfont_size=13, title=dict(side="right", font_size=13))
+    if color_by == "rating":
+        rated = [p for p in items if (mean_rating or {}).get(p["key"]) is not None]
+        unrated = [p for p in items if (mean_rating or {}).get(p["key"]) is None]
+        return rated, unrated, dict(color=[mean_rating[p["key"]] for p in rated], cmin=1, cmax=5, colorscale="RdYlBu",
+                                    colorbar=colorbar | dict(title=dict(text="mean rating", side="right", font_size=13)))
+    # log scale: most items have a handful of interactions, a few have hundreds
+    ticks = [t for t in POPULARITY_TICKS if t <= top] or [1]
+    return items, [], dict(color=[np.log10(1 + p["popularity"]) for p in items], cmin=0, cmax=float(np.log10(1 + top)),
+                           colorscale="Viridis",
+                           colorbar=colorbar | dict(tickvals=[float(np.log10(1 + t)) for t in ticks],
+                                                    ticktext=[str(t) for t in ticks],
+                                                    title=dict(text="training interactions", side="right",
+                                                               font_size=13)))
 
 
 def spread_labels(xy: list[tuple[float, float]], offsets: list[tuple[float, float]],
