@@ -279,8 +279,14 @@ def check_folder(checkpoint_dir: str | Path) -> None:
     read_manifest(checkpoint_dir)
     for path in sorted(checkpoint_dir.glob("*.safetensors")):
         check_safetensors(path)
-    if (checkpoint_dir / "lora" / "adapter_model.safetensors").exists():
-        check_lora(checkpoint_dir / "lora")
+    for lora_dir in lora_dirs(checkpoint_dir):
+        check_lora(lora_dir)
+
+
+def lora_dirs(checkpoint_dir: Path) -> list[Path]:
+    """The folder's LoRA adapters: stage 1's (``lora/``) and stage 2's own copies (``lora_<cf>/``)."""
+    names = ["lora"] + [spec.lora_dir for _, spec in _cf_files(checkpoint_dir)]
+    return [checkpoint_dir / name for name in names if (checkpoint_dir / name / "adapter_model.safetensors").exists()]
 
 
 def available_backends(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> list[str]:
@@ -391,11 +397,10 @@ def check_llm_files(manifest: dict, llm_name: str | None, checkpoint_dir: str | 
     if isinstance(layers, int) and want.get("layers") not in (None, layers):
         raise CheckpointError(f"checkpoints were trained for an LLM with {want['layers']} layers "
                               f"({want.get('name')}), but the running LLM {resolve_llm_name(llm_name)} has {layers}")
-    lora_dir = Path(checkpoint_dir) / "lora"
-    if (lora_dir / "adapter_model.safetensors").is_file():
-        shapes = llm_weight_shapes(folder)
-        if shapes:
-            check_lora_fits(lora_dir, shapes)
+    adapters = lora_dirs(Path(checkpoint_dir))
+    shapes = llm_weight_shapes(folder) if adapters else {}
+    for lora_dir in adapters if shapes else []:
+        check_lora_fits(lora_dir, shapes)
 
 
 def load_backend(checkpoint_dir: Path, cf_name: str, llm: LoadedLLM, manifest: dict

@@ -179,11 +179,15 @@ class CoLLM(ScoringMixin, nn.Module):
     """
 
     def __init__(self, llm: nn.Module, tokenizer, projector: Projector | None = None,
-                 runtime: Runtime | None = None, lock: threading.RLock | None = None):
+                 runtime: Runtime | None = None, lock: threading.RLock | None = None,
+                 cf_adapter: str | None = None):
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
         self.projector = projector
+        # The peft adapter that CF prompts run with, when stage 2 trained its own copy of the LoRA
+        # (``TrainConfig.projector_lora_lr``); None: the stage-1 LoRA for both modes (the paper).
+        self.cf_adapter = cf_adapter
         # Device and precision (bf16 = autocast; the answer head stays float32). The caller has
         # put the LLM and the projector on ``runtime.device``; batches are moved there in ``_run``.
         self.runtime = runtime or Runtime()
@@ -196,7 +200,7 @@ class CoLLM(ScoringMixin, nn.Module):
 
     # -- adapter switch: zero-shot = LoRA disabled, text_only / collm = LoRA enabled
     @contextlib.contextmanager
-    def adapter(self, enabled: bool):
+    def adapter(self, enabled: bool, with_cf: bool = False):
         """LoRA on or off for one call. Scoring (no gradients) runs LoRA *merged*: each adapted
         layer computes with W + ΔW in one matmul instead of W x + B A x (four small, slow matmuls
         and an add per layer, ~10 % of a scoring call on CPU). The base W is kept and put back
@@ -205,27 +209,48 @@ class CoLLM(ScoringMixin, nn.Module):
         if not hasattr(self.llm, "disable_adapter"):
             yield
             return
-        if enabled and torch.is_grad_enabled():
-            yield
-            return
-        with self.llm.disable_adapter():
-            if not enabled:
+        with self._grad_flags_kept():
+            if enabled:
+                self.activate(self.cf_adapter if with_cf and self.cf_adapter else "default")
+            if enabled and torch.is_grad_enabled():
                 yield
                 return
-            layers = self._merged_lora()
-            try:
-                for layer, (_, merged) in layers.items():
-                    layer.base_layer.weight = merged
-                yield
-            finally:
-                for layer, (base, _) in layers.items():
-                    layer.base_layer.weight = base
+            with self.llm.disable_adapter():
+                if not enabled:
+                    yield
+                    return
+                layers = self._merged_lora()
+                try:
+                    for layer, (_, merged) in layers.items():
+                        layer.base_layer.weight = merged
+                    yield
+                finally:
+                    for layer, (base, _) in layers.items():
+                        layer.base_layer.weight = base
+
+    @contextlib.contextmanager
+    def _grad_flags_kept(self):
+        """peft's ``set_adapter`` and the exit of ``disable_adapter`` set ``requires_grad`` on the
+        active adapter's weights; put every LoRA weight's flag back, so a call never changes what trains."""
+        lora = [p for n, p in self.llm.named_parameters() if "lora_" in n]
+        flags = [p.requires_grad for p in lora]
+        try:
+            yield
+        finally:
+            for param, flag in zip(lora, flags):
+                param.requires_grad_(flag)
+
+    def activate(self, name: str) -> None:
+        """Make peft adapter ``name`` the active one (when the LLM holds several; the caller holds
+        the lock, as ``adapter`` does)."""
+        if getattr(self.llm, "active_adapter", name) != name and name in getattr(self.llm, "peft_config", {}):
+            self.llm.set_adapter(name)
 
     def _merged_lora(self) -> dict[nn.Module, tuple[nn.Parameter, nn.Parameter]]:
         """Per adapted layer: (its base weight, base + ΔW of the active adapters), made once and
         again only when a LoRA weight has changed (training in the same process bumps versions)."""
         lora = [(name, p) for name, p in self.llm.named_parameters() if "lora_" in name]
-        version = tuple((p.data_ptr(), p._version) for _, p in lora)
+        version = (getattr(self.llm, "active_adapter", None), tuple((p.data_ptr(), p._version) for _, p in lora))
         if getattr(self, "_merged_version", None) != version:
             merged = {}
             for module in self.llm.modules():
@@ -254,9 +279,9 @@ class CoLLM(ScoringMixin, nn.Module):
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
-    def session(self, use_lora: bool):
+    def session(self, use_lora: bool, with_cf: bool = False):
         """One model call: the lock, the adapter switch and the precision, in that order."""
-        with self.lock, self.adapter(use_lora), self.autocast():
+        with self.lock, self.adapter(use_lora, with_cf), self.autocast():
             yield
 
     def _base(self) -> nn.Module:
@@ -345,7 +370,7 @@ class CoLLM(ScoringMixin, nn.Module):
                 hidden_states: bool = False) -> Inspection:
         """One prompt through the same path as ``score``, keeping what the teaching views need."""
         batch = self._pack([prompt.ids], [self._slots(prompt, "all", user_vec, item_vec)], left=True)
-        with self.session(use_lora), self._attention_weights(attentions):
+        with self.session(use_lora, user_vec is not None or item_vec is not None), self._attention_weights(attentions):
             out = self._run(batch, output_attentions=attentions, output_hidden_states=hidden_states)
         last = out.last_hidden_state[0, -1]
         diff = self.answer_logit(last.view(1, -1))
@@ -398,7 +423,8 @@ class CoLLM(ScoringMixin, nn.Module):
         with self.lock:  # the hook is on the shared decoder: no other call may run while it is there
             handle = self._base().model.register_forward_pre_hook(leaf, with_kwargs=True)
             try:
-                with grad_mode, self.adapter(use_lora), self._attention_weights(attentions):
+                with grad_mode, self.adapter(use_lora, user_vecs is not None or item_vecs is not None), \
+                        self._attention_weights(attentions):
                     out = self._run(batch, output_attentions=attentions)
                     diff = self.answer_logit(out.last_hidden_state[:, -1])
             finally:

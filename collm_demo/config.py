@@ -200,6 +200,9 @@ class TrainConfig:
     # CF model's own, tuned for scoring alone (MF: 5.0). 1.0 has the better early-stop AUC:
     # 0.7854 vs 0.7780 (docs/experiments.md).
     projector_foldin_l2: float | None = 1.0
+    # Rate of stage 2's own copy of the stage-1 LoRA, trained with the projector and used for the
+    # CF prompts only (saved as lora_<cf>/); 0 = the paper's recipe, the LoRA frozen in stage 2.
+    projector_lora_lr: float = 0.0
     # --- issue 26: training one user at a time (collm_demo/grouped.py); the defaults are the paper's
     group_size: int = 1  # rows per group: one user's candidates sharing the history of the first; 1 = per row
     pairwise_weight: float = 0.0  # weight of the within-group pairwise (liked above disliked) term beside BCE

@@ -344,9 +344,39 @@ def with_backend(base: Pipeline, checkpoint_dir: str | Path, cf_name: str) -> Pi
                               f"available: {', '.join(available_backends(checkpoint_dir)) or 'none'}")
     if projector is not None:
         projector.to(base.model.device)
-    model = CoLLM(base.model.llm, base.model.tokenizer, projector, runtime=base.model.runtime, lock=base.model.lock)
+    cf_adapter = None
+    if base.has_lora and projector is not None:
+        with base.model.lock:  # adding an adapter to the shared peft model
+            cf_adapter = load_cf_adapter(base.model.llm, Path(checkpoint_dir), cf_name)
+    model = CoLLM(base.model.llm, base.model.tokenizer, projector, runtime=base.model.runtime, lock=base.model.lock,
+                  cf_adapter=cf_adapter)
     notice = "" if base.has_lora else base.notice  # the base's note may be about its own CF files
     return Pipeline(base.dataset, base.llm, model, cf, base.manifest, base.has_lora, notice, cf_name, base.ranks)
+
+
+def load_cf_adapter(peft_model, checkpoint_dir: Path, cf_name: str) -> str | None:
+    """Stage 2's own LoRA for ``cf_name`` (``lora_<cf>/``, written when stage 2 trained the LoRA
+    with the projector), added to the peft model beside stage 1's; its name, or None if the folder
+    has none (the paper's recipe: CF prompts run with the stage-1 LoRA)."""
+    spec = backend(cf_name)
+    folder = Path(checkpoint_dir) / spec.lora_dir
+    if not (folder / "adapter_model.safetensors").exists():
+        return None
+    if spec.adapter_name in peft_model.peft_config:
+        return spec.adapter_name
+    from safetensors import SafetensorError
+
+    check_lora(folder)
+    try:
+        peft_model.load_adapter(str(folder), adapter_name=spec.adapter_name, is_trainable=False)
+    except (SafetensorError, ValueError, RuntimeError, TypeError, KeyError, OSError) as err:
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[:2] if line.strip())[:300]
+        raise CheckpointError(f"{folder}: the LoRA adapter does not fit this LLM ({type(err).__name__}: {detail})") from None
+    peft_model.set_adapter("default")
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(False)
+    return spec.adapter_name
 
 
 def check_protocol(manifest: dict, dataset: Dataset) -> None:
@@ -450,7 +480,8 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
         model_llm.eval()
     elif with_lora:  # a deliberate skip (stage 1 retraining) is not a missing file
         notes.insert(1 if cf is None else 0, "no LoRA adapter (lora/)")
-    model = CoLLM(model_llm, llm.tokenizer, projector, runtime=runtime)
+    cf_adapter = load_cf_adapter(model_llm, checkpoint_dir, cf_name) if has_lora and projector is not None else None
+    model = CoLLM(model_llm, llm.tokenizer, projector, runtime=runtime, cf_adapter=cf_adapter)
     notice = ""
     if notes:
         mode = "CoLLM" if projector is not None else ("text-only" if has_lora else "zero-shot")

@@ -33,7 +33,7 @@ class ScoringMixin:
         order = sorted(range(len(prompts)), key=lambda n: len(prompts[n]))
         out = torch.empty(len(prompts))
         batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
-        with self.session(use_lora):
+        with self.session(use_lora, user_vecs is not None or item_vecs is not None):
             for batch in (progress(batches) if progress else batches):
                 logits = self.forward([prompts[n] for n in batch],
                                       None if user_vecs is None else user_vecs[batch],
@@ -74,7 +74,7 @@ class ScoringMixin:
                                    prefix_batch, suffix_batch)
         if shard is not None:
             plan = plan[shard[0]::shard[1]]
-        with self.session(use_lora):
+        with self.session(use_lora, user_vecs is not None or item_vecs is not None):
             for groups in (progress(plan) if progress else plan):
                 prefixes = self._run_prefixes(tree, groups)
                 self._run_suffixes(tree, prefixes, out, suffix_batch, suffix_row_tokens)
@@ -132,7 +132,11 @@ class ScoringMixin:
     def score_modes(self, text: Sequence[Prompt], with_cf: Sequence[Prompt], user_vecs: torch.Tensor | None,
                     item_vecs: torch.Tensor | None, use_lora: bool = True, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Both modes at once (same LoRA): text-only prompts and CF prompts of the same rows, the
-        history encoded once per user for both. Returns (text-only scores, CF scores)."""
+        history encoded once per user for both. Returns (text-only scores, CF scores). When CF
+        prompts run with their own adapter (``cf_adapter``) the modes share no cache: two calls."""
+        if self.cf_adapter:
+            return (self.score_shared(text, None, None, use_lora, **kwargs),
+                    self.score_shared(with_cf, user_vecs, item_vecs, use_lora, **kwargs))
         n = len(text)
         users = None if user_vecs is None else torch.cat([user_vecs, user_vecs])
         items = None if item_vecs is None else torch.cat([item_vecs, item_vecs])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -77,16 +78,20 @@ def cosine_with_warmup(optimiser: torch.optim.Optimizer, total_steps: int,
 
 def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parameter],
                     rows: pd.DataFrame, eval_rows: pd.DataFrame, cfg: TrainConfig, lr: float,
-                    weight_decay: float) -> dict:
+                    weight_decay: float, extra: tuple[list[torch.nn.Parameter], float] | None = None) -> dict:
     """One pass over ``rows`` (batch × grad-accum), early stopping on ``eval_rows`` AUC every
     ``cfg.eval_every`` optimiser steps. The best parameters are restored at the end.
+    ``extra``: more parameters trained at their own rate, without weight decay (stage 2's LoRA).
     With N ranks a micro-batch is ``batch_size × N`` rows, each rank computing its share."""
     model: CoLLM = pipeline.model
     ranks = pipeline.ranks
     with_cf = stage == "projector"
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    groups = [{"params": params}] + ([{"params": extra[0], "lr": extra[1], "weight_decay": 0.0}] if extra else [])
+    optimiser = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    params = params + (extra[0] if extra else [])
     global_batch = cfg.batch_size * ranks.world
-    steps = max(1, math.ceil(len(rows) / (global_batch * cfg.grad_accum)))
+    batches = micro_batches(rows, global_batch, cfg, ranks)  # user groups make some batches larger
+    steps = max(1, math.ceil(len(batches) / cfg.grad_accum))
     scheduler = cosine_with_warmup(optimiser, steps, cfg.warmup_frac)
     evaluate = early_stop_auc(pipeline, eval_rows, pipeline.collm_method if with_cf else "text_only")
     start_auc = evaluate()
@@ -99,7 +104,6 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
     model.train()
     trained = ranks.wrap(model)
     started, seen, step = time.time(), 0, 0
-    batches = micro_batches(rows, global_batch, cfg, ranks)
     bar = tqdm(batches, desc=f"{stage}", unit="batch", file=sys.stderr, mininterval=5, disable=not ranks.is_main)
     running = None
     for n, batch in enumerate(bar, 1):
@@ -189,7 +193,7 @@ def grouped_loss(pipeline: Pipeline, batch: pd.DataFrame, with_cf: bool, pairwis
     model = pipeline.model
     users, items = pipeline.cf_vectors(batch, for_tokens=True) if with_cf else (None, None)
     labels = torch.tensor(batch["label"].to_numpy(), dtype=torch.float32, device=model.device)
-    group_ids = torch.as_tensor(batch["group"].to_numpy(), device=model.device)
+    group_ids = torch.tensor(batch["group"].to_numpy(), device=model.device)
     members = [np.flatnonzero(batch["group"].to_numpy() == g).tolist() for g in dict.fromkeys(batch["group"])]
     with model.autocast():
         logits = grouped_logits(model, pipeline.prompts(batch, with_cf), members, users, items).float()
@@ -268,16 +272,56 @@ def stage_projector(cf_name: str, llm: LoadedLLM, dataset: Dataset, cfg: TrainCo
     torch.manual_seed(cfg.seed)
     foldin_l2 = cfg.projector_foldin_l2 if cfg.projector_foldin_l2 is not None else base.cf.foldin_l2
     projector = Projector(base.cf.dim, llm.hidden_size, foldin_l2=foldin_l2).to(runtime.device)
-    pipeline = Pipeline(dataset, llm, CoLLM(base.model.llm, llm.tokenizer, projector, runtime=runtime), base.cf,
-                        base.manifest, base.has_lora, "", cf_name, ranks)
-    info = train_llm_stage(pipeline, "projector", list(projector.parameters()), projector_rows(dataset, cfg),
-                           eval_rows, cfg, cfg.projector_lr, cfg.projector_weight_decay)
     spec = backend(cf_name)
+    lora = stage2_lora(base, out_dir, spec) if cfg.projector_lora_lr > 0 else None
+    model = CoLLM(base.model.llm, llm.tokenizer, projector, runtime=runtime, cf_adapter=lora and spec.adapter_name)
+    pipeline = Pipeline(dataset, llm, model, base.cf, base.manifest, base.has_lora, "", cf_name, ranks)
+    info = train_llm_stage(pipeline, "projector", list(projector.parameters()), projector_rows(dataset, cfg),
+                           eval_rows, cfg, cfg.projector_lr, cfg.projector_weight_decay,
+                           extra=(lora, cfg.projector_lora_lr) if lora else None)
     if ranks.is_main:
         save_projector(projector.cpu(), out_dir / spec.projector_file, cf_name)
+        save_stage2_lora(model.llm, out_dir, spec, trained=lora is not None)
     return info | {"rows_from": "valid minus the early-stop rows (seeded random sample)",
                    "projector": {"cf": cf_name, "cf_dim": base.cf.dim, "hidden": projector.expand * base.cf.dim,
-                                 "user_foldin_l2": foldin_l2, "out": llm.hidden_size, "file": spec.projector_file}}
+                                 "user_foldin_l2": foldin_l2, "out": llm.hidden_size, "file": spec.projector_file},
+                   "stage2_lora": ({"dir": spec.lora_dir, "lr": cfg.projector_lora_lr, "from": "lora (stage 1)"}
+                                   if lora else None)}
+
+
+def stage2_lora(base: Pipeline, out_dir: Path, spec) -> list[torch.nn.Parameter]:
+    """A trainable copy of the stage-1 LoRA for the CF prompts (LLaRA's lesson: the LLM learns to
+    read the new tokens with them), added to the peft model as ``spec.adapter_name``; the text-only
+    mode keeps stage 1's. Returns the copy's parameters."""
+    if not base.has_lora:
+        raise CheckpointError("--projector-lora-lr needs a stage-1 LoRA (lora/) to start from: run the 'lora' stage first")
+    peft_model, name = base.model.llm, spec.adapter_name
+    if name in peft_model.peft_config:  # an earlier stage 2's copy, loaded with the folder: start over
+        peft_model.set_adapter("default")
+        peft_model.delete_adapter(name)
+    peft_model.load_adapter(str(out_dir / "lora"), adapter_name=name, is_trainable=True)
+    peft_model.set_adapter(name)
+    params = [p for n, p in peft_model.named_parameters() if "lora_" in n and f".{name}." in n]
+    for param in params:
+        param.requires_grad_(True)
+    return params
+
+
+def save_stage2_lora(peft_model, out_dir: Path, spec, trained: bool) -> None:
+    """Stage 2's LoRA as ``lora_<cf>/`` (the adapter's tensors and config, as peft reads them); a
+    stage 2 without one removes an earlier copy, which belongs to the projector it replaces."""
+    folder = out_dir / spec.lora_dir
+    if not trained:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(peft_model, adapter_name=spec.adapter_name)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
+    peft_model.peft_config[spec.adapter_name].save_pretrained(str(folder))
+    peft_model.set_adapter("default")
 
 
 def load_for_training(llm_name: str | None, cfg: TrainConfig, runtime: Runtime) -> LoadedLLM:

@@ -271,3 +271,25 @@ def test_the_app_process_starts_and_serves_in_fallback(tiny_checkpoints, tiny_ll
             client.predict("1", "1, 2", "mf", api_name="/compare")
         assert server.process.poll() is None
     assert "Traceback" not in (tmp_path / "app.log").read_text()
+
+
+def test_stage_two_lora_copies_are_checked_at_start(tiny_checkpoints, tmp_path):
+    """A stage-2 LoRA copy (lora_<cf>/) is read and checked with the rest of the folder before the
+    page is built: a truncated one, or one that does not fit the LLM, is named."""
+    from collm_demo.checkpoints import check_folder, check_lora_fits
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoints, folder)
+    shutil.copytree(folder / "lora", folder / "lora_mf")
+    check_folder(folder)  # a good copy passes
+    tensors = load_file(str(folder / "lora_mf" / "adapter_model.safetensors"))
+    key = next(k for k in tensors if k.endswith(".lora_A.weight"))
+    module = key[: -len(".lora_A.weight")].removeprefix("base_model.model.")
+    rank, width = tensors[key].shape
+    out = tensors[key.replace("lora_A", "lora_B")].shape[0]
+    with pytest.raises(CheckpointError, match="lora_mf"):
+        check_lora_fits(folder / "lora_mf", {module + ".weight": [out, width + 1]})
+    path = folder / "lora_mf" / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="lora_mf"):
+        check_folder(folder)

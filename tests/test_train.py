@@ -186,3 +186,65 @@ def test_quick_train_and_evaluate_on_the_embedded_defaults(tmp_path):
     assert main(["evaluate", "--quick", "--checkpoints", str(ckpt), "--out", str(out), "--max-rows", "24"]) == 0
     results = json.loads(out.read_text())
     assert results["protocol"]["rows"] == 24 and "collm" in results["methods"]
+
+
+def test_stage_two_can_train_its_own_copy_of_the_lora(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    """--projector-lora-lr: stage 2 trains a copy of the stage-1 LoRA for the CF prompts (lora_mf/);
+    the text-only mode keeps stage 1's adapter, and a later stage 2 without it removes the copy."""
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoints, folder)
+    before = load_pipeline(folder, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
+    rows = before.dataset.split("test").head(12).copy()
+    text_before = before.score_rows(rows, "text_only")
+    assert before.model.cf_adapter is None
+    assert main(["train", "--quick", "--stage", "projector", "--projector-lora-lr", "0.05", "--group-size", "4",
+                 "--pairwise-weight", "1", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir),
+                 "--checkpoints", str(folder)]) == 0
+    saved = load_file(str(folder / "lora_mf" / "adapter_model.safetensors"))
+    stage1 = load_file(str(folder / "lora" / "adapter_model.safetensors"))
+    assert set(saved) == set(stage1)  # the same layout, readable by peft as a plain adapter
+    record = read_manifest(folder)["stages"]["projector"]
+    assert record["stage2_lora"]["dir"] == "lora_mf"
+    # the copy saved is the one early stopping kept: stage 1's own values if the best check was before training
+    assert any(not torch.equal(saved[k], stage1[k]) for k in saved) == (record["best_step"] > 0)
+
+    after = load_pipeline(folder, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
+    assert after.model.cf_adapter == "cf_mf"
+    assert torch.equal(after.score_rows(rows, "text_only"), text_before)  # stage 1's adapter, untouched
+    joint = after.score_methods(rows, ["text_only", "collm"])  # the two modes no longer share a cache
+    assert torch.allclose(joint["collm"], after.score_rows(rows, "collm"), atol=1e-5)
+    assert torch.allclose(joint["text_only"], text_before, atol=1e-5)
+    users, items = after.cf_vectors(rows, for_tokens=True)
+    reference = after.model.score(after.prompts(rows, True), users, items)  # whole prompts, no cache
+    assert torch.allclose(joint["collm"], reference, atol=1e-5)
+    live = {n: p for n, p in after.model.llm.named_parameters() if "lora_" in n}
+    assert live and not any(p.requires_grad for p in live.values())  # scoring switched adapters, trained nothing
+
+    assert main(["train", "--quick", "--stage", "projector", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir),
+                 "--checkpoints", str(folder)]) == 0
+    assert not (folder / "lora_mf").exists()
+    assert load_pipeline(folder, str(tiny_llm_dir), str(tiny_data_dir), bf16=False).model.cf_adapter is None
+
+
+def test_stage_two_lora_copy_is_what_trains(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    """The gradient of a CF prompt reaches the copy (and the projector), never stage 1's adapter."""
+    from collm_demo.cf import backend
+    from collm_demo.collm import CoLLM
+    from collm_demo.train import stage2_lora
+
+    pipe = load_pipeline(tiny_checkpoints, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
+    spec = backend("mf")
+    copy = stage2_lora(pipe, tiny_checkpoints, spec)
+    model = CoLLM(pipe.model.llm, pipe.model.tokenizer, pipe.model.projector, runtime=pipe.model.runtime,
+                  cf_adapter=spec.adapter_name)
+    rows = pipe.dataset.split("valid").head(4)
+    users, items = pipe.cf_vectors(rows, for_tokens=True)
+    model.train()
+    model(pipe.prompts(rows, True), users, items).sum().backward()
+    copy_ids = {id(p) for p in copy}
+    stage1 = [p for n, p in model.llm.named_parameters() if "lora_" in n and id(p) not in copy_ids]
+    assert copy and len(stage1) == len(copy)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in copy if "lora_B" in str(p.shape) or True)
+    assert all(p.grad is None for p in stage1)

@@ -60,6 +60,16 @@ class Backend:
     def projector_file(self) -> str:
         return f"projector_{self.name}.safetensors"
 
+    @property
+    def lora_dir(self) -> str:
+        """Stage 2's own copy of the LoRA, when stage 2 trained one (``--projector-lora-lr``)."""
+        return f"lora_{self.name}"
+
+    @property
+    def adapter_name(self) -> str:
+        """That copy's name inside the one peft model (beside stage 1's ``default``)."""
+        return f"cf_{self.name}"
+
     def layout_path(self, default: Path) -> Path:
         """The embedding-map layout next to ``default`` (``assets/embedding_map.json`` for MF)."""
         return default if self.legacy else default.with_name(f"{default.stem}_{self.name}{default.suffix}")
