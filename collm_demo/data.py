@@ -20,6 +20,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,30 @@ class Dataset:
 
     def title(self, item: str) -> str:
         return str(self.items.at[item, "title"]) if item in self.items.index else f"item {item}"
+
+    # A real user, as the app prompts them: their latest interactions before the test period.
+    @cached_property
+    def test_start(self) -> int:
+        """The first timestamp of the test period."""
+        inter = self.interactions
+        return int(inter.loc[inter["split"] == "test", "timestamp"].min())
+
+    @cached_property
+    def pretest(self) -> dict[str, pd.DataFrame]:
+        """Each user's interactions before the test period (train + valid), oldest first."""
+        inter = self.interactions
+        before = inter[inter["timestamp"] < self.test_start].sort_values("timestamp", kind="stable")
+        return {str(u): g for u, g in before.groupby("user", sort=False)}
+
+    def real_history(self, user: str, k: int | None = None) -> pd.DataFrame:
+        """A real user's history, the one rule the app and ``Pipeline.rank_for_users`` share: their
+        last <= ``k`` (default ``protocol.history_len``) interactions before the test period, oldest
+        first; no row for a user without one. Not a protocol row's history (the interactions strictly
+        before *that* row): this is what a user looks like once everything before the test is known."""
+        frame = self.pretest.get(str(user))
+        if frame is None:
+            return self.interactions.iloc[:0]
+        return frame.tail(k or self.protocol.history_len)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -13,7 +13,12 @@ Two ways in, one scorer (``_score_llm``) behind both:
 * **a profile** (the app: one history, its labels, a user vector, candidates): ``score_profile``
   (both modes), ``inspect`` (one prompt, the whole answer distribution), ``look_inside`` (the
   Inside tab's analysis), ``refit_item`` / ``score_item_vectors`` (the cold-start simulator),
-  ``project`` and ``prompt_tokens`` (what the views draw). The app asks these and never the model.
+  ``project`` and ``prompt_tokens`` (what the views draw);
+* built on both, **several real users** (the app's "Same films, different users"): ``rank_for_users``
+  scores one set of candidates for each user's real history through ``score_profile``, and the CF
+  model alone through ``score_rows``.
+
+The app asks these and never the model.
 
 Prompts are built here and only here (``prompts_for``), and the LoRA rule lives here: the text
 mode runs with the LoRA when one is loaded (TALLRec's text-only model), else the plain LLM
@@ -23,7 +28,7 @@ mode runs with the LoRA when one is loaded (TALLRec's text-only model), else the
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +46,7 @@ from .device import Runtime
 from .distributed import Ranks
 from .errors import CheckpointError, InputError
 from .llm import LoadedLLM, load_llm
+from .personalization import UserRanking, UsersRanking, users_ranking
 
 # The LLM methods and how each runs: (CF prompt?, LoRA on?). The CoLLM row's results key depends
 # on the backend ("collm", "collm_<name>", ``Pipeline.collm_method``); inside the scorer it is "collm".
@@ -251,6 +257,51 @@ class Pipeline:
         out = self._score_llm([list(history)] * k, [list(labels)] * k, list(candidates), modes, users, items)
         return ProfileScores(text=out[self.text_mode].tolist(),
                              cf=out["collm"].tolist() if "collm" in out else None, text_mode=self.text_mode)
+
+    # ---- several real users, the same candidates ---------------------------------------
+    def real_user(self, user: int | str) -> tuple[str, list[str], list[int]]:
+        """A real user as the app prompts them: their id, and the items and labels of their history
+        (``Dataset.real_history``: the latest <= 10 interactions before the test period)."""
+        user = str(user)
+        hist = self.dataset.real_history(user)
+        if not len(hist):
+            known = bool((self.dataset.interactions["user"] == user).any())
+            raise InputError(f"user {user} has no interactions before the test period, so there is no history to "
+                             "put in the prompt" if known else f"unknown user {user}")
+        return user, [str(i) for i in hist["item"]], [int(y) for y in hist["label"]]
+
+    def rank_for_users(self, users: Sequence[int | str], candidates: Sequence[str], top_k: int = 5,
+                       progress: Callable[[float, str], None] | None = None) -> UsersRanking:
+        """The same candidates ranked for each of ``users`` (real users, each with the history and CF
+        vector the app gives them): P(Yes) from the text-only prompt and with the CF tokens (one
+        ``score_profile`` pass per user), and the CF model's own probability beside them (its
+        ``score_rows``, as the evaluation scores it). With each method's agreement across the users:
+        mean pairwise Spearman ρ and mean top-``top_k`` overlap (``personalization.agreement``).
+        ``progress(share done, what)`` is called before each user."""
+        candidates = [str(c) for c in candidates]
+        unknown = [c for c in candidates if c not in self.dataset.items.index]
+        if not candidates or unknown:
+            raise InputError(f"unknown candidate item(s) {', '.join(unknown[:5])}" if unknown else "no candidates")
+        ranked = []
+        for n, user in enumerate(users):
+            if progress:
+                progress(n / len(users), f"user {user}: scoring with and without the CF tokens")
+            ranked.append(self._rank_for_user(user, candidates))
+        return users_ranking(candidates, ranked, self.text_mode, self.cf_name if self.cf is not None else None, top_k)
+
+    def _rank_for_user(self, user: int | str, candidates: list[str]) -> UserRanking:
+        user, items, labels = self.real_user(user)
+        token_vec = self.user_token_vector(user, items, labels) if self.has_projector else None
+        scores = self.score_profile(items, labels, candidates, token_vec)
+        alone, k = None, len(candidates)
+        if self.cf is not None:  # the evaluation's rows: the trained vector, else the history folded in
+            rows = pd.DataFrame({"user": [user] * k, "item": candidates, "history_items": [tuple(items)] * k,
+                                 "history_labels": [tuple(labels)] * k})
+            alone = tuple(self.score_rows(rows, self.cf_method).tolist())
+        return UserRanking(user=user, history=tuple(items), labels=tuple(labels),
+                           trained_vector=bool(self.cf is not None and self.cf.has_user(user)
+                                               and not self.cf.encodes_history),
+                           text=tuple(scores.text), cf=None if scores.cf is None else tuple(scores.cf), alone=alone)
 
     def inspect(self, history: Sequence[str], labels: Sequence[int], item: str, with_cf: bool,
                 user_vec: torch.Tensor | None = None) -> Inspection:

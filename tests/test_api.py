@@ -1,4 +1,4 @@
-"""The /compare endpoint over HTTP: the app on loopback, driven with gradio_client."""
+"""The /compare and /same_films endpoints over HTTP: the app on loopback, driven with gradio_client."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def client(app_url):
 
 def test_compare_is_the_documented_endpoint(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert sorted(api["named_endpoints"]) == ["/compare", "/inside"]  # the gr.api endpoints, no UI event
+    assert sorted(api["named_endpoints"]) == ["/compare", "/inside", "/same_films"]  # the gr.api endpoints, no UI event
     params = [p["parameter_name"] for p in api["named_endpoints"]["/compare"]["parameters"]]
     assert params == ["user_id", "item_ids", "cf_model"]
 
@@ -60,3 +60,18 @@ def test_compare_with_each_cf_backend(client, real_state):
             assert out == default
     with pytest.raises(AppError, match="not available; this app has"):
         client.predict(user_id="1", item_ids="1", cf_model="no-such-model", api_name="/compare")
+
+
+def test_same_films_ranks_the_films_for_each_user(client):
+    """/same_films: the same films for several real users, three ways, with how alike the rankings are."""
+    from gradio_client.exceptions import AppError
+
+    api = client.view_api(print_info=False, return_format="dict")
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/same_films"]["parameters"]]
+    assert params == ["user_ids", "item_ids", "cf_model"]
+    out = client.predict(user_ids="1, 2", item_ids="1, 50, 100", api_name="/same_films")
+    assert [f["id"] for f in out["films"]] == ["1", "50", "100"] and [u["user"] for u in out["users"]] == ["1", "2"]
+    assert set(out["agreement"]) == {"cf", "text", "alone"} and out["reading"]
+    assert all(sorted(u[m]["ranks"]) == [1, 2, 3] for u in out["users"] for m in ("cf", "text", "alone"))
+    with pytest.raises(AppError, match="give 2 to 5"):
+        client.predict(user_ids="1", item_ids="1, 50, 100", api_name="/same_films")

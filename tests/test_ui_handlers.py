@@ -285,7 +285,7 @@ def test_build_demo_has_only_the_designed_endpoints_public(real_state):
 
     demo = build_demo(real_state)
     public = sorted(fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public")
-    assert public == ["compare", "inside"]
+    assert public == ["compare", "inside", "same_films"]
 
 
 def test_app_starts_without_checkpoints(tmp_path):

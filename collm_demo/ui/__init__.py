@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from . import core, embedding, explain, guard, recommend, warm_cold
+from . import core, embedding, explain, guard, recommend, same_films, warm_cold
 from . import inside as inside_view
 from .page import Page, Refresh, TabSpec, gr_error
 from .state import AppState, get_state
@@ -52,7 +52,7 @@ pre.prompt {white-space: pre-wrap; word-break: break-word; font-size: 0.86em; li
 /* Tables wrap between words only: gr.Dataframe's wrap mode sets word-break: break-word, which
    splits "year" or "disliked" mid-word in a narrow column (125 % zoom); the column widths leave
    room for each column's longest word instead. */
-#results-table span.text, #history-table span.text, #compare-table span.text
+#results-table span.text, #history-table span.text, #compare-table span.text, #same-table span.text
     {word-break: normal !important; overflow-wrap: normal !important; hyphens: none;}
 /* 20 candidate chips are 20 lines: a box of about seven (scrolling inside) keeps the Score
    button within reach of a 1280x800 screen. */
@@ -84,6 +84,12 @@ def compare_api(state: AppState, user_id: str, item_ids: str, cf_model: str | No
 def inside_api(state: AppState, user_id: str, item_id: str, cf_model: str | None = None) -> dict:
     """The logic behind the /inside endpoint (raises gr.Error on bad input)."""
     return inside_view.inside_json(state, user_id, item_id, cf_model)
+
+
+@gr_error
+def same_films_api(state: AppState, user_ids: str = "", item_ids: str = "", cf_model: str | None = None) -> dict:
+    """The logic behind the /same_films endpoint (raises gr.Error on bad input)."""
+    return same_films.same_films_json(state, user_ids, item_ids, cf_model)
 
 
 def plain_status(state: AppState, cf: str | None = None) -> str:
@@ -128,6 +134,7 @@ TABS = (
     TabSpec("Warm vs cold", "warmcold", warm_cold.build),
     TabSpec("How it works", "how", explain.build),
     TabSpec("Inside the LLM", "inside", inside_view.build),
+    TabSpec("Same films, different users", "samefilms", same_films.build),
 )
 
 
@@ -167,7 +174,7 @@ def build_demo(state: AppState | None = None) -> gr.Blocks:
         page.wire(built)
         load_first_example(demo, page, rec, notice, headline, status)
         add_api(state)
-    # Only the gr.api endpoints (/compare, /inside) are the designed API: the UI's events are
+    # Only the gr.api endpoints (/compare, /inside, /same_films) are the designed API: the UI's events are
     # private (their named routes answer 404, see guard.py), rejected values are echoed briefly,
     # and every event waits in one queue with limit 1, so one handler runs at a time. At most
     # max_queue requests wait; the next are refused at once with guard.QUEUE_FULL. harden()
@@ -199,7 +206,7 @@ def load_first_example(demo: gr.Blocks, page: Page, rec: recommend.RecommendTab,
 
 
 def add_api(state: AppState) -> None:
-    """The designed API, /compare and /inside (in the open Blocks); the docstrings are its documentation."""
+    """The designed API, /compare, /inside and /same_films (in the open Blocks); the docstrings are its documentation."""
     import gradio as gr
 
     def compare(user_id: str, item_ids: str, cf_model: str = "") -> list[dict]:
@@ -232,6 +239,21 @@ def add_api(state: AppState) -> None:
 
     gr.api(inside, api_name="inside")
 
+    def same_films_endpoint(user_ids: str = "", item_ids: str = "", cf_model: str = "") -> dict:
+        """The same films ranked for several real users, with and without CF tokens and by the CF model alone.
+
+        user_ids: 2 to 5 comma-separated user ids such as "94, 738, 58"; empty = the default set (users the
+        CF model sees as opposite tastes). item_ids: 3 to 20 comma-separated item ids; empty = the default set
+        (popular warm films across genres). cf_model (optional): as in /compare. Returns films (id, title, in
+        the order ranked), users (user, history, trained_vector, and per method "cf" / "text" / "alone": the
+        scores per film in that order and their ranks, 1 = first), agreement per method (mean_rho: mean
+        Spearman rho between two users' scores, lower = more personal; pair_rhos; mean_top_overlap: films two
+        users share in their top k; k) and reading, one sentence generated from those numbers.
+        """
+        return same_films_api(state, user_ids, item_ids, cf_model)
+
+    gr.api(same_films_endpoint, api_name="same_films")
+
 
 def launch_kwargs() -> dict:
     """Theme and CSS (Gradio 6 takes them in launch()), and the request guard's middleware."""
@@ -242,5 +264,5 @@ def launch_kwargs() -> dict:
                            font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
     # guard.RequestGuard refuses or checks every Gradio route (bodies over 64 KB: 413 unread; named
-    # calls only for /compare and /inside; no /run, no uploads); its lifespan bounds the sessions.
+    # calls only for the gr.api endpoints; no /run, no uploads); its lifespan bounds the sessions.
     return {"theme": theme, "css": CSS, "app_kwargs": guard.app_kwargs()}

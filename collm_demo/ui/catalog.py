@@ -51,13 +51,12 @@ class Catalog:
         self.dataset = ds = dataset
         inter = ds.interactions
         self.warm_min = ds.protocol.warm_min
-        self.test_start = int(inter.loc[inter["split"] == "test", "timestamp"].min())
+        self.test_start = ds.test_start
         train = inter[inter["split"] == "train"]
         self.item_train = train["item"].value_counts().to_dict()
         self.user_train = train["user"].value_counts().to_dict()
-        pre = inter[inter["timestamp"] < self.test_start]
         test = inter[inter["split"] == "test"]
-        self._pretest = {u: g for u, g in pre.groupby("user", sort=False)}
+        self._pretest = ds.pretest
         self._test = {u: g for u, g in test.groupby("user", sort=False)}
         self.users: dict[str, UserInfo] = {}
         for user in sorted(inter["user"].unique(), key=lambda u: (len(u), u)):
@@ -121,12 +120,9 @@ class Catalog:
         return max(usable, key=lambda u: (u.warm, u.n_test > 0, -abs(u.n_test - 20), u.user)).user
 
     def real_history(self, user: str, k: int | None = None) -> pd.DataFrame:
-        """The user's last <= k interactions before the test period (train + valid), oldest first."""
-        k = k or self.dataset.protocol.history_len
-        frame = self._pretest.get(user)
-        if frame is None:
-            return pd.DataFrame(columns=_COLUMNS)
-        return frame.sort_values("timestamp", kind="stable").tail(k)[_COLUMNS]
+        """The user's last <= k interactions before the test period (train + valid), oldest first
+        (``Dataset.real_history``: the rule the engine's ``Pipeline.rank_for_users`` uses too)."""
+        return self.dataset.real_history(user, k)[_COLUMNS]
 
     def test_items(self, user: str) -> pd.DataFrame:
         frame = self._test.get(user)

@@ -9,7 +9,7 @@ it. Routes under ``/gradio_api``:
   an event of this app, a ``session_hash`` is 1 to 64 letters, digits, ``-`` or ``_``, and the
   event gets a value for each of its inputs (else 400 with a message; nothing is queued).
 - ``POST call/<name>``, ``call/v2/<name>``: public endpoints only (``gr.api``: ``/compare``,
-  ``/inside``; else 404); queued. The arguments are checked against the function's signature and
+  ``/inside``, ``/same_films``; else 404); queued. The arguments are checked against the function's signature and
   omitted optional ones filled in (else 400); a ``fn_index`` in the body is refused.
 - ``POST run/<name>``, ``api/<name>``: 404 with a message pointing to ``call/<name>``. Gradio
   runs these outside the queue (no limit, no max size) and takes the handler from the body's
@@ -34,7 +34,7 @@ up to 10,000. ``sessions.SessionStore`` replaces its store at start-up (the life
 create none.
 
 :func:`harden` makes every UI event private (the designed API is what ``gr.api`` declares:
-``/compare``, ``/inside``), bounds the echo of rejected component values (Gradio's dropdown error
+``/compare``, ``/inside``, ``/same_films``), bounds the echo of rejected component values (Gradio's dropdown error
 repeats the whole choice list: 1,682 titles) and turns any other input-processing failure into a
 short message instead of a traceback that repeats the input; it puts every event on one
 concurrency id with limit 1 (one handler at a time) and enables the queue with its size bound,

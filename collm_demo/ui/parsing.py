@@ -17,7 +17,7 @@ from ..errors import InputError
 from .state import AppState
 
 __all__ = ["HISTORY_COLUMNS", "ID_DIGITS", "SEED_MAX", "echo", "is_id", "parse_cf", "parse_history",
-           "parse_item_ids", "parse_seed", "parse_user_id", "trim_history"]
+           "parse_item_ids", "parse_seed", "parse_user_id", "parse_user_ids", "trim_history"]
 
 # An id is 1 to 7 ASCII digits. str.isdigit() would take '²' or '①' (then int() fails) and
 # read the full-width '１３' as 13; 7 digits leave room for any real catalogue.
@@ -122,6 +122,25 @@ def parse_user_id(state: AppState, text) -> str:
         raise InputError(f"user {user} has no interactions before the test period, so there is no "
                          "history to put in the prompt")
     return user
+
+
+def parse_user_ids(state: AppState, text_or_list, low: int, high: int, field_name: str = "user_ids") -> list[str]:
+    """``low`` to ``high`` distinct known user ids with a pre-test history, comma-separated (or a list);
+    each read as ``parse_user_id`` reads one."""
+    tokens = _id_tokens(text_or_list, field_name)
+    if not low <= len(tokens) <= high:
+        raise InputError(f"{field_name}: give {low} to {high} comma-separated user ids such as \"94, 738\" "
+                         f"(got {len(tokens)})")
+    users = []
+    for token in tokens:
+        try:
+            user = parse_user_id(state, token)
+        except InputError as err:  # name the field: the message of one id says "user_id"
+            raise InputError(f"{field_name}: {str(err).removeprefix('user_id ')}") from None
+        if user in users:
+            raise InputError(f"{field_name}: user {user} is listed twice; list each user once")
+        users.append(user)
+    return users
 
 
 def parse_cf(state: AppState, cf) -> str | None:
