@@ -7,13 +7,16 @@ Both paths train the same rows with the same history per group (``grouped.user_g
 group's prefix once and its suffixes packed on the cache (``grouped.grouped_logits``). Prints the
 median seconds of forward + backward for the batch, rows/s, the ratio, the FLOP-count ratio
 (|P| + K|S|) / (K(|P| + |S|)) from the real token counts, and the largest logit difference between
-the two paths (they compute the same function). Run from the repository root.
+the two paths in eval mode (they compute the same function; in train mode the LoRA's dropout makes
+every call differ). ``--save`` writes benchmarks/results/bench_grouped.json. Run from the
+repository root.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stage", choices=["projector", "lora"], default="projector")
     parser.add_argument("--checkpoints", default=str(CHECKPOINT_DIR))
+    parser.add_argument("--save", action="store_true", help="write benchmarks/results/bench_grouped.json")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     pipe = load_pipeline(args.checkpoints, bf16=False)
@@ -72,15 +76,28 @@ def main() -> None:
             out = step(kind)
             times.append(time.perf_counter() - start)
         results[kind] = (statistics.median(times), out)
+    model.eval()  # the parity check without dropout
+    with torch.no_grad():
+        diff = float((torch.cat([model(prompts[s: s + 8], None if users is None else users[s: s + 8],
+                                       None if items is None else items[s: s + 8]) for s in range(0, len(prompts), 8)])
+                      - grouped_logits(model, prompts, groups, users, items)).abs().max())
     prefix = sum(len(prompts[g[0]].prefix) for g in groups)
     suffix = sum(len(p.suffix) for p in prompts)
     whole_tokens = sum(len(p) for p in prompts)
-    diff = float((results["whole"][1] - results["grouped"][1]).abs().max())
     print(f"{args.stage}: {len(prompts)} rows in {len(groups)} groups of {args.group}; "
           f"tokens whole {whole_tokens}, grouped {prefix + suffix} (FLOP ratio {whole_tokens / (prefix + suffix):.2f}x)")
     for kind in ("whole", "grouped"):
         print(f"  {kind:8s} forward+backward {results[kind][0]:.2f} s  ({len(prompts) / results[kind][0]:.2f} rows/s)")
-    print(f"  speed-up {results['whole'][0] / results['grouped'][0]:.2f}x; max |logit difference| {diff:.2e}")
+    print(f"  speed-up {results['whole'][0] / results['grouped'][0]:.2f}x; max |logit difference| (eval mode) {diff:.2e}")
+    if args.save:
+        from benchmarks.report import save
+
+        save("bench_grouped", {"stage": args.stage, "rows": len(prompts), "group": args.group,
+                               "flop_ratio": round(whole_tokens / (prefix + suffix), 2),
+                               "seconds": {k: round(v[0], 2) for k, v in results.items()},
+                               "rows_per_s": {k: round(len(prompts) / v[0], 2) for k, v in results.items()},
+                               "speedup": round(results["whole"][0] / results["grouped"][0], 2),
+                               "max_logit_diff": diff}, sys.argv[1:], update_doc=False)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,17 @@ import pandas as pd
 from .config import DEFAULT_CF, PROJECT_ROOT, ProtocolConfig
 from .data import dev_rows
 from .device import Runtime
+from .errors import InputError
 from .evaluate import auc_uauc
 from .pipeline import load_pipeline
 
 OUT_DIR = PROJECT_ROOT / "logs" / "experiments"
 LIKE_SHARE = "like_share"  # the share of "(liked)" marks in the row's history, used directly as a score
+# The app's "Same films, different users" default set on the shipped MF checkpoints (ui/same_films.py's
+# rule: four trained users the CF model sees as opposite tastes; popular warm films across genres),
+# fixed here so every recipe is compared on the same people and films. No labels are read.
+SAME_FILMS_USERS = ("457", "843", "175", "186")
+SAME_FILMS_ITEMS = ("100", "294", "50", "288", "181", "174", "258", "286", "127", "1", "183", "405")
 
 
 def like_share(rows: pd.DataFrame) -> np.ndarray:
@@ -61,6 +67,13 @@ def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path:
         report["user_token_ablation"] = {"all": round(float(change.mean()), 4),
                                          "warm_user": round(float(change[warm_user].mean()), 4) if warm_user.any() else None,
                                          "users_trained": int(warm_user.sum())}
+    try:  # the same films for four opposite users (ML-100K's ids; other data: skipped)
+        ranking = pipe.rank_for_users(SAME_FILMS_USERS, SAME_FILMS_ITEMS) if pipe.has_projector else None
+    except InputError:
+        ranking = None
+    if ranking is not None:
+        report["same_films"] = {method: {"mean_rho": round(a.mean_rho, 4), "top5_overlap": round(a.mean_overlap, 2)}
+                                for method, a in ranking.agreement.items()}
     report["seconds"] = round(time.time() - started, 1)
     out = out or OUT_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,5 +90,7 @@ def summary(report: dict) -> str:
     if "user_token_ablation" in report:
         a = report["user_token_ablation"]
         lines.append(f"  user-token ablation |ΔP|: all {a['all']}, warm users {a['warm_user']}")
+    for method, a in report.get("same_films", {}).items():
+        lines.append(f"  same films, 4 users, {method:5s}: mean ρ {a['mean_rho']}, top-5 shared {a['top5_overlap']}")
     return "\n".join(lines)
 

@@ -1,0 +1,27 @@
+"""The fast loop's report (``python -m collm_demo experiment``) on the tiny LLM and data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from collm_demo import experiment
+from collm_demo.__main__ import main
+
+pytestmark = pytest.mark.fp32
+
+
+def test_experiment_reports_auc_uauc_ablation_and_the_baselines(tiny_checkpoints, tiny_llm_dir, tiny_data_dir,
+                                                               tmp_path, monkeypatch):
+    # The tiny data has no user with 6 liked and 6 disliked valid rows: the whole valid split stands in.
+    monkeypatch.setattr(experiment, "dev_rows", lambda dataset: dataset.split("valid"))
+    out = tmp_path / "recipe.json"
+    assert main(["experiment", "--checkpoints", str(tiny_checkpoints), "--llm", str(tiny_llm_dir),
+                 "--data", str(tiny_data_dir), "--name", "recipe", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["name"] == "recipe" and report["rows"] > 0
+    for method in ("mf", "mf_no_foldin", "text_only", "collm", experiment.LIKE_SHARE):
+        assert 0 <= report["metrics"][method]["all"]["auc"] <= 1, method
+    assert report["user_token_ablation"]["all"] >= 0
+    assert "same_films" not in report  # ML-100K's user ids are not in the tiny data
