@@ -94,11 +94,12 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
     steps = max(1, math.ceil(len(batches) / cfg.grad_accum))
     scheduler = cosine_with_warmup(optimiser, steps, cfg.warmup_frac)
     evaluate = early_stop_auc(pipeline, eval_rows, pipeline.collm_method if with_cf else "text_only")
-    start_auc = evaluate()
+    start_auc, start_uauc = evaluate()
     stopper = EarlyStopping(cfg.patience, snapshot=lambda: [p.detach().clone() for p in params],
                             restore=lambda saved: _copy_into(params, saved), best_metric=start_auc)
-    history = [{"step": 0, "valid_auc": round(start_auc, 4)}]
-    log(f"[{stage}] {len(rows)} rows, {steps} optimiser steps; early-stop AUC before training {start_auc:.4f}"
+    history = [{"step": 0, "valid_auc": round(start_auc, 4), "valid_uauc": round(start_uauc, 4)}]
+    log(f"[{stage}] {len(rows)} rows, {steps} optimiser steps; early-stop AUC before training {start_auc:.4f} "
+        f"(UAUC {start_uauc:.4f})"
         + (f"; {ranks.world} ranks × {cfg.batch_size} rows per micro-batch" if ranks.active else ""))
     _train_only(model, params)
     model.train()
@@ -123,9 +124,10 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
         step += 1
         bar.set_postfix(loss=f"{running:.4f}", rows_per_s=f"{seen / (time.time() - started):.2f}")
         if step % cfg.eval_every == 0 or n == len(batches):
-            auc = evaluate()
-            history.append({"step": step, "valid_auc": round(auc, 4), "loss": round(running, 4)})
-            log(f"[{stage}] step {step}/{steps}: loss {running:.4f}, early-stop AUC {auc:.4f} "
+            auc, uauc = evaluate()
+            history.append({"step": step, "valid_auc": round(auc, 4), "valid_uauc": round(uauc, 4),
+                            "loss": round(running, 4)})
+            log(f"[{stage}] step {step}/{steps}: loss {running:.4f}, early-stop AUC {auc:.4f} UAUC {uauc:.4f} "
                 f"(best {stopper.best_metric:.4f}), {seen / (time.time() - started):.2f} rows/s")
             if stopper.observe(step, auc):
                 log(f"[{stage}] early stop at step {step}")
@@ -139,16 +141,19 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
             "wall_s": round(wall, 1), "rows_per_s": round(seen / wall, 2), "history": history}
 
 
-def early_stop_auc(pipeline: Pipeline, eval_rows: pd.DataFrame, method: str) -> Callable[[], float]:
-    """The early-stopping check: ``method``'s AUC on ``eval_rows``, scored in eval mode (the model
-    is put back in train mode after)."""
+def early_stop_auc(pipeline: Pipeline, eval_rows: pd.DataFrame, method: str) -> Callable[[], tuple[float, float]]:
+    """The early-stopping check: ``method``'s AUC on ``eval_rows`` (what decides) and its UAUC
+    (logged: on 400 random rows few users have both classes, too noisy to decide), scored in eval
+    mode (the model is put back in train mode after)."""
     labels = eval_rows["label"].to_numpy()
 
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, float]:
         pipeline.model.eval()
-        scores = pipeline.score_rows(eval_rows, method)
+        scores = pipeline.score_rows(eval_rows, method).numpy()
         pipeline.model.train()
-        return float(roc_auc_score(labels, scores.numpy()))
+        frame = pd.DataFrame({"user": eval_rows["user"].to_numpy(), "label": labels, "score": scores})
+        per_user = [roc_auc_score(g["label"], g["score"]) for _, g in frame.groupby("user") if g["label"].nunique() == 2]
+        return float(roc_auc_score(labels, scores)), float(np.mean(per_user)) if per_user else float("nan")
 
     return evaluate
 
