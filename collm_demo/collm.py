@@ -247,19 +247,22 @@ class CoLLM(ScoringMixin, nn.Module):
             self.llm.set_adapter(name)
 
     def _merged_lora(self) -> dict[nn.Module, tuple[nn.Parameter, nn.Parameter]]:
-        """Per adapted layer: (its base weight, base + ΔW of the active adapters), made once and
-        again only when a LoRA weight has changed (training in the same process bumps versions)."""
+        """Per adapted layer: (its base weight, base + ΔW of the active adapter), made once per
+        adapter and again only when a LoRA weight has changed (training in the same process bumps
+        versions). One entry per adapter, so the text and CF adapters do not re-merge on every switch."""
         lora = [(name, p) for name, p in self.llm.named_parameters() if "lora_" in name]
-        version = (getattr(self.llm, "active_adapter", None), tuple((p.data_ptr(), p._version) for _, p in lora))
-        if getattr(self, "_merged_version", None) != version:
+        active = getattr(self.llm, "active_adapter", None)
+        version = tuple((p.data_ptr(), p._version) for _, p in lora)
+        cache = self.__dict__.setdefault("_merged_cache", {})  # adapter -> (weights' version, merged layers)
+        if cache.get(active, (None,))[0] != version:
             merged = {}
             for module in self.llm.modules():
                 if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
                     base = module.base_layer.weight
                     delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
                     merged[module] = (base, nn.Parameter((base + delta).to(base.dtype).detach(), requires_grad=False))
-            self._merged, self._merged_version = merged, version
-        return self._merged
+            cache[active] = (version, merged)
+        return cache[active][1]
 
     @property
     def device(self) -> torch.device:

@@ -15,6 +15,7 @@ scores for early stopping merged, only rank 0 writing.
 
 from __future__ import annotations
 
+import copy
 import math
 import shlex
 import shutil
@@ -325,7 +326,9 @@ def save_stage2_lora(peft_model, out_dir: Path, spec, trained: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(peft_model, adapter_name=spec.adapter_name)
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
-    peft_model.peft_config[spec.adapter_name].save_pretrained(str(folder))
+    config = copy.deepcopy(peft_model.peft_config[spec.adapter_name])
+    config.inference_mode = True  # as peft's own save_pretrained writes it
+    config.save_pretrained(str(folder))
     peft_model.set_adapter("default")
 
 
