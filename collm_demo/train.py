@@ -31,6 +31,7 @@ from peft import LoraConfig, get_peft_model
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from . import resume
 from .cf import backend, trainable_backends
 from .checkpoints import read_manifest, record_cf, save_projector, write_manifest
 from .collm import CoLLM, Projector
@@ -45,6 +46,7 @@ from .pipeline import Pipeline, load_pipeline
 from .trainer import EarlyStopping
 
 STAGES = ("cf", "lora", "projector")
+PROGRESS_DIR = "progress"  # <checkpoints>/progress/<stage>.safetensors: an interrupted LLM stage resumes from it
 
 
 _QUIET = {"quiet": False}  # under torchrun only rank 0 logs
@@ -79,10 +81,12 @@ def cosine_with_warmup(optimiser: torch.optim.Optimizer, total_steps: int,
 
 def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parameter],
                     rows: pd.DataFrame, eval_rows: pd.DataFrame, cfg: TrainConfig, lr: float,
-                    weight_decay: float, extra: tuple[list[torch.nn.Parameter], float] | None = None) -> dict:
+                    weight_decay: float, extra: tuple[list[torch.nn.Parameter], float] | None = None,
+                    progress: Path | None = None) -> dict:
     """One pass over ``rows`` (batch × grad-accum), early stopping on ``eval_rows`` AUC every
     ``cfg.eval_every`` optimiser steps. The best parameters are restored at the end.
     ``extra``: more parameters trained at their own rate, without weight decay (stage 2's LoRA).
+    ``progress``: where the run's position is saved at every check, and resumed from (``resume.py``).
     With N ranks a micro-batch is ``batch_size × N`` rows, each rank computing its share."""
     model: CoLLM = pipeline.model
     ranks = pipeline.ranks
@@ -90,56 +94,94 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
     groups = [{"params": params}] + ([{"params": extra[0], "lr": extra[1], "weight_decay": 0.0}] if extra else [])
     optimiser = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     params = params + (extra[0] if extra else [])
-    global_batch = cfg.batch_size * ranks.world
-    batches = micro_batches(rows, global_batch, cfg, ranks)  # user groups make some batches larger
+    batches = micro_batches(rows, cfg.batch_size * ranks.world, cfg, ranks)  # user groups make some batches larger
     steps = max(1, math.ceil(len(batches) / cfg.grad_accum))
     scheduler = cosine_with_warmup(optimiser, steps, cfg.warmup_frac)
     evaluate = early_stop_auc(pipeline, eval_rows, pipeline.collm_method if with_cf else "text_only")
-    start_auc, start_uauc = evaluate()
     stopper = EarlyStopping(cfg.patience, snapshot=lambda: [p.detach().clone() for p in params],
-                            restore=lambda saved: _copy_into(params, saved), best_metric=start_auc)
-    history = [{"step": 0, "valid_auc": round(start_auc, 4), "valid_uauc": round(start_uauc, 4)}]
-    log(f"[{stage}] {len(rows)} rows, {steps} optimiser steps; early-stop AUC before training {start_auc:.4f} "
-        f"(UAUC {start_uauc:.4f})"
+                            restore=lambda saved: _copy_into(params, saved))
+    at = start_or_resume(stage, progress, resume.fingerprint(stage, cfg.to_dict(), rows.index.tolist(), params),
+                         params, optimiser, scheduler, stopper, evaluate)
+    log(f"[{stage}] {len(rows)} rows, {steps} optimiser steps; early-stop AUC before training "
+        f"{at.history[0]['valid_auc']:.4f} (UAUC {at.history[0]['valid_uauc']:.4f})"
+        + (f"; resumed after step {at.step}" if at.step else "")
         + (f"; {ranks.world} ranks × {cfg.batch_size} rows per micro-batch" if ranks.active else ""))
     _train_only(model, params)
     model.train()
     trained = ranks.wrap(model)
-    started, seen, step = time.time(), 0, 0
+    started, seen_before = time.time(), at.seen
     bar = tqdm(batches, desc=f"{stage}", unit="batch", file=sys.stderr, mininterval=5, disable=not ranks.is_main)
-    running = None
     for n, batch in enumerate(bar, 1):
+        if n <= at.batches_done:  # taken before the interruption
+            continue
         boundary = n % cfg.grad_accum == 0 or n == len(batches)
         loss = micro_batch_loss(pipeline, trained, batch, with_cf, accumulate=not boundary,
                                 pairwise_weight=cfg.pairwise_weight)
         (loss / cfg.grad_accum).backward()
-        seen += len(batch)
-        value = float(loss.detach())
-        running = value if running is None else 0.9 * running + 0.1 * value
+        at.seen, value = at.seen + len(batch), float(loss.detach())
+        at.running = value if at.running is None else 0.9 * at.running + 0.1 * value
         if not boundary:
             continue
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
         scheduler.step()
         optimiser.zero_grad()
-        step += 1
-        bar.set_postfix(loss=f"{running:.4f}", rows_per_s=f"{seen / (time.time() - started):.2f}")
-        if step % cfg.eval_every == 0 or n == len(batches):
-            auc, uauc = evaluate()
-            history.append({"step": step, "valid_auc": round(auc, 4), "valid_uauc": round(uauc, 4),
-                            "loss": round(running, 4)})
-            log(f"[{stage}] step {step}/{steps}: loss {running:.4f}, early-stop AUC {auc:.4f} UAUC {uauc:.4f} "
-                f"(best {stopper.best_metric:.4f}), {seen / (time.time() - started):.2f} rows/s")
-            if stopper.observe(step, auc):
-                log(f"[{stage}] early stop at step {step}")
+        at.step, at.batches_done = at.step + 1, n
+        rate = (at.seen - seen_before) / (time.time() - started)
+        bar.set_postfix(loss=f"{at.running:.4f}", rows_per_s=f"{rate:.2f}")
+        if at.step % cfg.eval_every == 0 or n == len(batches):
+            if check(stage, at, evaluate, stopper, steps, rate):
                 break
+            if progress is not None and ranks.is_main:
+                resume.save(progress, at, params, stopper.best_state, optimiser)
     bar.close()
     stopper.restore_best()
     model.eval()
+    if progress is not None and ranks.is_main:
+        progress.unlink(missing_ok=True)  # the stage is complete: a rerun starts afresh
     wall = time.time() - started
-    return {"rows_seen": seen, "optimiser_steps": step, "best_step": stopper.best_step,
-            "valid_auc_before": round(start_auc, 4), "valid_auc_best": round(stopper.best_metric, 4),
-            "wall_s": round(wall, 1), "rows_per_s": round(seen / wall, 2), "history": history}
+    return {"rows_seen": at.seen, "optimiser_steps": at.step, "best_step": stopper.best_step,
+            "valid_auc_before": at.history[0]["valid_auc"], "valid_auc_best": round(stopper.best_metric, 4),
+            "wall_s": round(wall, 1), "rows_per_s": round((at.seen - seen_before) / max(wall, 1e-9), 2),
+            "history": at.history}
+
+
+def check(stage: str, at: resume.Position, evaluate: Callable[[], tuple[float, float]], stopper: EarlyStopping,
+          steps: int, rate: float) -> bool:
+    """One early-stopping check, logged and recorded in ``at``; True when training should stop."""
+    auc, uauc = evaluate()
+    at.history.append({"step": at.step, "valid_auc": round(auc, 4), "valid_uauc": round(uauc, 4),
+                       "loss": round(at.running, 4)})
+    log(f"[{stage}] step {at.step}/{steps}: loss {at.running:.4f}, early-stop AUC {auc:.4f} UAUC {uauc:.4f} "
+        f"(best {stopper.best_metric:.4f}), {rate:.2f} rows/s")
+    stop = stopper.observe(at.step, auc)
+    at.best_metric, at.best_step, at.bad_checks = stopper.best_metric, stopper.best_step, stopper.bad_checks
+    if stop:
+        log(f"[{stage}] early stop at step {at.step}")
+    return stop
+
+
+def start_or_resume(stage: str, progress: Path | None, key: str, params: list[torch.nn.Parameter],
+                    optimiser: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                    stopper: EarlyStopping, evaluate: Callable[[], tuple[float, float]]) -> resume.Position:
+    """This run's saved position, put back (parameters, AdamW, random state, schedule, stopper);
+    else a fresh start, whose first check (before any step) is the stopper's starting point."""
+    saved = resume.load(progress, key, log) if progress is not None else None
+    if saved is None:
+        auc, uauc = evaluate()
+        stopper.observe(0, auc)
+        return resume.Position(key, best_metric=auc, history=[{"step": 0, "valid_auc": round(auc, 4),
+                                                               "valid_uauc": round(uauc, 4)}])
+    at, tensors = saved
+    best = resume.restore(tensors, params, optimiser)
+    stopper.resume(at.best_metric, at.best_step, at.bad_checks, best)
+    scheduler.last_epoch = at.step  # the schedule's rate after ``at.step`` steps, as LambdaLR computes it
+    rates = [base * factor(at.step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(optimiser.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
+    log(f"[{stage}] resuming from {progress}: step {at.step}, {at.seen} rows seen")
+    return at
 
 
 def early_stop_auc(pipeline: Pipeline, eval_rows: pd.DataFrame, method: str) -> Callable[[], tuple[float, float]]:
@@ -256,7 +298,8 @@ def stage_lora(llm: LoadedLLM, dataset: Dataset, cfg: TrainConfig, out_dir: Path
     params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
     for param in params:
         param.requires_grad_(True)
-    info = train_llm_stage(pipeline, "lora", params, lora_rows(dataset, cfg), eval_rows, cfg, cfg.lora_lr, 0.0)
+    info = train_llm_stage(pipeline, "lora", params, lora_rows(dataset, cfg), eval_rows, cfg, cfg.lora_lr, 0.0,
+                           progress=out_dir / PROGRESS_DIR / "lora.safetensors")
     if ranks.is_main:
         peft_model.save_pretrained(str(out_dir / "lora"), safe_serialization=True)
     llm.model = peft_model.unload()  # back to the plain LLM for the next stage
@@ -284,7 +327,8 @@ def stage_projector(cf_name: str, llm: LoadedLLM, dataset: Dataset, cfg: TrainCo
     pipeline = Pipeline(dataset, llm, model, base.cf, base.manifest, base.has_lora, "", cf_name, ranks)
     info = train_llm_stage(pipeline, "projector", list(projector.parameters()), projector_rows(dataset, cfg),
                            eval_rows, cfg, cfg.projector_lr, cfg.projector_weight_decay,
-                           extra=(lora, cfg.projector_lora_lr) if lora else None)
+                           extra=(lora, cfg.projector_lora_lr) if lora else None,
+                           progress=out_dir / PROGRESS_DIR / f"{spec.projector_stage}.safetensors")
     if ranks.is_main:
         save_projector(projector.cpu(), out_dir / spec.projector_file, cf_name)
         save_stage2_lora(model.llm, out_dir, spec, trained=lora is not None)

@@ -46,6 +46,14 @@ class EarlyStopping:
         self.bad_checks += 1
         return self.bad_checks >= self.patience
 
+    def resume(self, best_metric: float, best_step: int, bad_checks: int, best_state: Any) -> None:
+        """Continue a rule saved mid-run (``resume.py``): its best so far and its count of bad checks."""
+        self.best_metric, self.best_step, self.bad_checks, self._best_state = best_metric, best_step, bad_checks, best_state
+
+    @property
+    def best_state(self) -> Any:
+        return self._best_state
+
     def restore_best(self) -> None:
         if self._best_state is not None:
             self._restore(self._best_state)

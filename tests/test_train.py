@@ -248,3 +248,63 @@ def test_stage_two_lora_copy_is_what_trains(tiny_checkpoints, tiny_llm_dir, tiny
     assert copy and len(stage1) == len(copy)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in copy if "lora_B" in str(p.shape) or True)
     assert all(p.grad is None for p in stage1)
+
+
+def test_an_interrupted_stage_resumes_to_the_same_weights(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path,
+                                                          monkeypatch):
+    """Stage 1 stopped after its first check and run again ends where an uninterrupted run ends:
+    the same LoRA weights, the same history, and no progress file left behind."""
+    import shutil
+
+    from collm_demo import train
+
+    args = ["train", "--quick", "--stage", "lora", "--lora-rows", "24", "--batch-size", "2", "--grad-accum", "2",
+            "--eval-every", "2", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir), "--checkpoints"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for folder in (whole, cut):
+        shutil.copytree(tiny_checkpoints, folder)
+    assert main(args + [str(whole)]) == 0
+    progress = cut / train.PROGRESS_DIR / "lora.safetensors"
+    real, calls = train.micro_batch_loss, {"n": 0}
+
+    def interrupted(*a, **k):  # the power goes after the 5th micro-batch: one check (step 2) is saved
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "micro_batch_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + [str(cut)])
+    assert progress.is_file()
+    rerun = {"n": 0}
+
+    def counted(*a, **k):
+        rerun["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "micro_batch_loss", counted)
+    assert main(args + [str(cut)]) == 0
+    assert not progress.exists()
+    done = read_manifest(cut)["stages"]["lora"]["rows_seen"] // 2  # micro-batches of 2 rows in the whole stage
+    assert rerun["n"] == done - 4  # the 4 micro-batches before the saved check were not taken again
+    a = load_file(str(whole / "lora" / "adapter_model.safetensors"))
+    b = load_file(str(cut / "lora" / "adapter_model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    history = [read_manifest(f)["stages"]["lora"]["history"] for f in (whole, cut)]
+    assert history[0] == history[1] and len(history[0]) > 2
+
+
+def test_a_progress_file_of_another_run_is_ignored(tmp_path):
+    from collm_demo import resume
+
+    param = torch.nn.Parameter(torch.ones(3))
+    optimiser = torch.optim.AdamW([param], lr=0.1)
+    path = tmp_path / "p.safetensors"
+    resume.save(path, resume.Position("abc", step=4), [param], None, optimiser)
+    said = []
+    assert resume.load(path, "other", said.append) is None and "another run" in said[0]
+    position, tensors = resume.load(path, "abc")
+    assert position.step == 4 and torch.equal(tensors["param.0"], torch.ones(3))
+    path.write_bytes(b"garbage")
+    assert resume.load(path, "abc", said.append) is None and "unreadable" in said[1]
