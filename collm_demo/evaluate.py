@@ -8,6 +8,7 @@ its ``results`` markers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import sys
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -150,7 +154,7 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
     joint = pipeline.joint_methods(runnable)
     # One pass per job; text-only and CoLLM run as one job that encodes each history once for both.
     for job in ([list(joint)] if joint else []) + [[m] for m in runnable if m not in joint]:
-        score_job(pipeline, rows, frame, job, results)
+        score_job(pipeline, rows, frame, job, results, progress_file=out.with_name(out.stem + ".progress.safetensors"))
         if ranks.is_main:  # after every job: partial results survive
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
@@ -209,25 +213,77 @@ def runnable_methods(pipeline: Pipeline, methods: list[str], checkpoint_dir: Pat
     return [m for m in methods if m in available]
 
 
-def score_job(pipeline: Pipeline, rows: pd.DataFrame, frame: pd.DataFrame, job: list[str], results: dict) -> None:
+EVAL_CHUNKS = 20  # pieces of the test rows, by user (a user's shared prefixes stay in one piece), saved as done
+
+
+def score_job(pipeline: Pipeline, rows: pd.DataFrame, frame: pd.DataFrame, job: list[str], results: dict,
+              progress_file: Path | None = None) -> None:
     """Score the methods of one job (one pass over ``rows``) into ``frame`` and their metrics and
-    timing into ``results``."""
+    timing into ``results``. The rows go in ``EVAL_CHUNKS`` pieces; with ``progress_file`` each
+    piece's scores are saved as it is done, and a rerun of the same job on the same checkpoints
+    and rows scores only the pieces still missing (the file is removed when the job is complete)."""
     name = "+".join(job)
     started = time.time()
-
-    def progress(batches):
-        return tqdm(batches, desc=name, file=sys.stderr, mininterval=10, disable=not pipeline.ranks.is_main)
-
-    scores = pipeline.score_methods(rows, job, progress=progress)
-    for key in list(results["timing_s"]):  # a method's old timing, alone or shared, is replaced
-        if set(key.split("+")) & set(job):
-            del results["timing_s"][key]
+    order = {user: n for n, user in enumerate(sorted(rows["user"].unique(), key=str))}
+    piece = rows["user"].map(order).to_numpy() * EVAL_CHUNKS // max(1, len(order))
+    key = job_fingerprint(pipeline, rows, job)
+    done = load_pieces(progress_file, key) if progress_file is not None else {}
+    if done:
+        print(f"[evaluate] {name}: resuming, {len(done)} of {EVAL_CHUNKS} pieces scored before", file=sys.stderr)
+    pieces = sorted(set(piece.tolist()))
+    for n in tqdm(pieces, desc=name, file=sys.stderr, mininterval=10, disable=not pipeline.ranks.is_main):
+        if n not in done:
+            scores = pipeline.score_methods(rows[piece == n], job)
+            done[n] = {method: scores[method].float() for method in job}
+            if progress_file is not None and pipeline.ranks.is_main:
+                save_pieces(progress_file, key, done)
+    for key_ in list(results["timing_s"]):  # a method's old timing, alone or shared, is replaced
+        if set(key_.split("+")) & set(job):
+            del results["timing_s"][key_]
     results["timing_s"][name] = round(time.time() - started, 1)
     for method in job:
-        frame[method] = scores[method].numpy()
+        values = np.empty(len(rows), dtype=np.float32)
+        for n in pieces:
+            values[piece == n] = done[n][method].numpy()
+        frame[method] = values
         results["methods"][method] = metrics_by_slice(frame, method)
         print(f"[evaluate] {method}: {json.dumps(results['methods'][method])} "
               f"({name}: {results['timing_s'][name]} s)", file=sys.stderr, flush=True)
+    if progress_file is not None and pipeline.ranks.is_main:
+        progress_file.unlink(missing_ok=True)
+
+
+def job_fingerprint(pipeline: Pipeline, rows: pd.DataFrame, job: list[str]) -> str:
+    """What saved pieces must share with this job: the checkpoints (their manifest, rewritten by
+    every training), the CF backend, the precision, the methods and the rows."""
+    what = {"manifest": pipeline.manifest, "cf": pipeline.cf_name, "runtime": pipeline.runtime.describe(),
+            "job": job, "rows": [str(i) for i in rows.index]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_pieces(path: Path, key: str, done: dict[int, dict[str, torch.Tensor]]) -> None:
+    tensors = {f"{n}.{method}": scores.contiguous() for n, by_method in done.items() for method, scores in by_method.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    save_file(tensors, str(partial), metadata={"fingerprint": key})
+    partial.replace(path)  # never a half-written file
+
+
+def load_pieces(path: Path, key: str) -> dict[int, dict[str, torch.Tensor]]:
+    """The pieces saved for this job; {} when there are none, or they belong to another job."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("fingerprint") != key:
+                print(f"[evaluate] {path} belongs to another evaluation; starting afresh", file=sys.stderr)
+                return {}
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError):
+        return {}
+    done: dict[int, dict[str, torch.Tensor]] = {}
+    for name, scores in tensors.items():
+        n, method = name.split(".", 1)
+        done.setdefault(int(n), {})[method] = scores
+    return done
 
 
 def record_metrics(results: dict, out: Path, checkpoint_dir: Path) -> None:

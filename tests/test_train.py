@@ -308,3 +308,37 @@ def test_a_progress_file_of_another_run_is_ignored(tmp_path):
     assert position.step == 4 and torch.equal(tensors["param.0"], torch.ones(3))
     path.write_bytes(b"garbage")
     assert resume.load(path, "abc", said.append) is None and "unreadable" in said[1]
+
+
+def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path,
+                                                            monkeypatch):
+    """Evaluation saves each piece of the test rows as it is scored; stopped and run again, it
+    scores only the missing pieces and writes the same metrics as an uninterrupted run."""
+    from collm_demo.pipeline import Pipeline
+
+    args = ["evaluate", "--quick", "--methods", "collm", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir),
+            "--checkpoints", str(tiny_checkpoints), "--out"]
+    real = Pipeline.score_methods
+    calls = {"whole": 0, "cut": 0, "rerun": 0}
+
+    def counting(run: str, stop_after: int | None = None):
+        def score_methods(self, *a, **k):
+            calls[run] += 1
+            if stop_after is not None and calls[run] > stop_after:
+                raise KeyboardInterrupt  # the power goes during the third piece
+            return real(self, *a, **k)
+        return score_methods
+
+    monkeypatch.setattr(Pipeline, "score_methods", counting("whole"))
+    assert main(args + [str(tmp_path / "whole.json")]) == 0
+    assert calls["whole"] > 3  # the rows go in pieces
+    out, progress = tmp_path / "cut.json", tmp_path / "cut.progress.safetensors"
+    monkeypatch.setattr(Pipeline, "score_methods", counting("cut", stop_after=2))
+    with pytest.raises(KeyboardInterrupt):
+        main(args + [str(out)])
+    assert progress.is_file()
+    monkeypatch.setattr(Pipeline, "score_methods", counting("rerun"))
+    assert main(args + [str(out)]) == 0
+    assert calls["rerun"] == calls["whole"] - 2 and not progress.exists()
+    whole = json.loads((tmp_path / "whole.json").read_text())["methods"]["collm"]
+    assert json.loads(out.read_text())["methods"]["collm"] == whole
