@@ -21,6 +21,7 @@ means with bootstrap intervals for warm vs cold items and users into ``assets/in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import sys
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from scipy import stats
 
 from .analysis import ablation_scores, analyse
@@ -281,13 +284,26 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
     # Chunks in a seeded random order: a run stopped by its time budget has measured a random
     # subset of the stratified sample, so its slices stay comparable.
     order = np.random.default_rng(seed).permutation(len(sample))
+    # Each chunk's measurements are saved as it is done; the same command run again after an
+    # interruption measures only the chunks still missing (the file goes once the report is written).
+    saved = out.with_name(out.stem + ".progress.safetensors")
+    key = chunk_fingerprint(pipe, sample, seed, batch_size)
+    measured = load_chunks(saved, key)
+    if measured:
+        print(f"[inside] resuming: {len(measured)} chunks measured before", file=sys.stderr)
     frames = []
     for s in range(0, len(order), INSIDE_CHUNK):
         if frames and max_minutes is not None and time.time() - started > 60 * max_minutes:
             print(f"[inside] time budget of {max_minutes} min spent: {sum(map(len, frames))} of {len(sample)} "
                   "rows measured", file=sys.stderr)
             break
-        frames.append(measure_rows(pipe, sample.iloc[order[s: s + INSIDE_CHUNK]], batch_size, progress))
+        rows_now = sample.iloc[order[s: s + INSIDE_CHUNK]]
+        if s in measured:
+            frames.append(from_columns(rows_now, measured[s]))
+            continue
+        frames.append(measure_rows(pipe, rows_now, batch_size, progress))
+        measured[s] = to_columns(frames[-1])
+        save_chunks(saved, key, measured)
         done = sum(map(len, frames))
         print(f"[inside] {done}/{len(sample)} rows, {done / (time.time() - started):.3f} rows/s", file=sys.stderr,
               flush=True)
@@ -310,8 +326,58 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
     result["finding"] = finding(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
+    saved.unlink(missing_ok=True)
     print(result["finding"])
     return result
+
+
+# ------------------------------------------------------------------ resuming a stopped run
+
+MEASURED = ("attn_user", "attn_item", "attr_user", "attr_item", "score")  # and every score_* column
+
+
+def to_columns(frame: pd.DataFrame) -> dict[str, torch.Tensor]:
+    """A chunk's measured columns as tensors (the row identity is the sample's, rebuilt on resume)."""
+    names = [*MEASURED, *(c for c in frame.columns if c.startswith("score_"))]
+    return {name: torch.as_tensor(np.stack(frame[name].to_numpy()) if name.startswith("attn_")
+                                  else np.asarray(frame[name].to_numpy())) for name in names}  # dtypes kept: the same report
+
+
+def from_columns(rows: pd.DataFrame, columns: dict[str, torch.Tensor]) -> pd.DataFrame:
+    frame = rows[["user", "item", "label", "warm", "cold_user", "cold_item"]].reset_index(drop=True).copy()
+    for name, values in columns.items():
+        frame[name] = list(values.numpy()) if name.startswith("attn_") else values.numpy()
+    return frame
+
+
+def chunk_fingerprint(pipe, sample: pd.DataFrame, seed: int, batch_size: int) -> str:
+    what = {"manifest": pipe.manifest, "cf": pipe.cf_name, "runtime": pipe.runtime.describe(), "seed": seed,
+            "batch": batch_size, "chunk": INSIDE_CHUNK, "rows": [str(i) for i in sample.index]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_chunks(path: Path, key: str, measured: dict[int, dict[str, torch.Tensor]]) -> None:
+    tensors = {f"{start}.{name}": value.contiguous() for start, cols in measured.items() for name, value in cols.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    save_file(tensors, str(partial), metadata={"fingerprint": key})
+    partial.replace(path)  # never a half-written file
+
+
+def load_chunks(path: Path, key: str) -> dict[int, dict[str, torch.Tensor]]:
+    """The chunks saved by this measurement (same checkpoints, sample, precision); else {}."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("fingerprint") != key:
+                return {}
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError):
+        return {}
+    measured: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        start, column = name.split(".", 1)
+        measured.setdefault(int(start), {})[column] = value
+    return measured
 
 
 # ------------------------------------------------------------------ one prompt, for the app

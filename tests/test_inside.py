@@ -257,3 +257,38 @@ def test_inside_endpoint_over_http(app_url):
     assert set(out) >= {"attention", "attribution", "ablation", "logit_lens", "nearest_input_words", "neighbourhood"}
     assert len(out["attention"]["cf_on"]) == out["layers"]
     assert 0 <= out["score_cf"] <= 1 and out["item"] == "50"
+
+
+def test_an_interrupted_inside_run_resumes_to_the_same_report(tiny_checkpoints, tiny_llm_dir, tiny_data_dir,
+                                                              tmp_path, monkeypatch):
+    """`inside` saves each chunk's measurements; stopped and run again, it measures only the
+    missing chunks and writes the same numbers as an uninterrupted run."""
+    from collm_demo.__main__ import main
+
+    monkeypatch.setattr(inside, "INSIDE_CHUNK", 8)  # several chunks on the tiny test split
+    args = ["inside", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir), "--checkpoints",
+            str(tiny_checkpoints), "--rows", "24", "--out"]
+    real, calls = inside.measure_rows, {"whole": 0, "cut": 0, "rerun": 0}
+
+    def counting(run: str, stop_after: int | None = None):
+        def measure_rows(*a, **k):
+            calls[run] += 1
+            if stop_after is not None and calls[run] > stop_after:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+        return measure_rows
+
+    monkeypatch.setattr(inside, "measure_rows", counting("whole"))
+    assert main(args + [str(tmp_path / "whole.json")]) == 0
+    assert calls["whole"] >= 2
+    out = tmp_path / "cut.json"
+    monkeypatch.setattr(inside, "measure_rows", counting("cut", stop_after=1))
+    with pytest.raises(KeyboardInterrupt):
+        main(args + [str(out)])
+    assert (tmp_path / "cut.progress.safetensors").is_file()
+    monkeypatch.setattr(inside, "measure_rows", counting("rerun"))
+    assert main(args + [str(out)]) == 0
+    assert calls["rerun"] == calls["whole"] - 1 and not (tmp_path / "cut.progress.safetensors").exists()
+    whole, cut = (json.loads(f.read_text()) for f in (tmp_path / "whole.json", out))
+    for key in ("slices", "warm_minus_cold", "finding"):
+        assert cut[key] == whole[key], key
