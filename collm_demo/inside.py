@@ -339,8 +339,8 @@ MEASURED = ("attn_user", "attn_item", "attr_user", "attr_item", "score")  # and 
 def to_columns(frame: pd.DataFrame) -> dict[str, torch.Tensor]:
     """A chunk's measured columns as tensors (the row identity is the sample's, rebuilt on resume)."""
     names = [*MEASURED, *(c for c in frame.columns if c.startswith("score_"))]
-    return {name: torch.as_tensor(np.stack(frame[name].to_numpy()) if name.startswith("attn_")
-                                  else np.asarray(frame[name].to_numpy())) for name in names}  # dtypes kept: the same report
+    return {name: torch.from_numpy(np.stack(frame[name].to_numpy()) if name.startswith("attn_")
+                                   else np.array(frame[name].to_numpy())) for name in names}  # dtypes kept: the same report
 
 
 def from_columns(rows: pd.DataFrame, columns: dict[str, torch.Tensor]) -> pd.DataFrame:
