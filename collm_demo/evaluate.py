@@ -8,7 +8,6 @@ its ``results`` markers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import sys
@@ -17,12 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from . import resume
 from .cf import BACKENDS, Backend, backend, method_label
 from .cf.backend import LLM_METHODS
 from .checkpoints import available_backends, read_manifest, write_manifest
@@ -226,8 +223,8 @@ def score_job(pipeline: Pipeline, rows: pd.DataFrame, frame: pd.DataFrame, job: 
     started = time.time()
     order = {user: n for n, user in enumerate(sorted(rows["user"].unique(), key=str))}
     piece = rows["user"].map(order).to_numpy() * EVAL_CHUNKS // max(1, len(order))
-    key = job_fingerprint(pipeline, rows, job)
-    done = load_pieces(progress_file, key) if progress_file is not None else {}
+    key = resume.scoring_fingerprint(pipeline, rows, job=job)
+    done = resume.load_pieces(progress_file, key, _log) if progress_file is not None else {}
     if done:
         print(f"[evaluate] {name}: resuming, {len(done)} of {EVAL_CHUNKS} pieces scored before", file=sys.stderr)
     pieces = sorted(set(piece.tolist()))
@@ -236,7 +233,7 @@ def score_job(pipeline: Pipeline, rows: pd.DataFrame, frame: pd.DataFrame, job: 
             scores = pipeline.score_methods(rows[piece == n], job)
             done[n] = {method: scores[method].float() for method in job}
             if progress_file is not None and pipeline.ranks.is_main:
-                save_pieces(progress_file, key, done)
+                resume.save_pieces(progress_file, key, done)
     for key_ in list(results["timing_s"]):  # a method's old timing, alone or shared, is replaced
         if set(key_.split("+")) & set(job):
             del results["timing_s"][key_]
@@ -253,37 +250,8 @@ def score_job(pipeline: Pipeline, rows: pd.DataFrame, frame: pd.DataFrame, job: 
         progress_file.unlink(missing_ok=True)
 
 
-def job_fingerprint(pipeline: Pipeline, rows: pd.DataFrame, job: list[str]) -> str:
-    """What saved pieces must share with this job: the checkpoints (their manifest, rewritten by
-    every training), the CF backend, the precision, the methods and the rows."""
-    what = {"manifest": pipeline.manifest, "cf": pipeline.cf_name, "runtime": pipeline.runtime.describe(),
-            "job": job, "rows": [str(i) for i in rows.index]}
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def save_pieces(path: Path, key: str, done: dict[int, dict[str, torch.Tensor]]) -> None:
-    tensors = {f"{n}.{method}": scores.contiguous() for n, by_method in done.items() for method, scores in by_method.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".part")
-    save_file(tensors, str(partial), metadata={"fingerprint": key})
-    partial.replace(path)  # never a half-written file
-
-
-def load_pieces(path: Path, key: str) -> dict[int, dict[str, torch.Tensor]]:
-    """The pieces saved for this job; {} when there are none, or they belong to another job."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("fingerprint") != key:
-                print(f"[evaluate] {path} belongs to another evaluation; starting afresh", file=sys.stderr)
-                return {}
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError):
-        return {}
-    done: dict[int, dict[str, torch.Tensor]] = {}
-    for name, scores in tensors.items():
-        n, method = name.split(".", 1)
-        done.setdefault(int(n), {})[method] = scores
-    return done
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def record_metrics(results: dict, out: Path, checkpoint_dir: Path) -> None:

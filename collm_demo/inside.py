@@ -21,7 +21,6 @@ means with bootstrap intervals for warm vs cold items and users into ``assets/in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import sys
@@ -32,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 from scipy import stats
 
+from . import resume
 from .analysis import ablation_scores, analyse
 from .config import DEFAULT_CF, INSIDE_BATCH, INSIDE_BOOTSTRAP, INSIDE_CHUNK, INSIDE_K, INSIDE_ROWS, ProtocolConfig
 from .device import Runtime
@@ -287,8 +285,8 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
     # Each chunk's measurements are saved as it is done; the same command run again after an
     # interruption measures only the chunks still missing (the file goes once the report is written).
     saved = out.with_name(out.stem + ".progress.safetensors")
-    key = chunk_fingerprint(pipe, sample, seed, batch_size)
-    measured = load_chunks(saved, key)
+    key = resume.scoring_fingerprint(pipe, sample, seed=seed, batch=batch_size, chunk=INSIDE_CHUNK)
+    measured = resume.load_pieces(saved, key, lambda m: print(m, file=sys.stderr))
     if measured:
         print(f"[inside] resuming: {len(measured)} chunks measured before", file=sys.stderr)
     frames = []
@@ -303,7 +301,7 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
             continue
         frames.append(measure_rows(pipe, rows_now, batch_size, progress))
         measured[s] = to_columns(frames[-1])
-        save_chunks(saved, key, measured)
+        resume.save_pieces(saved, key, measured)
         done = sum(map(len, frames))
         print(f"[inside] {done}/{len(sample)} rows, {done / (time.time() - started):.3f} rows/s", file=sys.stderr,
               flush=True)
@@ -348,36 +346,6 @@ def from_columns(rows: pd.DataFrame, columns: dict[str, torch.Tensor]) -> pd.Dat
     for name, values in columns.items():
         frame[name] = list(values.numpy()) if name.startswith("attn_") else values.numpy()
     return frame
-
-
-def chunk_fingerprint(pipe, sample: pd.DataFrame, seed: int, batch_size: int) -> str:
-    what = {"manifest": pipe.manifest, "cf": pipe.cf_name, "runtime": pipe.runtime.describe(), "seed": seed,
-            "batch": batch_size, "chunk": INSIDE_CHUNK, "rows": [str(i) for i in sample.index]}
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def save_chunks(path: Path, key: str, measured: dict[int, dict[str, torch.Tensor]]) -> None:
-    tensors = {f"{start}.{name}": value.contiguous() for start, cols in measured.items() for name, value in cols.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".part")
-    save_file(tensors, str(partial), metadata={"fingerprint": key})
-    partial.replace(path)  # never a half-written file
-
-
-def load_chunks(path: Path, key: str) -> dict[int, dict[str, torch.Tensor]]:
-    """The chunks saved by this measurement (same checkpoints, sample, precision); else {}."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("fingerprint") != key:
-                return {}
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError):
-        return {}
-    measured: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        start, column = name.split(".", 1)
-        measured.setdefault(int(start), {})[column] = value
-    return measured
 
 
 # ------------------------------------------------------------------ one prompt, for the app

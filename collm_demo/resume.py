@@ -23,11 +23,49 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 
+def digest(what: dict) -> str:
+    """A fingerprint of plain values (what saved work must share with the run that reads it)."""
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def fingerprint(stage: str, config: dict, row_ids: list, params: list[torch.nn.Parameter]) -> str:
     """What must be equal for a saved position to belong to this run."""
-    what = {"stage": stage, "config": config, "rows": [str(r) for r in row_ids],
-            "params": [list(p.shape) for p in params]}
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return digest({"stage": stage, "config": config, "rows": [str(r) for r in row_ids],
+                   "params": [list(p.shape) for p in params]})
+
+
+def scoring_fingerprint(pipe, rows, **more) -> str:
+    """What saved pieces of a scoring run (``evaluate``, ``inside``) must share with the run that
+    resumes it: the checkpoints (their manifest, rewritten by every training), the CF backend,
+    the precision, the rows, and ``more``."""
+    return digest({"manifest": pipe.manifest, "cf": pipe.cf_name, "runtime": pipe.runtime.describe(),
+                   "rows": [str(i) for i in rows.index]} | more)
+
+
+def save_pieces(path: Path, key: str, pieces: dict[int, dict[str, torch.Tensor]]) -> None:
+    """Finished pieces of a long scoring run (piece -> named tensors), atomically, under ``key``."""
+    tensors = {f"{n}.{name}": value.contiguous() for n, named in pieces.items() for name, value in named.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    save_file(tensors, str(partial), metadata={"fingerprint": key})
+    partial.replace(path)  # never a half-written file
+
+
+def load_pieces(path: Path, key: str, log=print) -> dict[int, dict[str, torch.Tensor]]:
+    """The pieces saved under ``key``; {} when there are none, or they belong to another run."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("fingerprint") != key:
+                log(f"[resume] {path} belongs to another run; starting afresh")
+                return {}
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError):
+        return {}
+    pieces: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        n, column = name.split(".", 1)
+        pieces.setdefault(int(n), {})[column] = value
+    return pieces
 
 
 @dataclass

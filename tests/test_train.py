@@ -246,7 +246,7 @@ def test_stage_two_lora_copy_is_what_trains(tiny_checkpoints, tiny_llm_dir, tiny
     copy_ids = {id(p) for p in copy}
     stage1 = [p for n, p in model.llm.named_parameters() if "lora_" in n and id(p) not in copy_ids]
     assert copy and len(stage1) == len(copy)
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in copy if "lora_B" in str(p.shape) or True)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in copy)
     assert all(p.grad is None for p in stage1)
 
 
