@@ -93,7 +93,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
     for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim", "batch_size", "grad_accum",
                  "lora_dropout", "device", "precision", "group_size", "pairwise_weight", "eval_every",
-                 "projector_lora_lr"):
+                 "projector_lora_lr", "similarity_weight"):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
     for flag in ("gradient_checkpointing", "load_bf16"):
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--projector-lora-lr", type=non_negative_float, default=None,
                          help="train a copy of the stage-1 LoRA at this rate with the projector, for the CF prompts "
                               "(saved as lora_<cf>/); 0 = the paper's frozen LoRA (default)")
+    p_train.add_argument("--similarity-weight", type=non_negative_float, default=None,
+                         help="stage 2: weight of the term keeping the CF vectors' pairwise similarities among the "
+                              "mapped tokens (0 = the paper's, default)")
     p_train.add_argument("--eval-every", type=positive_int, default=None,
                          help="optimiser steps between early-stopping checks")
     p_train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (large LLMs)")

@@ -206,6 +206,9 @@ class TrainConfig:
     # --- issue 26: training one user at a time (collm_demo/grouped.py); the defaults are the paper's
     group_size: int = 1  # rows per group: one user's candidates sharing the history of the first; 1 = per row
     pairwise_weight: float = 0.0  # weight of the within-group pairwise (liked above disliked) term beside BCE
+    # Stage 2: weight of the term that keeps the CF vectors' pairwise similarities among the mapped
+    # tokens (collm_demo/spread.py; CoLLM's code has one, switched off); 0 = the paper's.
+    similarity_weight: float = 0.0
     # --- shared ---
     batch_size: int = 8
     grad_accum: int = 2  # effective batch 16 as in the paper

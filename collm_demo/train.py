@@ -43,6 +43,7 @@ from .errors import CheckpointError, InputError
 from .grouped import grouped_logits, pairwise_loss, user_groups
 from .llm import LoadedLLM, load_llm
 from .pipeline import Pipeline, load_pipeline
+from .spread import spread_loss
 from .trainer import EarlyStopping
 
 STAGES = ("cf", "lora", "projector")
@@ -117,6 +118,9 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
         boundary = n % cfg.grad_accum == 0 or n == len(batches)
         loss = micro_batch_loss(pipeline, trained, batch, with_cf, accumulate=not boundary,
                                 pairwise_weight=cfg.pairwise_weight)
+        if with_cf and cfg.similarity_weight:  # keep users apart in the projector (spread.py)
+            loss = loss + cfg.similarity_weight * spread_loss(model.projector, pipeline.cf.user_table,
+                                                              pipeline.cf.item_table, cfg.seed, n)
         (loss / cfg.grad_accum).backward()
         at.seen, value = at.seen + len(batch), float(loss.detach())
         at.running = value if at.running is None else 0.9 * at.running + 0.1 * value

@@ -1,0 +1,105 @@
+"""The term that keeps users apart in the projector (collm_demo/spread.py), on tiny tensors and the
+tiny pipeline. Runs in float32 whatever the machine (the projector is float32 code)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from collm_demo.collm import Projector
+from collm_demo.spread import cosines, similarity_loss, spread_loss, spread_sample
+
+pytestmark = pytest.mark.fp32
+
+
+def test_a_mapping_that_keeps_every_angle_costs_nothing():
+    """A rotation and a scale leave every angle as it was: the term is 0."""
+    torch.manual_seed(0)
+    vectors = torch.randn(32, 8)
+    keep = nn.Linear(8, 24)
+    with torch.no_grad():
+        columns, _ = torch.linalg.qr(torch.randn(24, 8))  # orthonormal columns: an isometry 8 → 24
+        keep.weight.copy_(3.0 * columns)
+        keep.bias.zero_()
+    assert similarity_loss(keep, vectors).item() < 1e-10
+    assert torch.allclose(cosines(keep(vectors)), cosines(vectors), atol=1e-5)
+
+
+def test_a_large_shared_offset_is_the_collapse_it_penalises():
+    """What the shipped projector does: every token = one big shared vector + small differences.
+    The angles between them shrink towards 0 and the term grows with the offset."""
+    torch.manual_seed(0)
+    vectors = torch.randn(32, 8)
+    losses = []
+    for offset in (0.0, 1.0, 10.0):
+        shifted = nn.Linear(8, 24)
+        with torch.no_grad():
+            columns, _ = torch.linalg.qr(torch.randn(24, 8))
+            shifted.weight.copy_(columns)
+            shifted.bias.copy_(offset * torch.ones(24))
+        losses.append(similarity_loss(shifted, vectors).item())
+    assert losses[0] < 1e-10 < losses[1] < losses[2]
+
+
+def test_a_collapsing_mapping_costs_what_the_lost_angles_were_worth():
+    """A rank-one map sends every vector onto one line: every centred cosine becomes ±1."""
+    torch.manual_seed(0)
+    vectors = torch.randn(32, 8)
+    collapse = nn.Linear(8, 24, bias=False)
+    with torch.no_grad():
+        collapse.weight.copy_(torch.outer(torch.randn(24), torch.randn(8)))
+    off = ~torch.eye(32, dtype=torch.bool)
+    wanted = cosines(vectors)[off]
+    expected = ((cosines(collapse(vectors))[off] - wanted) ** 2).mean()
+    assert cosines(collapse(vectors))[off].abs().min() > 0.999
+    assert similarity_loss(collapse, vectors).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert similarity_loss(collapse, vectors).item() > 0.5
+
+
+def test_minimising_the_term_spreads_a_projector():
+    """Its gradient points the right way: a few Adam steps on the term alone lower it a lot."""
+    torch.manual_seed(0)
+    table = torch.randn(200, 8)
+    projector = Projector(8, 24)
+    with torch.no_grad():  # start collapsed: a large shared output, tiny differences
+        projector.net[2].bias.fill_(5.0)
+        projector.net[2].weight.mul_(0.01)
+    before = similarity_loss(projector, table).item()
+    optimiser = torch.optim.Adam(projector.parameters(), lr=1e-2)
+    for step in range(60):
+        optimiser.zero_grad()
+        spread_loss(projector, table, table, seed=0, batch=step).backward()
+        optimiser.step()
+    assert similarity_loss(projector, table).item() < 0.5 * before
+
+
+def test_the_sample_depends_only_on_seed_and_batch():
+    """A resumed run draws at batch n what an uninterrupted run drew there."""
+    users, items = torch.randn(100, 4), torch.randn(300, 4)
+    first = spread_sample(users, items, seed=3, batch=7)
+    assert all(torch.equal(a, b) for a, b in zip(first, spread_sample(users, items, seed=3, batch=7), strict=True))
+    assert not torch.equal(first[0], spread_sample(users, items, seed=3, batch=8)[0])
+    assert first[0].shape == (64, 4) and first[1].shape == (64, 4)
+    assert len({tuple(row.tolist()) for row in first[0]}) == 64  # without replacement
+
+
+def test_stage_two_uses_the_term_when_asked(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    """The flag reaches training: the manifest records it and the projector differs from the same
+    run without it (same seed, same rows)."""
+    from collm_demo.__main__ import main
+
+    weights = {}
+    for weight in ("0", "5"):
+        folder = tmp_path / weight
+        shutil.copytree(tiny_checkpoints, folder)
+        assert main(["train", "--stage", "projector", "--quick", "--similarity-weight", weight,
+                     "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir), "--checkpoints", str(folder)]) == 0
+        weights[weight] = load_file(folder / "projector_mf.safetensors")
+        config = json.loads((folder / "manifest.json").read_text())["config"]
+        assert config["similarity_weight"] == float(weight)
+    assert any(not torch.equal(weights["0"][key], weights["5"][key]) for key in weights["0"])
