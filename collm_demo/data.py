@@ -484,6 +484,13 @@ def format_counts(counts: dict) -> str:
     return "\n".join(lines)
 
 
+def history_like_share(rows: pd.DataFrame) -> np.ndarray:
+    """Per row, the share of "(liked)" marks among its history's films (0.5 for an empty history):
+    the one-line baseline a text model that counts the marks would match."""
+    return np.array([float(np.mean(labels)) if len(labels) else 0.5 for labels in rows["history_labels"]],
+                    dtype=np.float32)
+
+
 # ------------------------------------------------------------------ which rows train what
 
 def sample_rows(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

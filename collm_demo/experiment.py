@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .config import DEFAULT_CF, PROJECT_ROOT, ProtocolConfig
 from .data import dev_rows
@@ -29,16 +28,11 @@ from .evaluate import auc_uauc
 from .pipeline import load_pipeline
 
 OUT_DIR = PROJECT_ROOT / "logs" / "experiments"
-LIKE_SHARE = "like_share"  # the share of "(liked)" marks in the row's history, used directly as a score
 # The app's "Same films, different users" default set on the shipped MF checkpoints (ui/same_films.py's
 # rule: four trained users the CF model sees as opposite tastes; popular warm films across genres),
 # fixed here so every recipe is compared on the same people and films. No labels are read.
 SAME_FILMS_USERS = ("457", "843", "175", "186")
 SAME_FILMS_ITEMS = ("100", "294", "50", "288", "181", "174", "258", "286", "127", "1", "183", "405")
-
-
-def like_share(rows: pd.DataFrame) -> np.ndarray:
-    return np.array([float(np.mean(labels)) if len(labels) else 0.5 for labels in rows["history_labels"]])
 
 
 def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path: str | None = None,
@@ -52,10 +46,9 @@ def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path:
     log(f"[experiment] {len(rows)} dev rows of {rows['user'].nunique()} users; methods {', '.join(methods)}")
     for method, scores in pipe.score_methods(rows, methods).items():
         frame[method] = scores.numpy()
-    frame[LIKE_SHARE] = like_share(rows)
     report: dict = {"name": name, "checkpoints": str(checkpoint_dir), "rows": int(len(rows)),
                     "users": int(rows["user"].nunique()), "metrics": {}}
-    for method in [*methods, LIKE_SHARE]:
+    for method in methods:
         report["metrics"][method] = {"all": auc_uauc(frame, method),
                                      "warm_user": auc_uauc(frame[~frame["cold_user"]], method)}
     if pipe.has_projector:  # the user token replaced by the no-information vector

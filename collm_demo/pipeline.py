@@ -37,11 +37,11 @@ import torch
 
 from .analysis import ablation_scores, analyse, logit_lens
 from .cf import Backend, CFModel, backend
-from .cf.backend import MF_NO_FOLDIN
+from .cf.backend import LIKE_SHARE, MF_NO_FOLDIN
 from .checkpoints import TRAIN_HINT, available_backends, check_lora, check_manifest, load_backend, read_manifest
 from .collm import CoLLM, Inspection, Prompt
 from .config import CHECKPOINT_DIR, DEFAULT_CF, ProtocolConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, history_like_share, load_dataset
 from .device import Runtime
 from .distributed import Ranks
 from .errors import CheckpointError, InputError
@@ -224,6 +224,8 @@ class Pipeline:
             return self.cf.score_vectors(users, items)
         if method == MF_NO_FOLDIN:
             return self.cf_scores_without_foldin(rows)
+        if method == LIKE_SHARE:
+            return torch.from_numpy(history_like_share(rows))
         mode = "collm" if method == self.collm_method else method
         return self._rows_llm(rows, (mode,), progress)[mode]
 

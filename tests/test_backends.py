@@ -221,7 +221,7 @@ def test_other_data_formats_run_the_whole_pipeline(fmt, tiny_llm_dir, tmp_path, 
     out = tmp_path / "results.json"
     assert main(["evaluate", *common, "--out", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results["methods"]) == {"mf", "mf_no_foldin", "zero_shot", "text_only", "collm"}
+    assert set(results["methods"]) == {"mf", "mf_no_foldin", "like_share", "zero_shot", "text_only", "collm"}
     assert results["protocol"]["data"] == load_dataset(data).name
 
     pipeline = load_pipeline(ckpt, str(tiny_llm_dir), str(data), bf16=False)

@@ -21,7 +21,7 @@ def test_experiment_reports_auc_uauc_ablation_and_the_baselines(tiny_checkpoints
                  "--data", str(tiny_data_dir), "--name", "recipe", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["name"] == "recipe" and report["rows"] > 0
-    for method in ("mf", "mf_no_foldin", "text_only", "collm", experiment.LIKE_SHARE):
+    for method in ("mf", "mf_no_foldin", "text_only", "collm", "like_share"):
         assert 0 <= report["metrics"][method]["all"]["auc"] <= 1, method
     assert report["user_token_ablation"]["all"] >= 0
     assert "same_films" not in report  # ML-100K's user ids are not in the tiny data

@@ -32,7 +32,7 @@ def test_quick_training_writes_every_checkpoint_and_a_manifest(tiny_checkpoints,
 
 def test_checkpoints_round_trip_into_the_pipeline(tiny_checkpoints, tiny_llm_dir, tiny_data_dir):
     pipeline = load_pipeline(tiny_checkpoints, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
-    assert pipeline.notice == "" and pipeline.available_methods() == ["mf", "mf_no_foldin", "zero_shot", "text_only", "collm"]
+    assert pipeline.notice == "" and pipeline.available_methods() == ["mf", "mf_no_foldin", "like_share", "zero_shot", "text_only", "collm"]
     saved = load_file(str(tiny_checkpoints / "projector_mf.safetensors"))
     for key, value in pipeline.model.projector.state_dict().items():
         assert torch.equal(value, saved[key])
@@ -61,6 +61,20 @@ def test_mf_without_fold_in_differs_from_mf_only_for_users_unseen_in_training(ti
                                            pipeline.cf.item_vectors(rows["item"][(~seen).numpy()].tolist()))
     torch.testing.assert_close(plain[~seen], popularity)
     assert not torch.allclose(plain[~seen], mf[~seen])  # fold-in moved the unseen users
+
+
+def test_like_share_scores_the_share_of_liked_marks_in_each_rows_own_history(tiny_checkpoints, tiny_llm_dir,
+                                                                              tiny_data_dir):
+    """The headline's no-model baseline: per row, liked marks / films in its history (hand count)."""
+    pipeline = load_pipeline(tiny_checkpoints, str(tiny_llm_dir), str(tiny_data_dir), bf16=False)
+    rows = pipeline.dataset.split("test").head(12).copy()
+    rows.loc[rows.index[0], "history_labels"] = (1, 0, 0, 1)
+    rows.loc[rows.index[1], "history_labels"] = ()
+    scores = pipeline.score_rows(rows, "like_share")
+    expected = [sum(labels) / len(labels) if len(labels) else 0.5 for labels in rows["history_labels"]]
+    assert scores[0].item() == 0.5 and scores[1].item() == 0.5
+    torch.testing.assert_close(scores, torch.tensor(expected, dtype=torch.float32))
+    assert len(set(expected)) > 1  # the tiny rows' histories differ: the test can tell rows apart
 
 
 def test_cf_tokens_are_folded_in_as_the_projector_was_trained(tiny_checkpoints, tiny_llm_dir, tiny_data_dir,
@@ -166,7 +180,7 @@ def test_quick_evaluation_writes_the_results_schema(tiny_checkpoints, tiny_llm_d
     assert main(["evaluate", "--quick", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir),
                  "--checkpoints", str(tiny_checkpoints), "--out", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results["methods"]) == {"mf", "mf_no_foldin", "zero_shot", "text_only", "collm"}
+    assert set(results["methods"]) == {"mf", "mf_no_foldin", "like_share", "zero_shot", "text_only", "collm"}
     for slices in results["methods"].values():
         assert set(slices) == {"all", "warm", "cold"}
         assert slices["all"]["n"] == slices["warm"]["n"] + slices["cold"]["n"] > 0

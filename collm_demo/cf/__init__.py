@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 from . import lightgcn, mf, sasrec
-from .backend import LLM_METHODS, MF_NO_FOLDIN, Backend
+from .backend import LIKE_SHARE, LLM_METHODS, MF_NO_FOLDIN, Backend
 from .base import CFModel
 from .foldin import DEFAULT_L2, L2_GRID, fold_in, parse_l2, tune_l2
 from .imported import import_embeddings
@@ -47,7 +47,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 LOADERS: dict[str, Callable[[dict, dict], CFModel]] = {"sasrec": load_sequential}
 
 # Rows of the results that are neither a backend alone nor CoLLM with one: (label, colour).
-OTHER_METHODS = dict(LLM_METHODS) | {MF_NO_FOLDIN: ("MF, no fold-in (paper's handling of new users)", "#CED4DA")}
+OTHER_METHODS = dict(LLM_METHODS) | {MF_NO_FOLDIN: ("MF, no fold-in (paper's handling of new users)", "#CED4DA"),
+                                     LIKE_SHARE: ("Share of liked films in the history (no model)", "#DEE2E6")}
 
 
 def backend(name: str) -> Backend:
@@ -102,7 +103,7 @@ def method_colour(key: str) -> str:
     return method_style(key)[1]
 
 
-__all__ = ["BACKENDS", "DEFAULT_L2", "L2_GRID", "LLM_METHODS", "LOADERS", "MF_NO_FOLDIN", "OTHER_METHODS", "Backend",
+__all__ = ["BACKENDS", "DEFAULT_L2", "L2_GRID", "LIKE_SHARE", "LLM_METHODS", "LOADERS", "MF_NO_FOLDIN", "OTHER_METHODS", "Backend",
            "CFModel", "LightGCN", "MatrixFactorization", "SequentialCF", "backend", "fold_in", "import_embeddings", "load_cf",
            "method_colour", "method_label", "parse_l2", "train_lightgcn", "train_mf", "train_sasrec",
            "trainable_backends", "tune_l2"]

@@ -22,6 +22,10 @@ from typing import Any
 LLM_METHODS = {"zero_shot": ("Zero-shot LLM", "#BE4BDB"),
                "text_only": ("Text-only LoRA (TALLRec)", "#F08C00")}
 MF_NO_FOLDIN = "mf_no_foldin"
+# The share of "(liked)" marks in the row's own history, used directly as a score: no model at all.
+# With MF_NO_FOLDIN (item appeal alone) it is one of the two one-line baselines every LLM row must
+# beat (issue 26): a text model that only counts the marks scores what this scores.
+LIKE_SHARE = "like_share"
 
 # The naming rule's two patterns, read backwards by ``from_cf_file`` / ``from_key``.
 _CF_PREFIX, _CF_SUFFIX = "cf_", ".safetensors"
@@ -98,7 +102,7 @@ class Backend:
     @property
     def extra_methods(self) -> tuple[str, ...]:
         """Reference rows offered with this backend (the paper's handling of new users, for MF)."""
-        return (MF_NO_FOLDIN,) if self.legacy else ()
+        return (MF_NO_FOLDIN, LIKE_SHARE) if self.legacy else ()
 
     @property
     def result_keys(self) -> tuple[str, ...]:
@@ -143,7 +147,7 @@ class Backend:
         for the rows that are no backend (the LLM alone, MF without fold-in)."""
         from . import BACKENDS, backend  # the registry, which imports this module
 
-        if key in LLM_METHODS or key == MF_NO_FOLDIN:
+        if key in LLM_METHODS or key in (MF_NO_FOLDIN, LIKE_SHARE):
             return None
         for known in BACKENDS.values():
             if key in (known.alone_key, known.collm_key):
