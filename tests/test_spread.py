@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from collm_demo.collm import Projector
@@ -89,17 +88,19 @@ def test_the_sample_depends_only_on_seed_and_batch():
 
 
 def test_stage_two_uses_the_term_when_asked(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
-    """The flag reaches training: the manifest records it and the projector differs from the same
-    run without it (same seed, same rows)."""
+    """The flag reaches training: the manifest records it, and the training loss logged at the
+    first check (BCE + the term) is larger with the term than without it (same seed, same rows).
+    The saved weights are not compared: early stopping may restore the untrained projector in both."""
     from collm_demo.__main__ import main
 
-    weights = {}
+    first_loss = {}
     for weight in ("0", "5"):
         folder = tmp_path / weight
         shutil.copytree(tiny_checkpoints, folder)
         assert main(["train", "--stage", "projector", "--quick", "--similarity-weight", weight,
                      "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir), "--checkpoints", str(folder)]) == 0
-        weights[weight] = load_file(folder / "projector_mf.safetensors")
-        config = json.loads((folder / "manifest.json").read_text())["config"]
-        assert config["similarity_weight"] == float(weight)
-    assert any(not torch.equal(weights["0"][key], weights["5"][key]) for key in weights["0"])
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["config"]["similarity_weight"] == float(weight)
+        history = manifest["stages"]["projector"]["history"]
+        first_loss[weight] = next(check["loss"] for check in history if "loss" in check)
+    assert first_loss["5"] > first_loss["0"] + 0.01
