@@ -101,7 +101,8 @@ class Backend:
 
     @property
     def extra_methods(self) -> tuple[str, ...]:
-        """Reference rows offered with this backend (the paper's handling of new users, for MF)."""
+        """Reference rows offered with the default backend (MF): the paper's handling of new users
+        (item appeal alone for them) and the no-model share of liked films in the history."""
         return (MF_NO_FOLDIN, LIKE_SHARE) if self.legacy else ()
 
     @property
@@ -144,7 +145,7 @@ class Backend:
     def from_key(cls, key: str) -> "tuple[Backend, bool] | None":
         """The backend a results / method key belongs to, and whether the key is CoLLM with it (else
         the backend alone): "mf" -> (MF, False), "collm" -> (MF, True), "collm_x" -> (x, True). None
-        for the rows that are no backend (the LLM alone, MF without fold-in)."""
+        for the rows that are no backend (the LLM alone, MF without fold-in, the like share)."""
         from . import BACKENDS, backend  # the registry, which imports this module
 
         if key in LLM_METHODS or key in (MF_NO_FOLDIN, LIKE_SHARE):
