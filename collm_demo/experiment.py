@@ -8,7 +8,9 @@ Scores the fixed, per-user-balanced sample of valid rows (``data.dev_rows``: 50 
 UAUC (each user counts once), plus what tells whether the user token carries taste: the mean
 |P(Yes) change| when the user token is replaced by the CF model's no-information vector (the
 ablation), and two one-line baselines every LLM row must beat, item appeal alone (MF without
-fold-in) and the share of liked films in the row's history. About 600 rows x 3 LLM passes.
+fold-in) and the share of liked films in the row's history, and the swap test: the CoLLM row's UAUC
+when every user's token is swapped for another dev user's (``swap_partners``), next to the CF
+model's own UAUC under the same swap. About 600 rows x 4 LLM passes.
 Decisions are made on these numbers by the rule in docs/experiments.md, never on the test split.
 """
 
@@ -60,6 +62,19 @@ def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path:
         report["user_token_ablation"] = {"all": round(float(change.mean()), 4),
                                          "warm_user": round(float(change[warm_user].mean()), 4) if warm_user.any() else None,
                                          "users_trained": int(warm_user.sum())}
+    if pipe.has_projector:  # each user's token swapped for another dev user's: does the right user rank better?
+        partners = swap_partners(frame["user"].to_numpy())
+        user_vecs, item_vecs = pipe.cf_vectors(rows, for_tokens=True)
+        frame["collm_swapped"] = pipe.score_cf_rows(rows, user_vecs[partners], item_vecs).numpy()
+        own_cf, _ = pipe.cf_vectors(rows)
+        frame["cf_own"] = pipe.cf.score_vectors(own_cf, item_vecs).numpy()
+        frame["cf_swapped"] = pipe.cf.score_vectors(own_cf[partners], item_vecs).numpy()
+        report["user_swap"] = {
+            pipe.collm_method: {"own": auc_uauc(frame, pipe.collm_method)["uauc"],
+                                "swapped": auc_uauc(frame, "collm_swapped")["uauc"]},
+            pipe.cf_method: {"own": auc_uauc(frame, "cf_own")["uauc"], "swapped": auc_uauc(frame, "cf_swapped")["uauc"]}}
+        for parts in report["user_swap"].values():
+            parts["gap"] = round(parts["own"] - parts["swapped"], 4)
     try:  # the same films for four opposite users (ML-100K's ids; other data: skipped)
         ranking = pipe.rank_for_users(SAME_FILMS_USERS, SAME_FILMS_ITEMS) if pipe.has_projector else None
     except InputError:
@@ -75,6 +90,24 @@ def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path:
     return report
 
 
+def swap_partners(users: np.ndarray) -> np.ndarray:
+    """For each row, the index of the row that lends it a user vector in the swap test: the row at
+    the same position among the rows of the next user (users in sorted order, the last one wraps to
+    the first). Every user gets another user's vectors, one partner per user, fixed for every recipe.
+    A partner with fewer rows lends its rows cyclically."""
+    users = np.asarray(users).astype(str)
+    order = sorted(set(users.tolist()))
+    if len(order) < 2:
+        raise InputError("the swap test needs rows of at least two users")
+    rows_of = {user: np.flatnonzero(users == user) for user in order}
+    partner_of = {user: order[(k + 1) % len(order)] for k, user in enumerate(order)}
+    position = np.empty(len(users), dtype=int)
+    for indices in rows_of.values():
+        position[indices] = np.arange(len(indices))
+    return np.array([rows_of[partner_of[user]][position[i] % len(rows_of[partner_of[user]])]
+                     for i, user in enumerate(users)], dtype=int)
+
+
 def summary(report: dict) -> str:
     lines = [f"[experiment] {report['name']}: {report['rows']} dev rows, {report['users']} users, {report['seconds']} s"]
     for method, parts in report["metrics"].items():
@@ -83,6 +116,8 @@ def summary(report: dict) -> str:
     if "user_token_ablation" in report:
         a = report["user_token_ablation"]
         lines.append(f"  user-token ablation |ΔP|: all {a['all']}, warm users {a['warm_user']}")
+    for method, a in report.get("user_swap", {}).items():
+        lines.append(f"  swap test, {method:16s}: UAUC own user {a['own']:.4f}, another user's {a['swapped']:.4f} (gap {a['gap']})")
     for method, a in report.get("same_films", {}).items():
         lines.append(f"  same films, 4 users, {method:5s}: mean ρ {a['mean_rho']}, top-5 shared {a['top5_overlap']}")
     return "\n".join(lines)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from collm_demo import experiment
 from collm_demo.__main__ import main
+from collm_demo.errors import InputError
 
 pytestmark = pytest.mark.fp32
 
@@ -24,4 +26,17 @@ def test_experiment_reports_auc_uauc_ablation_and_the_baselines(tiny_checkpoints
     for method in ("mf", "mf_no_foldin", "text_only", "collm", "like_share"):
         assert 0 <= report["metrics"][method]["all"]["auc"] <= 1, method
     assert report["user_token_ablation"]["all"] >= 0
+    for parts in report["user_swap"].values():  # the CoLLM row and the CF model alone, under the same swap
+        assert parts["gap"] == pytest.approx(parts["own"] - parts["swapped"], abs=1e-4)
+    assert report["user_swap"]["mf"]["own"] == report["metrics"]["mf"]["all"]["uauc"]
     assert "same_films" not in report  # ML-100K's user ids are not in the tiny data
+
+
+def test_swap_partners_give_every_row_another_users_row_at_the_same_position():
+    users = np.array(["b", "a", "c", "a", "b", "c", "a"])
+    partners = experiment.swap_partners(users)
+    # sorted users a → b → c → a; a's rows (1, 3, 6) borrow b's rows (0, 4) cyclically, b's borrow c's, c's borrow a's
+    assert partners.tolist() == [2, 0, 1, 4, 5, 3, 0]
+    assert all(users[p] != u for u, p in zip(users, partners))
+    with pytest.raises(InputError):
+        experiment.swap_partners(np.array(["a", "a"]))
