@@ -26,6 +26,7 @@ from .config import (
     PROJECT_ROOT,
     PROTOCOLS,
     QUICK_ROWS,
+    RECIPES,
     RESULTS_PATH,
     ProtocolConfig,
     QuickConfig,
@@ -91,11 +92,14 @@ def recipe_name(text: str) -> str:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The training configuration, with the command line's overrides (those it has and was given)."""
     cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
+    cfg.with_recipe(getattr(args, "recipe", None) or "paper")
     for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim", "batch_size", "grad_accum",
                  "lora_dropout", "device", "precision", "group_size", "pairwise_weight", "eval_every",
                  "projector_lora_lr", "similarity_weight"):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
+    if getattr(args, "eval_every", None) is not None:  # an explicit cadence is both stages' cadence
+        cfg.projector_eval_every = None
     for flag in ("gradient_checkpointing", "load_bf16"):
         if getattr(args, flag, False):
             setattr(cfg, flag, True)
@@ -273,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_train = sub.add_parser("train", parents=[common], help="train CF / LoRA / projector")
     p_train.add_argument("--stage", choices=["cf", "lora", "projector", "all"], default="all")
+    p_train.add_argument("--recipe", choices=list(RECIPES), default="paper",
+                         help="paper: CoLLM as published (default); grouped: both LLM stages on user groups with the "
+                              "pairwise term (issue 26; docs/experiments.md). The flags below override its values")
     p_train.add_argument("--lora-rows", type=positive_int, default=None)
     p_train.add_argument("--projector-rows", type=positive_int, default=None)
     p_train.add_argument("--lora-lr", type=positive_float, default=None)

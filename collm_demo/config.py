@@ -176,9 +176,23 @@ class ProtocolConfig:
         raise InputError(f"protocol {name!r} is not one of {', '.join(PROTOCOLS)}")
 
 
+# Named training recipes (``train --recipe``): the overrides of TrainConfig's fields that make each.
+# "paper": CoLLM as published (per-row BCE, the LoRA frozen in stage 2, projector lr 1e-3), the
+# defaults below. "grouped": issue 26's candidate (docs/experiments.md, run l6): both LLM stages on
+# user groups of 8 sharing one history with the within-group pairwise term, a longer stage 1, and
+# the projector at CoLLM's own code's rate. Row counts are left alone under --quick.
+RECIPES: dict[str, dict[str, object]] = {
+    "paper": {},
+    "grouped": {"group_size": 8, "pairwise_weight": 1.0, "lora_rows": 4800, "projector_lr": 1e-2,
+                "projector_eval_every": 50},
+}
+RECIPE_SIZES = ("lora_rows", "projector_rows")
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
+    recipe: str = "paper"  # the named recipe these values started from (RECIPES), for the manifest
     # --- CF model (matrix factorisation) ---
     cf_dim: int = 64  # MF latent dimension (paper searched 64/128/256)
     cf_epochs: int = 40  # upper bound; early stopping on valid AUC decides
@@ -214,6 +228,7 @@ class TrainConfig:
     grad_accum: int = 2  # effective batch 16 as in the paper
     warmup_frac: float = 0.05
     eval_every: int = 30  # optimiser steps between early-stopping checks
+    projector_eval_every: int | None = None  # stage 2's own cadence (None: eval_every)
     eval_rows: int = 400  # fixed early-stopping subset of valid rows (never trained on)
     patience: int = 4  # early-stopping checks without improvement before stopping
     # --- where and how (see device.py): "auto" = CUDA if present; bf16 on CUDA where native, on a
@@ -226,6 +241,23 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_recipe(self, name: str) -> TrainConfig:
+        """These values with a named recipe's overrides (row counts kept when ``keep_sizes``)."""
+        if name not in RECIPES:
+            from .errors import InputError
+
+            raise InputError(f"recipe {name!r} is not one of {', '.join(RECIPES)}")
+        keep_sizes = isinstance(self, QuickConfig)
+        for field, value in RECIPES[name].items():
+            if not (keep_sizes and field in RECIPE_SIZES):
+                setattr(self, field, value)
+        self.recipe = name
+        return self
+
+    def eval_every_for(self, stage: str) -> int:
+        """Optimiser steps between early-stopping checks in ``stage`` ("lora" or "projector")."""
+        return self.projector_eval_every if stage == "projector" and self.projector_eval_every else self.eval_every
 
 
 @dataclass

@@ -85,7 +85,7 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
                     weight_decay: float, extra: tuple[list[torch.nn.Parameter], float] | None = None,
                     progress: Path | None = None) -> dict:
     """One pass over ``rows`` (batch × grad-accum), early stopping on ``eval_rows`` AUC every
-    ``cfg.eval_every`` optimiser steps. The best parameters are restored at the end.
+    ``cfg.eval_every_for(stage)`` optimiser steps. The best parameters are restored at the end.
     ``extra``: more parameters trained at their own rate, without weight decay (stage 2's LoRA).
     ``progress``: where the run's position is saved at every check, and resumed from (``resume.py``).
     With N ranks a micro-batch is ``batch_size × N`` rows, each rank computing its share."""
@@ -133,7 +133,7 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
         at.step, at.batches_done = at.step + 1, n
         rate = (at.seen - seen_before) / (time.time() - started)
         bar.set_postfix(loss=f"{at.running:.4f}", rows_per_s=f"{rate:.2f}")
-        if at.step % cfg.eval_every == 0 or n == len(batches):
+        if at.step % cfg.eval_every_for(stage) == 0 or n == len(batches):
             if check(stage, at, evaluate, stopper, steps, rate):
                 break
             if progress is not None and ranks.is_main:

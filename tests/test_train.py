@@ -130,6 +130,31 @@ def test_projector_foldin_strength_option_is_checked():
     assert train_config(args).projector_foldin_l2 == 3.0
 
 
+def test_named_recipes_set_their_values_and_flags_override_them():
+    from collm_demo.__main__ import build_parser, train_config
+    from collm_demo.config import RECIPES, TrainConfig
+
+    parse = build_parser().parse_args
+    paper = train_config(parse(["train"]))
+    where = {"device", "precision"}  # from the environment (COLLM_PRECISION), not from a recipe
+    assert paper.recipe == "paper"  # the default is the paper's
+    assert {k: v for k, v in paper.to_dict().items() if k not in where} == \
+        {k: v for k, v in TrainConfig().to_dict().items() if k not in where}
+    grouped = train_config(parse(["train", "--recipe", "grouped"]))
+    assert grouped.recipe == "grouped" and grouped.to_dict() != paper.to_dict()
+    for field, value in RECIPES["grouped"].items():
+        assert getattr(grouped, field) == value, field
+    assert grouped.eval_every_for("projector") == 50 and grouped.eval_every_for("lora") == paper.eval_every
+    # a flag wins over the recipe; an explicit cadence is both stages' cadence
+    tuned = train_config(parse(["train", "--recipe", "grouped", "--group-size", "4", "--eval-every", "10"]))
+    assert tuned.group_size == 4 and tuned.pairwise_weight == 1.0
+    assert tuned.eval_every_for("projector") == tuned.eval_every_for("lora") == 10
+    quick = train_config(parse(["train", "--recipe", "grouped", "--quick"]))  # --quick keeps its tiny sizes
+    assert quick.group_size == 8 and quick.lora_rows == train_config(parse(["train", "--quick"])).lora_rows
+    with pytest.raises(SystemExit):  # argparse: an unknown recipe is one line and exit status 2
+        parse(["train", "--recipe", "magic"])
+
+
 def test_retraining_stage_one_starts_from_the_plain_llm(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
     """Re-running stage 1 in a folder that already holds an adapter must not stack a second one."""
     import shutil
