@@ -220,8 +220,9 @@ def cmd_experiment(args) -> int:
     from . import experiment
 
     out = Path(args.out) if args.out else None
+    against = experiment.load_report(args.against) if args.against else None  # before minutes of scoring
     experiment.run(Path(args.checkpoints), args.name, args.llm, args.data, args.cf, runtime=runtime(args),
-                   protocol=protocol(args), out=out)
+                   protocol=protocol(args), out=out, against=against)
     return 0
 
 
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "valid sample (never trained on), in minutes")
     p_exp.add_argument("--name", type=recipe_name, default="experiment", help="the recipe's name (the report is logs/experiments/NAME.json)")
     p_exp.add_argument("--out", default=None, help="report file (default logs/experiments/NAME.json)")
+    p_exp.add_argument("--against", default=None,
+                       help="the best kept recipe's report: add the rule's verdict (docs/experiments.md) to this one")
 
     p_set = sub.add_parser("settings", help="the table of environment variables (the README's settings table)")
     p_set.add_argument("--readme", action="store_true", help="write it into README.md between its markers")

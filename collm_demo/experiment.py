@@ -34,12 +34,18 @@ OUT_DIR = PROJECT_ROOT / "logs" / "experiments"
 # rule: four trained users the CF model sees as opposite tastes; popular warm films across genres),
 # fixed here so every recipe is compared on the same people and films. No labels are read.
 SAME_FILMS_USERS = ("457", "843", "175", "186")
+# The rule of docs/experiments.md (amended 2026-12-07, before run l6) that keeps a recipe: its CoLLM row
+# gains at least MIN_UAUC_GAIN dev UAUC over the best kept recipe, loses at most MAX_AUC_DROP dev AUC,
+# and its own user token ranks a user's films better than another user's by at least MIN_SWAP_GAP.
+MIN_UAUC_GAIN, MAX_AUC_DROP, MIN_SWAP_GAP = 0.01, 0.01, 0.01
 SAME_FILMS_ITEMS = ("100", "294", "50", "288", "181", "174", "258", "286", "127", "1", "183", "405")
 
 
 def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path: str | None = None,
         cf_name: str = DEFAULT_CF, runtime: Runtime | None = None, protocol: ProtocolConfig | None = None,
-        out: Path | None = None, log=print) -> dict:
+        out: Path | None = None, against: dict | None = None, log=print) -> dict:
+    """Score the dev rows with every method of ``checkpoint_dir`` and write the report; ``against``:
+    the best kept recipe's report, to add the rule's verdict (``judge``)."""
     started = time.time()
     pipe = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, protocol=protocol)
     rows = dev_rows(pipe.dataset)
@@ -49,7 +55,7 @@ def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path:
     for method, scores in pipe.score_methods(rows, methods).items():
         frame[method] = scores.numpy()
     report: dict = {"name": name, "checkpoints": str(checkpoint_dir), "rows": int(len(rows)),
-                    "users": int(rows["user"].nunique()), "metrics": {}}
+                    "users": int(rows["user"].nunique()), "collm_method": pipe.collm_method, "metrics": {}}
     for method in methods:
         report["metrics"][method] = {"all": auc_uauc(frame, method),
                                      "warm_user": auc_uauc(frame[~frame["cold_user"]], method)}
@@ -83,10 +89,40 @@ def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path:
         report["same_films"] = {method: {"mean_rho": round(a.mean_rho, 4), "top5_overlap": round(a.mean_overlap, 2)}
                                 for method, a in ranking.agreement.items()}
     report["seconds"] = round(time.time() - started, 1)
+    if against is not None:
+        report["verdict"] = judge(report, against)
     out = out or OUT_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     log(summary(report))
+    return report
+
+
+def judge(report: dict, best: dict) -> dict:
+    """The rule's verdict on a recipe's report against the best kept recipe's: each check's value and
+    whether it passes, and ``kept`` when all do. Differences are taken on the reports' 4-decimal
+    numbers, so a gain of exactly 0.0100 passes."""
+    method = report.get("collm_method", "collm")
+    if method not in report["metrics"] or method not in best["metrics"]:
+        raise InputError(f"both reports need the {method} row (have: {', '.join(best['metrics'])})")
+    new, old = report["metrics"][method]["all"], best["metrics"][method]["all"]
+    uauc_gain, auc_drop = round(new["uauc"] - old["uauc"], 4), round(old["auc"] - new["auc"], 4)
+    gap = report.get("user_swap", {}).get(method, {}).get("gap")
+    checks = {"uauc_gain": {"value": uauc_gain, "passes": uauc_gain >= MIN_UAUC_GAIN},
+              "auc_drop": {"value": auc_drop, "passes": auc_drop <= MAX_AUC_DROP},
+              "swap_gap": {"value": gap, "passes": gap is not None and gap >= MIN_SWAP_GAP}}
+    return {"against": best.get("name", "?"), "checks": checks, "kept": all(c["passes"] for c in checks.values())}
+
+
+def load_report(path: str | Path) -> dict:
+    """A report written by ``run`` (JSON), checked enough for ``judge``; a clear error otherwise."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read the report {path}: {error.__class__.__name__}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
+        raise InputError(f"{path} is not a report of `python -m collm_demo experiment` (no metrics)")
     return report
 
 
@@ -120,5 +156,9 @@ def summary(report: dict) -> str:
         lines.append(f"  swap test, {method:16s}: UAUC own user {a['own']:.4f}, another user's {a['swapped']:.4f} (gap {a['gap']})")
     for method, a in report.get("same_films", {}).items():
         lines.append(f"  same films, 4 users, {method:5s}: mean ρ {a['mean_rho']}, top-5 shared {a['top5_overlap']}")
+    if "verdict" in report:
+        v = report["verdict"]
+        checks = ", ".join(f"{name} {c['value']} ({'pass' if c['passes'] else 'FAIL'})" for name, c in v["checks"].items())
+        lines.append(f"  by the rule, against {v['against']}: {'KEPT' if v['kept'] else 'not kept'} ({checks})")
     return "\n".join(lines)
 

@@ -18,9 +18,10 @@ def test_experiment_reports_auc_uauc_ablation_and_the_baselines(tiny_checkpoints
                                                                tmp_path, monkeypatch):
     # The tiny data has no user with 6 liked and 6 disliked valid rows: the whole valid split stands in.
     monkeypatch.setattr(experiment, "dev_rows", lambda dataset: dataset.split("valid"))
-    out = tmp_path / "recipe.json"
+    out, best = tmp_path / "recipe.json", tmp_path / "best.json"
+    best.write_text(json.dumps({"name": "best", "metrics": {"collm": {"all": {"auc": 0.5, "uauc": 0.5}}}}))
     assert main(["experiment", "--checkpoints", str(tiny_checkpoints), "--llm", str(tiny_llm_dir),
-                 "--data", str(tiny_data_dir), "--name", "recipe", "--out", str(out)]) == 0
+                 "--data", str(tiny_data_dir), "--name", "recipe", "--out", str(out), "--against", str(best)]) == 0
     report = json.loads(out.read_text())
     assert report["name"] == "recipe" and report["rows"] > 0
     for method in ("mf", "mf_no_foldin", "text_only", "collm", "like_share"):
@@ -30,6 +31,8 @@ def test_experiment_reports_auc_uauc_ablation_and_the_baselines(tiny_checkpoints
         assert parts["gap"] == pytest.approx(parts["own"] - parts["swapped"], abs=1e-4)
     assert report["user_swap"]["mf"]["own"] == report["metrics"]["mf"]["all"]["uauc"]
     assert "same_films" not in report  # ML-100K's user ids are not in the tiny data
+    assert report["verdict"]["against"] == "best" and set(report["verdict"]["checks"]) == {"uauc_gain", "auc_drop",
+                                                                                            "swap_gap"}
 
 
 def test_swap_partners_give_every_row_another_users_row_at_the_same_position():
@@ -40,3 +43,43 @@ def test_swap_partners_give_every_row_another_users_row_at_the_same_position():
     assert all(users[p] != u for u, p in zip(users, partners))
     with pytest.raises(InputError):
         experiment.swap_partners(np.array(["a", "a"]))
+
+
+def _report(name: str, auc: float, uauc: float, gap: float | None = None) -> dict:
+    report = {"name": name, "collm_method": "collm", "metrics": {"collm": {"all": {"auc": auc, "uauc": uauc}}}}
+    if gap is not None:
+        report["user_swap"] = {"collm": {"gap": gap}}
+    return report
+
+
+def test_the_rule_keeps_a_recipe_only_when_every_check_passes():
+    best = _report("lever1", auc=0.6187, uauc=0.6111)
+    kept = experiment.judge(_report("new", auc=0.6100, uauc=0.6211, gap=0.0100), best)
+    assert kept["kept"] and kept["against"] == "lever1"  # +0.0100 UAUC, -0.0087 AUC, gap 0.0100: each on its bound
+    assert kept["checks"]["uauc_gain"]["value"] == 0.01 and kept["checks"]["auc_drop"]["value"] == 0.0087
+    for new, failing in ((_report("n", 0.6187, 0.6210, 0.05), "uauc_gain"),   # gain 0.0099
+                         (_report("n", 0.6086, 0.6500, 0.05), "auc_drop"),    # AUC drop 0.0101
+                         (_report("n", 0.6187, 0.6500, 0.0099), "swap_gap"),
+                         (_report("n", 0.6187, 0.6500), "swap_gap")):         # no swap test in the report
+        verdict = experiment.judge(new, best)
+        assert not verdict["kept"] and [k for k, c in verdict["checks"].items() if not c["passes"]] == [failing]
+    assert "by the rule, against lever1: KEPT" in experiment.summary(
+        {"name": "new", "rows": 1, "users": 1, "seconds": 0, "metrics": {}, "verdict": kept})
+
+
+def test_a_report_to_judge_against_must_be_an_experiment_report(tmp_path, capsys):
+    good = tmp_path / "best.json"
+    good.write_text(json.dumps(_report("best", 0.6, 0.6)))
+    assert experiment.load_report(good)["name"] == "best"
+    for text in ("not json", "[1, 2]", '{"name": "x"}'):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(InputError, match="bad.json"):
+            experiment.load_report(bad)
+    with pytest.raises(InputError, match="cannot read"):
+        experiment.load_report(tmp_path / "missing.json")
+    with pytest.raises(InputError, match="collm row"):
+        experiment.judge(_report("n", 0.6, 0.6, 0.1), {"name": "other", "metrics": {"mf": {}}})
+    # on the command line: one line and exit status 2, before any model is loaded
+    assert main(["experiment", "--against", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
