@@ -4,7 +4,10 @@
 
 Both paths train the same rows with the same history per group (``grouped.user_groups``):
 "whole" runs every prompt in full (``CoLLM.forward``, what training did), "grouped" runs each
-group's prefix once and its suffixes packed on the cache (``grouped.grouped_logits``). Prints the
+group's prefix once and its suffixes packed on the cache (``grouped.grouped_logits``). With
+``--stage projector`` (the LLM frozen) "grouped" runs the prefix's opening without gradients
+(``grouped.can_split_opening``) and "grouped-joined" is the same step with the whole prefix under
+autograd, so the gain of that split is measured too. Prints the
 median seconds of forward + backward for the batch, rows/s, the ratio, the FLOP-count ratio
 (|P| + K|S|) / (K(|P| + |S|)) from the real token counts, and the largest logit difference between
 the two paths in eval mode (they compute the same function; in train mode the LoRA's dropout makes
@@ -61,14 +64,16 @@ def main() -> None:
             logits = torch.cat([model(prompts[s: s + 8], None if users is None else users[s: s + 8],
                                       None if items is None else items[s: s + 8]) for s in range(0, len(prompts), 8)])
         else:
-            logits = grouped_logits(model, prompts, groups, users, items)
+            logits = grouped_logits(model, prompts, groups, users, items,
+                                    split_opening=False if kind == "grouped-joined" else None)
         logits.sum().backward()
         for p in params:
             p.grad = None
         return logits.detach()
 
+    kinds = ("whole", "grouped-joined", "grouped") if with_cf else ("whole", "grouped")
     results = {}
-    for kind in ("whole", "grouped"):
+    for kind in kinds:
         step(kind)  # warm-up
         times, out = [], None
         for _ in range(args.repeats):
@@ -86,9 +91,12 @@ def main() -> None:
     whole_tokens = sum(len(p) for p in prompts)
     print(f"{args.stage}: {len(prompts)} rows in {len(groups)} groups of {args.group}; "
           f"tokens whole {whole_tokens}, grouped {prefix + suffix} (FLOP ratio {whole_tokens / (prefix + suffix):.2f}x)")
-    for kind in ("whole", "grouped"):
-        print(f"  {kind:8s} forward+backward {results[kind][0]:.2f} s  ({len(prompts) / results[kind][0]:.2f} rows/s)")
+    for kind in kinds:
+        print(f"  {kind:14s} forward+backward {results[kind][0]:.2f} s  ({len(prompts) / results[kind][0]:.2f} rows/s)")
     print(f"  speed-up {results['whole'][0] / results['grouped'][0]:.2f}x; max |logit difference| (eval mode) {diff:.2e}")
+    if "grouped-joined" in results:
+        print(f"  the opening without gradients: {results['grouped-joined'][0] / results['grouped'][0]:.2f}x "
+              "over the same step with the whole prefix under autograd")
     if args.save:
         from benchmarks.report import save
 
@@ -97,6 +105,8 @@ def main() -> None:
                                "seconds": {k: round(v[0], 2) for k, v in results.items()},
                                "rows_per_s": {k: round(len(prompts) / v[0], 2) for k, v in results.items()},
                                "speedup": round(results["whole"][0] / results["grouped"][0], 2),
+                               "opening_split_speedup": (round(results["grouped-joined"][0] / results["grouped"][0], 2)
+                                                         if "grouped-joined" in results else None),
                                "max_logit_diff": diff}, sys.argv[1:], update_doc=False)
 
 

@@ -70,23 +70,48 @@ def pairwise_loss(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tens
     return F.softplus(-differences[pairs]).mean()
 
 
+def can_split_opening(model: CoLLM, heads: Sequence[Prompt]) -> bool:
+    """Whether nothing in the prompts' openings (up to the end of the history) can receive a gradient:
+    no LLM parameter trains (stage 2 with the paper's frozen LoRA; the projector is outside the LLM)
+    and no CF slot lies in the opening. Then the opening needs a forward pass only, no backward
+    (fewer FLOPs per group and no activations kept for the opening; benchmarks/bench_grouped.py)."""
+    if not torch.is_grad_enabled() or any(p.requires_grad for p in model.llm.parameters()):
+        return False
+    return all(0 < p.shared < len(p.prefix) and (p.user_slot is None or p.user_slot >= p.shared) for p in heads)
+
+
 def grouped_logits(model: CoLLM, prompts: Sequence[Prompt], groups: Sequence[Sequence[int]],
                    user_vecs: torch.Tensor | None = None, item_vecs: torch.Tensor | None = None,
-                   row_tokens: int = 256) -> torch.Tensor:
+                   row_tokens: int = 256, split_opening: bool | None = None) -> torch.Tensor:
     """logit(Yes) - logit(No) per prompt, with gradients, computed group by group: the prompts of a
     group share one prefix (one history, one user vector), which runs once with a KV cache; the
     group's suffixes then run packed end to end on that cache (``packing.pack_segments``: each sees
-    the prefix and itself only). ``groups`` lists prompt indices; the result is in prompt order."""
+    the prefix and itself only). ``groups`` lists prompt indices; the result is in prompt order.
+    ``split_opening`` (default: ``can_split_opening``) runs the prefix's opening without gradients
+    and the rest of the prefix, from the user slot on, with them: same logits and gradients."""
     for members in groups:
         if any(prompts[n].prefix != prompts[members[0]].prefix for n in members):
             raise ValueError("the prompts of a group must share one prefix (one history)")
     heads = [members[0] for members in groups]
-    prefix_slots = [[] if user_vecs is None or prompts[h].user_slot is None else [(prompts[h].user_slot, user_vecs[h])]
-                    for h in heads]
-    batch = model._pack([prompts[h].prefix for h in heads], prefix_slots, left=True)
+    if split_opening is None:
+        split_opening = can_split_opening(model, [prompts[h] for h in heads])
+    cut = [prompts[h].shared if split_opening else 0 for h in heads]  # where the part with gradients starts
+    prefix_slots = [[] if user_vecs is None or prompts[h].user_slot is None
+                    else [(prompts[h].user_slot - c, user_vecs[h])] for h, c in zip(heads, cut)]
     cache = DynamicCache()
-    model._run(batch, cache)
-    mask, length = batch.mask, batch.mask.sum(-1)
+    if split_opening:  # the opening (history) depends on nothing that trains: forward only, no activations kept
+        opening = model._pack([prompts[h].prefix[:c] for h, c in zip(heads, cut)], [[] for _ in heads], left=True)
+        with torch.no_grad():
+            model._run(opening, cache)
+        rest = model._pack([prompts[h].prefix[c:] for h, c in zip(heads, cut)], prefix_slots, left=False,
+                           start=opening.mask.sum(-1))
+        model._run(rest, cache, opening.mask)
+        mask = torch.cat([opening.mask, rest.mask], 1)
+    else:
+        batch = model._pack([prompts[h].prefix for h in heads], prefix_slots, left=True)
+        model._run(batch, cache)
+        mask = batch.mask
+    length = mask.sum(-1)
     chunk = [(row, n) for row, members in enumerate(groups) for n in members]
     packed = plan_packed_rows([row for row, _ in chunk], [len(prompts[n].suffix) for _, n in chunk], row_tokens)
     owner = torch.tensor([chunk[r[0]][0] for r in packed])

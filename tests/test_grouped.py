@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from collm_demo.collm import CoLLM, Projector
-from collm_demo.grouped import grouped_logits, pairwise_loss, user_groups
+from collm_demo.grouped import can_split_opening, grouped_logits, pairwise_loss, user_groups
 from collm_demo.llm import load_llm
 
 pytestmark = pytest.mark.fp32
@@ -61,6 +61,35 @@ def test_grouped_step_equals_whole_prompts_in_logits_and_gradients(model, with_c
     torch.testing.assert_close(grouped[0], whole[0], atol=1e-5, rtol=0)
     for g_grouped, g_whole in zip(grouped[1], whole[1]):
         torch.testing.assert_close(g_grouped, g_whole, atol=1e-5, rtol=1e-4)
+
+
+def test_stage_two_runs_the_opening_without_gradients_and_gets_the_same_logits_and_gradients(model):
+    """With the LLM frozen (stage 2, the paper's frozen LoRA) the history needs no backward: the
+    split step (opening under no_grad, the rest from the user slot on with gradients) equals whole
+    prompts one by one; once an LLM parameter trains, the split is not taken."""
+    prompts, users, items = group_inputs(model, True)
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])
+    model.llm.requires_grad_(False)
+    trained = list(model.projector.parameters())
+    heads = [prompts[g[0]] for g in GROUPS]
+    assert can_split_opening(model, heads)
+    with torch.no_grad():
+        assert not can_split_opening(model, heads)  # nothing to split when nothing has gradients
+
+    def loss_and_grads(logits):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        return logits.detach(), [g.detach() for g in torch.autograd.grad(loss, trained)]
+
+    whole = loss_and_grads(torch.cat([model(prompts[n: n + 1], users[n: n + 1], items[n: n + 1])
+                                      for n in range(len(prompts))]))
+    split = loss_and_grads(grouped_logits(model, prompts, GROUPS, users, items, row_tokens=12))
+    joined = loss_and_grads(grouped_logits(model, prompts, GROUPS, users, items, row_tokens=12, split_opening=False))
+    for other in (split, joined):
+        torch.testing.assert_close(other[0], whole[0], atol=1e-5, rtol=0)
+        for g_other, g_whole in zip(other[1], whole[1]):
+            torch.testing.assert_close(g_other, g_whole, atol=1e-5, rtol=1e-4)
+    model.llm.get_input_embeddings().weight.requires_grad_(True)
+    assert not can_split_opening(model, heads)  # the opening's embeddings train: its backward is needed
 
 
 def test_grouped_step_refuses_prompts_with_different_histories(model):
