@@ -178,9 +178,10 @@ class ProtocolConfig:
 
 # Named training recipes (``train --recipe``): the overrides of TrainConfig's fields that make each.
 # "paper": CoLLM as published (per-row BCE, the LoRA frozen in stage 2, projector lr 1e-3), the
-# defaults below. "grouped": issue 26's candidate (docs/experiments.md, run l6): both LLM stages on
-# user groups of 8 sharing one history with the within-group pairwise term, a longer stage 1, and
-# the projector at CoLLM's own code's rate. Row counts are left alone under --quick.
+# defaults below. "grouped": both LLM stages on user groups of 8 sharing one history with the
+# within-group pairwise term, a longer stage 1, and the projector at CoLLM's own code's rate (run l6
+# of docs/experiments.md: dev UAUC 0.639 against the paper's 0.578, not kept by the rule there, so
+# not the default). Row counts are left alone under --quick.
 RECIPES: dict[str, dict[str, object]] = {
     "paper": {},
     "grouped": {"group_size": 8, "pairwise_weight": 1.0, "lora_rows": 4800, "projector_lr": 1e-2,
