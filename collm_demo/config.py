@@ -244,7 +244,7 @@ class TrainConfig:
         return asdict(self)
 
     def with_recipe(self, name: str) -> TrainConfig:
-        """These values with a named recipe's overrides (row counts kept when ``keep_sizes``)."""
+        """These values with a named recipe's overrides (a QuickConfig keeps its tiny row counts)."""
         if name not in RECIPES:
             from .errors import InputError
 
