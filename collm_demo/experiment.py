@@ -34,11 +34,11 @@ OUT_DIR = PROJECT_ROOT / "logs" / "experiments"
 # rule: four trained users the CF model sees as opposite tastes; popular warm films across genres),
 # fixed here so every recipe is compared on the same people and films. No labels are read.
 SAME_FILMS_USERS = ("457", "843", "175", "186")
+SAME_FILMS_ITEMS = ("100", "294", "50", "288", "181", "174", "258", "286", "127", "1", "183", "405")
 # The rule of docs/experiments.md (amended 2026-12-07, before run l6) that keeps a recipe: its CoLLM row
 # gains at least MIN_UAUC_GAIN dev UAUC over the best kept recipe, loses at most MAX_AUC_DROP dev AUC,
 # and its own user token ranks a user's films better than another user's by at least MIN_SWAP_GAP.
 MIN_UAUC_GAIN, MAX_AUC_DROP, MIN_SWAP_GAP = 0.01, 0.01, 0.01
-SAME_FILMS_ITEMS = ("100", "294", "50", "288", "181", "174", "258", "286", "127", "1", "183", "405")
 
 
 def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path: str | None = None,
@@ -60,7 +60,7 @@ def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path:
         report["metrics"][method] = {"all": auc_uauc(frame, method),
                                      "warm_user": auc_uauc(frame[~frame["cold_user"]], method)}
     if pipe.has_projector:  # the user token replaced by the no-information vector
-        _, items = pipe.cf_vectors(rows, for_tokens=True)
+        user_vecs, items = pipe.cf_vectors(rows, for_tokens=True)
         none = pipe.cf.default_user.view(1, -1).expand(len(rows), -1)
         ablated = pipe.score_cf_rows(rows, none, items).numpy()
         change = np.abs(frame[pipe.collm_method].to_numpy() - ablated)
@@ -70,11 +70,10 @@ def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path:
                                          "users_trained": int(warm_user.sum())}
     if pipe.has_projector:  # each user's token swapped for another dev user's: does the right user rank better?
         partners = swap_partners(frame["user"].to_numpy())
-        user_vecs, item_vecs = pipe.cf_vectors(rows, for_tokens=True)
-        frame["collm_swapped"] = pipe.score_cf_rows(rows, user_vecs[partners], item_vecs).numpy()
-        own_cf, _ = pipe.cf_vectors(rows)
-        frame["cf_own"] = pipe.cf.score_vectors(own_cf, item_vecs).numpy()
-        frame["cf_swapped"] = pipe.cf.score_vectors(own_cf[partners], item_vecs).numpy()
+        frame["collm_swapped"] = pipe.score_cf_rows(rows, user_vecs[partners], items).numpy()
+        own_cf, _ = pipe.cf_vectors(rows)  # the CF model's own fold-in strength, as it scores alone
+        frame["cf_own"] = pipe.cf.score_vectors(own_cf, items).numpy()
+        frame["cf_swapped"] = pipe.cf.score_vectors(own_cf[partners], items).numpy()
         report["user_swap"] = {
             pipe.collm_method: {"own": auc_uauc(frame, pipe.collm_method)["uauc"],
                                 "swapped": auc_uauc(frame, "collm_swapped")["uauc"]},
