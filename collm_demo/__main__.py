@@ -279,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", parents=[common], help="train CF / LoRA / projector")
     p_train.add_argument("--stage", choices=["cf", "lora", "projector", "all"], default="all")
     p_train.add_argument("--recipe", choices=list(RECIPES), default="paper",
-                         help="paper: CoLLM as published (default); grouped: both LLM stages on user groups with the "
-                              "pairwise term (issue 26; docs/experiments.md). The flags below override its values")
+                         help="paper: CoLLM as published (default); grouped-stage2: the paper's stage 1, stage 2 on user "
+                              "groups with the pairwise term at lr 1e-2 (lever 1, kept); grouped: both LLM stages on "
+                              "user groups (run l6, not kept). Issue 26, docs/experiments.md. The flags below override "
+                              "its values (--group-size and --pairwise-weight only in the stages it groups)")
     p_train.add_argument("--lora-rows", type=positive_int, default=None)
     p_train.add_argument("--projector-rows", type=positive_int, default=None)
     p_train.add_argument("--lora-lr", type=positive_float, default=None)

@@ -9,7 +9,7 @@ variables, printed in the README by ``python -m collm_demo settings --readme``.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +184,11 @@ class ProtocolConfig:
 # not the default). Row counts are left alone under --quick.
 RECIPES: dict[str, dict[str, object]] = {
     "paper": {},
+    # Lever 1 of docs/experiments.md, the recipe the rule keeps so far: the paper's stage 1, then
+    # stage 2 on user groups of 8 with the pairwise term at CoLLM's projector rate.
+    "grouped-stage2": {"group_size": 8, "pairwise_weight": 1.0, "grouped_stages": ("projector",),
+                       "projector_lr": 1e-2, "projector_eval_every": 50},
+    # Run l6: both LLM stages on user groups, stage 1 on twice the rows (not kept: swap test).
     "grouped": {"group_size": 8, "pairwise_weight": 1.0, "lora_rows": 4800, "projector_lr": 1e-2,
                 "projector_eval_every": 50},
 }
@@ -221,6 +226,8 @@ class TrainConfig:
     # --- issue 26: training one user at a time (collm_demo/grouped.py); the defaults are the paper's
     group_size: int = 1  # rows per group: one user's candidates sharing the history of the first; 1 = per row
     pairwise_weight: float = 0.0  # weight of the within-group pairwise (liked above disliked) term beside BCE
+    # The LLM stages the two fields above apply to ("lora", "projector"); the other stages train per row.
+    grouped_stages: tuple[str, ...] = ("lora", "projector")
     # Stage 2: weight of the term that keeps the CF vectors' pairwise similarities among the mapped
     # tokens (collm_demo/spread.py; CoLLM's code has one, switched off); 0 = the paper's.
     similarity_weight: float = 0.0
@@ -255,6 +262,13 @@ class TrainConfig:
                 setattr(self, field, value)
         self.recipe = name
         return self
+
+    def for_stage(self, stage: str) -> TrainConfig:
+        """The values ``stage`` ("lora" or "projector") trains with: per row, without the pairwise term,
+        where the recipe groups only the other stage (``grouped_stages``)."""
+        if stage in self.grouped_stages:
+            return self
+        return replace(self, group_size=1, pairwise_weight=0.0)
 
     def eval_every_for(self, stage: str) -> int:
         """Optimiser steps between early-stopping checks in ``stage`` ("lora" or "projector")."""

@@ -180,3 +180,21 @@ def test_grouped_training_is_deterministic_for_a_seed(tiny_checkpoints, tiny_llm
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key])
+
+
+def test_a_recipe_can_group_only_stage_two(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    """``--recipe grouped-stage2`` (lever 1): stage 1 per row, stage 2 on user groups with the pairwise
+    term, as each stage's manifest record says."""
+    import json
+    import shutil
+
+    from collm_demo.__main__ import main
+
+    folder = tmp_path / "lever1"
+    shutil.copytree(tiny_checkpoints, folder)
+    for stage in ("lora", "projector"):
+        assert main(["train", "--stage", stage, "--quick", "--recipe", "grouped-stage2", "--llm", str(tiny_llm_dir),
+                     "--data", str(tiny_data_dir), "--checkpoints", str(folder)]) == 0
+    stages = json.loads((folder / "manifest.json").read_text())["stages"]
+    assert (stages["lora"]["group_size"], stages["lora"]["pairwise_weight"]) == (1, 0.0)
+    assert (stages["projector"]["group_size"], stages["projector"]["pairwise_weight"]) == (8, 1.0)

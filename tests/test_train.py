@@ -151,6 +151,12 @@ def test_named_recipes_set_their_values_and_flags_override_them():
     assert tuned.eval_every_for("projector") == tuned.eval_every_for("lora") == 10
     quick = train_config(parse(["train", "--recipe", "grouped", "--quick"]))  # --quick keeps its tiny sizes
     assert quick.group_size == 8 and quick.lora_rows == train_config(parse(["train", "--quick"])).lora_rows
+    # lever 1: stage 1 as the paper's, per row; only stage 2 on user groups
+    lever1 = train_config(parse(["train", "--recipe", "grouped-stage2"]))
+    assert lever1.lora_rows == paper.lora_rows and lever1.projector_lr == 1e-2
+    assert (lever1.for_stage("lora").group_size, lever1.for_stage("lora").pairwise_weight) == (1, 0.0)
+    assert (lever1.for_stage("projector").group_size, lever1.for_stage("projector").pairwise_weight) == (8, 1.0)
+    assert grouped.for_stage("lora").group_size == grouped.for_stage("projector").group_size == 8
     with pytest.raises(SystemExit):  # argparse: an unknown recipe is one line and exit status 2
         parse(["train", "--recipe", "magic"])
 
