@@ -100,7 +100,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             setattr(cfg, name, getattr(args, name))
     if getattr(args, "eval_every", None) is not None:  # an explicit cadence is both stages' cadence
         cfg.projector_eval_every = None
-    for flag in ("gradient_checkpointing", "load_bf16"):
+    for flag in ("gradient_checkpointing", "load_bf16", "separate_projectors"):
         if getattr(args, flag, False):
             setattr(cfg, flag, True)
     foldin = getattr(args, "projector_foldin_l2", None)
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--similarity-weight", type=non_negative_float, default=None,
                          help="stage 2: weight of the term keeping the CF vectors' pairwise similarities among the "
                               "mapped tokens (0 = the paper's, default)")
+    p_train.add_argument("--separate-projectors", action="store_true",
+                         help="stage 2: users get a projector MLP of their own (beyond the paper, which maps users "
+                              "and items with one)")
     p_train.add_argument("--eval-every", type=positive_int, default=None,
                          help="optimiser steps between early-stopping checks")
     p_train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (large LLMs)")

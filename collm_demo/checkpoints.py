@@ -118,7 +118,8 @@ def write_manifest(manifest: dict, checkpoint_dir: str | Path = CHECKPOINT_DIR) 
 
 
 def save_projector(projector: Projector, path: str | Path, cf_kind: str) -> None:
-    metadata = {"cf_dim": str(projector.cf_dim), "hidden_size": str(projector.hidden_size), "cf_kind": cf_kind}
+    metadata = {"cf_dim": str(projector.cf_dim), "hidden_size": str(projector.hidden_size), "cf_kind": cf_kind,
+                "separate_users": str(projector.separate_users).lower()}
     if projector.foldin_l2 is not None:
         metadata["foldin_l2"] = str(projector.foldin_l2)
     save_file({k: v.detach().contiguous() for k, v in projector.state_dict().items()}, str(path),
@@ -144,11 +145,14 @@ def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector
     except CoLLMError as error:
         raise CheckpointError(f"{path}: the recorded fold-in strength is unusable ({error}); retrain the "
                               "projector (train --stage projector)") from None
-    projector = Projector(cf_dim, hidden_size, foldin_l2=foldin_l2)
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(err)[:200]})") from None
+    # Users mapped by their own MLP (``Projector.separate_users``): its weights say so; a file from
+    # before the option has none.
+    separate = any(name.startswith("user_net.") for name in weights)
+    projector = Projector(cf_dim, hidden_size, foldin_l2=foldin_l2, separate_users=separate)
     # Before load_state_dict: it would silently cast integer tensors into the float parameters.
     check_float_tensors(path, weights, "projector weights")
     try:

@@ -28,7 +28,7 @@ from torch import nn
 from .config import PROJECTOR_EXPAND, use_gqa_attention
 from .device import Runtime
 from .llm import answer_token_ids
-from .packing import Batch, Prompt, pack
+from .packing import Batch, Prompt, Slot, pack
 from .scoring import ScoringMixin
 
 USER_SLOT, ITEM_SLOT = "<UserID>", "<ItemID>"
@@ -130,9 +130,15 @@ def prompt_text(history_titles: Sequence[str], history_labels: Sequence[int] | N
 # --------------------------------------------------------------------------- projector
 
 class Projector(nn.Module):
-    """CoLLM's mapping module: Linear(d → 10d) → ReLU → Linear(10d → hidden), one token per ID."""
+    """CoLLM's mapping module: Linear(d → 10d) → ReLU → Linear(10d → hidden), one token per ID.
 
-    def __init__(self, cf_dim: int, hidden_size: int, expand: int = PROJECTOR_EXPAND, foldin_l2: float | None = None):
+    One MLP for users and items, as in the paper; with ``separate_users`` users get an MLP of their
+    own (``user_net``, beyond the paper: issue 26's "keep users apart in the projector", as
+    A-LLMRec and others map users and items separately). Then every call says which rows are users.
+    """
+
+    def __init__(self, cf_dim: int, hidden_size: int, expand: int = PROJECTOR_EXPAND, foldin_l2: float | None = None,
+                 separate_users: bool = False):
         super().__init__()
         self.cf_dim, self.hidden_size, self.expand = cf_dim, hidden_size, expand
         # Fold-in strength of the user vectors it was trained on (users unseen in training are
@@ -141,9 +147,25 @@ class Projector(nn.Module):
         self.foldin_l2 = foldin_l2
         self.net = nn.Sequential(nn.Linear(cf_dim, expand * cf_dim), nn.ReLU(),
                                  nn.Linear(expand * cf_dim, hidden_size))
+        self.user_net = (nn.Sequential(nn.Linear(cf_dim, expand * cf_dim), nn.ReLU(),
+                                       nn.Linear(expand * cf_dim, hidden_size)) if separate_users else None)
 
-    def forward(self, cf_vectors: torch.Tensor) -> torch.Tensor:
-        return self.net(cf_vectors.float())
+    @property
+    def separate_users(self) -> bool:
+        return self.user_net is not None
+
+    def forward(self, cf_vectors: torch.Tensor, users: torch.Tensor | bool | None = None) -> torch.Tensor:
+        """The tokens of ``cf_vectors`` (N, d). ``users``: True / a (N,) mask of the rows that are
+        users; ignored by a shared projector, required by one with ``separate_users``."""
+        vectors = cf_vectors.float()
+        if self.user_net is None:
+            return self.net(vectors)
+        if users is None:
+            raise ValueError("this projector maps users and items separately: say which rows are users")
+        if isinstance(users, bool):
+            return (self.user_net if users else self.net)(vectors)
+        users = users.to(vectors.device).view(-1, 1)
+        return torch.where(users, self.user_net(vectors), self.net(vectors))
 
 
 # ------------------------------------------------------------------------ the forward
@@ -293,13 +315,14 @@ class CoLLM(ScoringMixin, nn.Module):
 
     # Step 1: ids → embeddings, with the CF slots overwritten by projected CF vectors.
     def embed(self, ids: torch.Tensor, slot_rows: torch.Tensor, slot_cols: torch.Tensor,
-              cf_vectors: torch.Tensor | None) -> torch.Tensor:
+              cf_vectors: torch.Tensor | None, slot_users: torch.Tensor | None = None) -> torch.Tensor:
+        """``slot_users``: which slots are user slots (a projector with its own user mapping needs it)."""
         embeds = self.llm.get_input_embeddings()(ids)
         if cf_vectors is None or len(slot_rows) == 0:
             return embeds
         if self.projector is None:
             raise ValueError("CF injection asked for, but no projector is loaded")
-        tokens = self.projector(cf_vectors.to(embeds.device)).to(embeds.dtype)
+        tokens = self.projector(cf_vectors.to(embeds.device), slot_users).to(embeds.dtype)
         # Out-of-place: a fresh tensor plus torch.where, never an in-place write into the
         # embedding output (that breaks autograd / gradient checkpointing).
         injected = torch.zeros_like(embeds).index_put((slot_rows, slot_cols), tokens)
@@ -307,16 +330,16 @@ class CoLLM(ScoringMixin, nn.Module):
             (slot_rows, slot_cols), torch.ones(len(slot_rows), dtype=torch.bool, device=embeds.device))
         return torch.where(mask.unsqueeze(-1), injected, embeds)
 
-    # Step 2: the CF slots of a prompt, as (index, vector) pairs for ``pack``.
+    # Step 2: the CF slots of a prompt, as (index, vector, is_user) for ``pack``.
     @staticmethod
     def _slots(prompt: Prompt, part: str, user_vec: torch.Tensor | None,
-               item_vec: torch.Tensor | None) -> list[tuple[int, torch.Tensor]]:
+               item_vec: torch.Tensor | None) -> list[Slot]:
         """``part``: "all" (indices into the whole prompt), "prefix" or "suffix" (into that part)."""
         out = []
         if user_vec is not None and prompt.user_slot is not None and part in ("all", "prefix"):
-            out.append((prompt.user_slot, user_vec))
+            out.append((prompt.user_slot, user_vec, True))
         if item_vec is not None and prompt.item_slot is not None and part in ("all", "suffix"):
-            out.append((prompt.item_pos if part == "all" else prompt.item_slot, item_vec))
+            out.append((prompt.item_pos if part == "all" else prompt.item_slot, item_vec, False))
         return out
 
     def _pack(self, seqs, slots, left: bool, start: torch.Tensor | None = None) -> Batch:
@@ -329,7 +352,7 @@ class CoLLM(ScoringMixin, nn.Module):
         batch = batch.to(self.device)
         if past_mask is not None:
             past_mask = past_mask.to(self.device)
-        embeds = self.embed(batch.ids, batch.slot_rows, batch.slot_cols, batch.cf)
+        embeds = self.embed(batch.ids, batch.slot_rows, batch.slot_cols, batch.cf, batch.slot_users)
         if batch.attention is not None:  # a prepared 4D mask (packed rows): transformers uses it as is
             mask = batch.attention
             if self._base().config._attn_implementation == "eager":  # eager adds the mask to the scores

@@ -231,6 +231,9 @@ class TrainConfig:
     # Stage 2: weight of the term that keeps the CF vectors' pairwise similarities among the mapped
     # tokens (collm_demo/spread.py; CoLLM's code has one, switched off); 0 = the paper's.
     similarity_weight: float = 0.0
+    # Stage 2: users get a projector MLP of their own instead of sharing the items' (collm.Projector;
+    # beyond the paper, whose code has the separate pair only as commented-out lines); False = the paper's.
+    separate_projectors: bool = False
     # --- shared ---
     batch_size: int = 8
     grad_accum: int = 2  # effective batch 16 as in the paper

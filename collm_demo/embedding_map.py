@@ -61,8 +61,8 @@ def mapped_tokens(pipeline, items: list[str] | None = None, users: list[str] | N
     items = cf.item_ids if items is None else items
     users = cf.user_ids if users is None else users
     device = next(projector.parameters()).device
-    return (projector(cf.item_vectors(items).to(device)).cpu().numpy(),
-            projector(cf.user_vectors(users).to(device)).cpu().numpy())
+    return (projector(cf.item_vectors(items).to(device), False).cpu().numpy(),
+            projector(cf.user_vectors(users).to(device), True).cpu().numpy())
 
 
 def word_embeddings(pipeline) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812 (torch's own idiom)
 from transformers import DynamicCache
 
-from .packing import Prompt, pack_segments, plan_packed_rows, select_rows
+from .packing import Prompt, Slot, pack_segments, plan_packed_rows, select_rows
 
 if TYPE_CHECKING:
     from .collm import CoLLM
@@ -97,7 +97,7 @@ def grouped_logits(model: CoLLM, prompts: Sequence[Prompt], groups: Sequence[Seq
         split_opening = can_split_opening(model, [prompts[h] for h in heads])
     cut = [prompts[h].shared if split_opening else 0 for h in heads]  # where the part with gradients starts
     prefix_slots = [[] if user_vecs is None or prompts[h].user_slot is None
-                    else [(prompts[h].user_slot - c, user_vecs[h])] for h, c in zip(heads, cut)]
+                    else [(prompts[h].user_slot - c, user_vecs[h], True)] for h, c in zip(heads, cut)]
     cache = DynamicCache()
     if split_opening:  # the opening (history) depends on nothing that trains: forward only, no activations kept
         opening = model._pack([prompts[h].prefix[:c] for h, c in zip(heads, cut)], [[] for _ in heads], left=True)
@@ -117,8 +117,8 @@ def grouped_logits(model: CoLLM, prompts: Sequence[Prompt], groups: Sequence[Seq
     owner = torch.tensor([chunk[r[0]][0] for r in packed])
     order = [chunk[i][1] for r in packed for i in r]
 
-    def item_slots(n: int) -> list[tuple[int, torch.Tensor]]:
-        return [] if item_vecs is None or prompts[n].item_slot is None else [(prompts[n].item_slot, item_vecs[n])]
+    def item_slots(n: int) -> list[Slot]:
+        return [] if item_vecs is None or prompts[n].item_slot is None else [(prompts[n].item_slot, item_vecs[n], False)]
 
     suffix, answer_rows, answer_cols = pack_segments(
         [[prompts[chunk[i][1]].suffix for i in r] for r in packed], [[item_slots(chunk[i][1]) for i in r] for r in packed],

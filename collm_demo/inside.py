@@ -252,7 +252,7 @@ def neighbourhoods(pipe, k: int = INSIDE_K) -> dict:
     """The projector's neighbourhood preservation over all CF items: mean and a histogram."""
     cf = pipe.cf
     with torch.no_grad():
-        mapped = pipe.model.projector(cf.item_table.to(pipe.model.device)).float().cpu().numpy()
+        mapped = pipe.model.projector(cf.item_table.to(pipe.model.device), False).float().cpu().numpy()
     kept = neighbourhood_kept(cf.item_table.numpy(), mapped, k)
     counts = np.bincount(np.rint(kept * k).astype(int), minlength=k + 1)
     return {"k": k, "items": int(len(kept)), "mean": round(float(kept.mean()), 4),

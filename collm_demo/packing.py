@@ -61,16 +61,22 @@ class Batch:
     # (B, 1, T, past + T) True where a token may attend, past included: only for rows that pack
     # several sequences (``pack_segments``); None = causal within the row over ``mask``.
     attention: torch.Tensor | None = None
+    # (S,) True where the slot is a user slot: a projector with its own user mapping needs to know.
+    slot_users: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(None if t is None else t.to(device) for t in
                        (self.ids, self.mask, self.positions, self.slot_rows, self.slot_cols, self.cf, self.last,
-                        self.attention)))
+                        self.attention, self.slot_users)))
 
 
-def pack(seqs: Sequence[Sequence[int]], slots: Sequence[Sequence[tuple[int, torch.Tensor]]], pad_id: int,
+# One CF slot for ``pack``: (index in the sequence, CF vector, is it the user's slot?).
+Slot = tuple[int, torch.Tensor, bool]
+
+
+def pack(seqs: Sequence[Sequence[int]], slots: Sequence[Sequence[Slot]], pad_id: int,
          left: bool, start: torch.Tensor | None = None) -> Batch:
-    """Pad ``seqs`` into a :class:`Batch`. ``slots[b]`` lists ``(index in seqs[b], cf vector)``.
+    """Pad ``seqs`` into a :class:`Batch`. ``slots[b]`` lists ``(index in seqs[b], cf vector, is_user)``.
 
     ``left=True`` pads on the left, so every row ends at the last column (whole prompts, prefixes);
     ``left=False`` pads on the right (suffixes that continue a cached prefix). ``start[b]`` is the
@@ -79,19 +85,19 @@ def pack(seqs: Sequence[Sequence[int]], slots: Sequence[Sequence[tuple[int, torc
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    rows, cols, vectors = [], [], []
+    rows, cols, vectors, users = [], [], [], []
     for b, (seq, seq_slots) in enumerate(zip(seqs, slots)):
         offset = width - len(seq) if left else 0
         ids[b, offset: offset + len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[b, offset: offset + len(seq)] = 1
-        for index, vector in seq_slots:
-            rows.append(b), cols.append(offset + index), vectors.append(vector)
+        for index, vector, is_user in seq_slots:
+            rows.append(b), cols.append(offset + index), vectors.append(vector), users.append(is_user)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     if start is not None:
         positions = positions + start.view(-1, 1)
     last = torch.full((len(seqs),), width - 1) if left else mask.sum(-1) - 1
     return Batch(ids, mask, positions, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
-                 torch.stack(vectors) if vectors else None, last)
+                 torch.stack(vectors) if vectors else None, last, slot_users=torch.tensor(users, dtype=torch.bool))
 
 
 def plan_packed_rows(owners: Sequence[int], lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
@@ -121,7 +127,7 @@ def plan_packed_rows(owners: Sequence[int], lengths: Sequence[int], row_tokens: 
 
 
 def pack_segments(rows: Sequence[Sequence[Sequence[int]]],
-                  slots: Sequence[Sequence[Sequence[tuple[int, torch.Tensor]]]], pad_id: int,
+                  slots: Sequence[Sequence[Sequence[Slot]]], pad_id: int,
                   start: torch.Tensor, past_mask: torch.Tensor) -> tuple[Batch, torch.Tensor, torch.Tensor]:
     """Several suffixes per row, each continuing the row's cached prefix: ``rows[b]`` lists the
     token sequences laid end to end in row b, ``slots[b][j]`` the CF slots of sequence j. Each
@@ -134,7 +140,7 @@ def pack_segments(rows: Sequence[Sequence[Sequence[int]]],
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     segment = torch.full((len(rows), width), -1, dtype=torch.long)  # which sequence owns the column
     positions = torch.zeros((len(rows), width), dtype=torch.long)
-    slot_rows, slot_cols, vectors, answer_rows, answer_cols = [], [], [], [], []
+    slot_rows, slot_cols, vectors, users, answer_rows, answer_cols = [], [], [], [], [], []
     for b, (row, row_slots) in enumerate(zip(rows, slots)):
         offset = 0
         for j, (seq, seq_slots) in enumerate(zip(row, row_slots)):
@@ -142,8 +148,9 @@ def pack_segments(rows: Sequence[Sequence[Sequence[int]]],
             ids[b, span] = torch.tensor(seq, dtype=torch.long)
             mask[b, span], segment[b, span] = 1, j
             positions[b, span] = start[b] + torch.arange(len(seq))
-            for index, vector in seq_slots:
+            for index, vector, is_user in seq_slots:
                 slot_rows.append(b), slot_cols.append(offset + index), vectors.append(vector)
+                users.append(is_user)
             offset += len(seq)
             answer_rows.append(b), answer_cols.append(offset - 1)
     query, key = torch.arange(width).view(-1, 1), torch.arange(width).view(1, -1)
@@ -155,7 +162,7 @@ def pack_segments(rows: Sequence[Sequence[Sequence[int]]],
     attention = torch.cat([past, same], -1)[:, None]
     batch = Batch(ids, mask, positions, torch.tensor(slot_rows, dtype=torch.long),
                   torch.tensor(slot_cols, dtype=torch.long), torch.stack(vectors) if vectors else None,
-                  mask.sum(-1) - 1, attention)
+                  mask.sum(-1) - 1, attention, torch.tensor(users, dtype=torch.bool))
     return batch, torch.tensor(answer_rows), torch.tensor(answer_cols)
 
 

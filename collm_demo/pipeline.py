@@ -320,11 +320,14 @@ class Pipeline:
                             user_slot=prompt.user_slot, item_slot=prompt.item_pos)
 
     @torch.no_grad()
-    def project(self, vectors) -> torch.Tensor:
-        """CF vectors (N, d) -> the mapped tokens (N, hidden) that overwrite the slots, float32 on the CPU."""
+    def project(self, vectors, users: bool | Sequence[bool]) -> torch.Tensor:
+        """CF vectors (N, d) -> the mapped tokens (N, hidden) that overwrite the slots, float32 on the CPU.
+        ``users``: whether the vectors are users' (one bool, or one per row): a projector may map
+        users and items separately (``Projector.separate_users``)."""
         projector = self.model.projector
         vectors = torch.atleast_2d(torch.as_tensor(vectors, dtype=torch.float32)).to(self.model.device)
-        return projector(vectors).float().cpu()
+        return projector(vectors, users if isinstance(users, bool) else torch.as_tensor(users, dtype=torch.bool)
+                         ).float().cpu()
 
     @property
     def projector_shape(self) -> tuple[int, int, int] | None:
@@ -380,7 +383,7 @@ class Pipeline:
             attribution=on.attribution[0], tokens=tokens, ablation=ablation,
             lens_user=logit_lens(model, states, cf_prompt.user_slot, top_k),
             lens_item=logit_lens(model, states, cf_prompt.item_pos, top_k),
-            slot_tokens=self.project(torch.stack([user_vec, item_vec])))
+            slot_tokens=self.project(torch.stack([user_vec, item_vec]), [True, False]))
 
 
 def with_backend(base: Pipeline, checkpoint_dir: str | Path, cf_name: str) -> Pipeline:

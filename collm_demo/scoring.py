@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from transformers import DynamicCache
 
-from .packing import Prompt, pack_segments, plan_packed_rows, plan_prefix_batches, select_rows
+from .packing import Prompt, Slot, pack_segments, plan_packed_rows, plan_prefix_batches, select_rows
 
 
 class ScoringMixin:
@@ -180,13 +180,13 @@ class _CacheTree:
             return self.prefix_keys[n]
         return tuple(self.segments[n][0])  # the opening: no CF slot in it
 
-    def slots(self, n: int, level: int) -> list[tuple[int, torch.Tensor]]:
-        """(position in the segment, vector) of the CF slots prompt ``n`` writes in segment ``level``."""
+    def slots(self, n: int, level: int) -> list[Slot]:
+        """(position in the segment, vector, is_user) of the CF slots prompt ``n`` writes in segment ``level``."""
         if level == self.levels - 1:
-            return [] if self.item[n] is None else [(self.prompts[n].item_slot, self.item[n])]
+            return [] if self.item[n] is None else [(self.prompts[n].item_slot, self.item[n], False)]
         if level == self.levels - 2 and self.user[n] is not None:
             offset = self.prompts[n].shared if self.split else 0
-            return [(self.prompts[n].user_slot - offset, self.user[n])]
+            return [(self.prompts[n].user_slot - offset, self.user[n], True)]
         return []
 
 

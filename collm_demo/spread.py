@@ -20,6 +20,8 @@ written for our case:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 (torch's own idiom)
@@ -33,7 +35,7 @@ def cosines(vectors: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
-def similarity_loss(projector: nn.Module, vectors: torch.Tensor) -> torch.Tensor:
+def similarity_loss(projector: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between the off-diagonal cosines of ``vectors`` (N, d) and of their
     mapped tokens ``projector(vectors)``: 0 when the mapping keeps every pair's angle."""
     off_diagonal = ~torch.eye(len(vectors), dtype=torch.bool, device=vectors.device)
@@ -57,4 +59,5 @@ def spread_loss(projector: nn.Module, user_table: torch.Tensor, item_table: torc
     """The similarity term on this micro-batch's sample: users and items, each among their own kind."""
     users, items = spread_sample(user_table, item_table, seed, batch)
     device = next(projector.parameters()).device
-    return similarity_loss(projector, users.to(device)) + similarity_loss(projector, items.to(device))
+    return (similarity_loss(lambda v: projector(v, True), users.to(device))
+            + similarity_loss(lambda v: projector(v, False), items.to(device)))

@@ -326,7 +326,8 @@ def stage_projector(cf_name: str, llm: LoadedLLM, dataset: Dataset, cfg: TrainCo
         log("[projector] warning: no stage-1 LoRA found; stage 2 on the base LLM")
     torch.manual_seed(cfg.seed)
     foldin_l2 = cfg.projector_foldin_l2 if cfg.projector_foldin_l2 is not None else base.cf.foldin_l2
-    projector = Projector(base.cf.dim, llm.hidden_size, foldin_l2=foldin_l2).to(runtime.device)
+    projector = Projector(base.cf.dim, llm.hidden_size, foldin_l2=foldin_l2,
+                          separate_users=cfg.separate_projectors).to(runtime.device)
     spec = backend(cf_name)
     lora = stage2_lora(base, out_dir, spec) if cfg.projector_lora_lr > 0 else None
     model = CoLLM(base.model.llm, llm.tokenizer, projector, runtime=runtime, cf_adapter=lora and spec.adapter_name)
@@ -340,6 +341,7 @@ def stage_projector(cf_name: str, llm: LoadedLLM, dataset: Dataset, cfg: TrainCo
         save_stage2_lora(model.llm, out_dir, spec, trained=lora is not None)
     return info | {"rows_from": "valid minus the early-stop rows (seeded random sample)",
                    "projector": {"cf": cf_name, "cf_dim": base.cf.dim, "hidden": projector.expand * base.cf.dim,
+                                 "separate_users": projector.separate_users,
                                  "user_foldin_l2": foldin_l2, "out": llm.hidden_size, "file": spec.projector_file},
                    "stage2_lora": ({"dir": spec.lora_dir, "lr": cfg.projector_lora_lr, "from": "lora (stage 1)"}
                                    if lora else None)}

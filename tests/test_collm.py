@@ -201,13 +201,50 @@ def test_packed_rows_keep_one_owner_and_fill_evenly():
     assert plan_packed_rows(owners, lengths, row_tokens=0) == [[i] for i in (0, 1, 2, 3, 6, 4, 5)]
 
 
+def test_separate_projectors_map_each_slot_with_its_own_mlp(tiny, tmp_path):
+    """``Projector(separate_users=True)``: the user slot gets ``user_net``'s token, the item slot
+    ``net``'s, in whole prompts and in shared-prefix scoring alike; it survives a save and load."""
+    llm, shared_model = tiny
+    torch.manual_seed(1)
+    separate = Projector(6, llm.hidden_size, separate_users=True)
+    model = CoLLM(llm.model, llm.tokenizer, separate)
+    cf_prompts = prompts(model, True)
+    users, items = torch.randn(3, 6), torch.randn(3, 6)
+    captured = {}
+    hook = llm.model.model.register_forward_pre_hook(lambda mod, args, kwargs: captured.update(kwargs), with_kwargs=True)
+    try:
+        whole = model(cf_prompts, users, items)
+    finally:
+        hook.remove()
+    width = max(len(p) for p in cf_prompts)
+    with torch.no_grad():
+        user_tokens, item_tokens = separate.user_net(users), separate.net(items)
+        assert not torch.allclose(user_tokens, separate.net(users))  # two different mappings
+    for row, p in enumerate(cf_prompts):
+        offset = width - len(p)
+        torch.testing.assert_close(captured["inputs_embeds"][row, offset + p.user_slot], user_tokens[row])
+        torch.testing.assert_close(captured["inputs_embeds"][row, offset + p.item_pos], item_tokens[row])
+    with torch.no_grad():  # the shared-prefix path writes the same tokens
+        torch.testing.assert_close(torch.sigmoid(whole), model.score_shared(cf_prompts, users, items), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="which rows are users"):
+        separate(users)
+    torch.testing.assert_close(shared_model.projector(users, True), shared_model.projector(users))  # one MLP: ignored
+    save_projector(separate, tmp_path / "p.safetensors", "mf")
+    loaded = load_projector(tmp_path / "p.safetensors", llm.hidden_size, 6)
+    assert loaded.separate_users
+    torch.testing.assert_close(loaded(users, True), separate(users, True))
+    torch.testing.assert_close(loaded(items, False), separate(items, False))
+    save_projector(shared_model.projector, tmp_path / "q.safetensors", "mf")
+    assert not load_projector(tmp_path / "q.safetensors", llm.hidden_size, 6).separate_users
+
+
 def test_packed_segments_see_the_prefix_and_themselves_only():
     past = torch.tensor([[0, 1, 1]])  # a cached prefix of 2 real tokens after one pad
-    batch, rows, cols = pack_segments([[[5, 6], [7, 8, 9]]], [[[], [(1, torch.ones(3))]]], 0,
+    batch, rows, cols = pack_segments([[[5, 6], [7, 8, 9]]], [[[], [(1, torch.ones(3), False)]]], 0,
                                       torch.tensor([2]), past)
     assert batch.positions.tolist() == [[2, 3, 2, 3, 4]]  # each suffix starts right after the prefix
     assert (rows.tolist(), cols.tolist()) == ([0, 0], [1, 4])  # their last tokens
-    assert batch.slot_cols.tolist() == [3]
+    assert batch.slot_cols.tolist() == [3] and batch.slot_users.tolist() == [False]
     seen = batch.attention[0, 0].int().tolist()
     assert seen[3] == [0, 1, 1, 0, 0, 1, 1, 0]  # token 8: the prefix, 7 and itself, not 5 or 6
     assert seen[1] == [0, 1, 1, 1, 1, 0, 0, 0]
@@ -215,14 +252,15 @@ def test_packed_segments_see_the_prefix_and_themselves_only():
 
 def test_pack_left_and_right_padding():
     u, v = torch.ones(3), torch.full((3,), 2.0)
-    left = pack([[5, 6, 7], [8]], [[(1, u)], [(0, v)]], pad_id=0, left=True)
+    left = pack([[5, 6, 7], [8]], [[(1, u, True)], [(0, v, False)]], pad_id=0, left=True)
     assert left.ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert left.mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert left.positions.tolist() == [[0, 1, 2], [0, 0, 0]]
     assert left.slot_rows.tolist() == [0, 1] and left.slot_cols.tolist() == [1, 2]
+    assert left.slot_users.tolist() == [True, False]
     assert left.last.tolist() == [2, 2]
     torch.testing.assert_close(left.cf, torch.stack([u, v]))
-    right = pack([[5, 6, 7], [8]], [[], [(0, v)]], pad_id=0, left=False, start=torch.tensor([4, 10]))
+    right = pack([[5, 6, 7], [8]], [[], [(0, v, False)]], pad_id=0, left=False, start=torch.tensor([4, 10]))
     assert right.ids.tolist() == [[5, 6, 7], [8, 0, 0]]
     assert right.positions[0].tolist() == [4, 5, 6] and right.positions[1, 0] == 10
     assert right.last.tolist() == [2, 0] and right.slot_cols.tolist() == [0]

@@ -104,3 +104,28 @@ def test_stage_two_uses_the_term_when_asked(tiny_checkpoints, tiny_llm_dir, tiny
         history = manifest["stages"]["projector"]["history"]
         first_loss[weight] = next(check["loss"] for check in history if "loss" in check)
     assert first_loss["5"] > first_loss["0"] + 0.01
+
+
+def test_stage_two_can_train_a_separate_user_projector(tiny_checkpoints, tiny_llm_dir, tiny_data_dir, tmp_path):
+    """``--separate-projectors`` (with the similarity term, which then spreads each MLP's own kind):
+    the saved projector has its own user MLP, the manifest says so, and the folder loads and scores
+    with CF tokens."""
+    from safetensors.torch import load_file
+
+    from collm_demo.__main__ import main
+    from collm_demo.pipeline import load_pipeline
+
+    folder = tmp_path / "separate"
+    shutil.copytree(tiny_checkpoints, folder)
+    assert main(["train", "--stage", "projector", "--quick", "--separate-projectors", "--similarity-weight", "1",
+                 "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir), "--checkpoints", str(folder)]) == 0
+    assert any(name.startswith("user_net.") for name in load_file(folder / "projector_mf.safetensors"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["config"]["separate_projectors"] is True
+    assert manifest["stages"]["projector"]["projector"]["separate_users"] is True
+    pipe = load_pipeline(folder, str(tiny_llm_dir), str(tiny_data_dir))
+    assert pipe.model.projector.separate_users
+    rows = pipe.dataset.split("valid").head(4)
+    scores = pipe.score_rows(rows, pipe.collm_method)
+    assert scores.shape == (4,) and torch.isfinite(scores).all()
+    assert pipe.project(torch.randn(2, pipe.cf.dim), [True, False]).shape == (2, pipe.model.projector.hidden_size)

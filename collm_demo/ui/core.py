@@ -130,9 +130,9 @@ def _user_vector(state: AppState, profile: Profile, cf_name: str, l2: float) -> 
     return vec, why + " — fold-in fits a vector to the liked/disliked labels against the frozen item vectors"
 
 
-def project(state: AppState, vectors, cf: str | None = None) -> np.ndarray:
-    """CF vectors -> mapped tokens (the vectors that overwrite the slots)."""
-    return state.pipeline(cf).project(np.asarray(vectors, dtype=np.float32)).numpy()
+def project(state: AppState, vectors, cf: str | None = None, users: bool | list[bool] = False) -> np.ndarray:
+    """CF vectors -> mapped tokens (the vectors that overwrite the slots); ``users``: which are users'."""
+    return state.pipeline(cf).project(np.asarray(vectors, dtype=np.float32), users).numpy()
 
 
 # -------------------------------------------------------------------------- scoring
@@ -261,10 +261,10 @@ def layout_index(state: AppState, cf_name: str) -> dict:
     return {(p["kind"], p["key"]): (p["x"], p["y"]) for p in state.assets.layout(cf_name)["points"]}
 
 
-def placed(state: AppState, cf_name: str, vectors) -> np.ndarray:
+def placed(state: AppState, cf_name: str, vectors, users: bool = False) -> np.ndarray:
     """Map positions of CF vectors not in the fitted layout (``embedding_map.place``)."""
     pipe = state.pipeline(cf_name)
-    return place(pipe, state.assets.layout(cf_name), project(state, vectors, cf_name))
+    return place(pipe, state.assets.layout(cf_name), project(state, vectors, cf_name, users))
 
 
 def user_position(state: AppState, profile: Profile, cf: str | None = None) -> tuple[tuple[float, float], str]:
@@ -282,7 +282,7 @@ def user_position(state: AppState, profile: Profile, cf: str | None = None) -> t
 @memoize(256)
 def _placed_user(state: AppState, profile: Profile, cf_name: str) -> tuple[float, float]:
     vec, _ = user_vector(state, profile, cf_name, for_tokens=True)
-    xy = placed(state, cf_name, vec)[0]
+    xy = placed(state, cf_name, vec, users=True)[0]
     return float(xy[0]), float(xy[1])
 
 
@@ -309,7 +309,8 @@ def nearest(state: AppState, profile: Profile, item: str, cf_name: str, k: int =
     """The two mapped CF tokens (user, item) of a prompt and their ``k`` nearest vocabulary tokens."""
     pipe = state.pipeline(cf_name)
     uvec, _ = user_vector(state, profile, cf_name, for_tokens=True)
-    tokens = project(state, np.stack([uvec.numpy(), pipe.cf.item_vectors([item])[0].numpy()]), cf_name)
+    tokens = project(state, np.stack([uvec.numpy(), pipe.cf.item_vectors([item])[0].numpy()]), cf_name,
+                     [True, False])
     return tokens, nearest_words(pipe, tokens, k)
 
 

@@ -80,7 +80,7 @@ def typical_token_cosine(state: AppState, cf_name: str, n_pairs: int = 2000) -> 
     users = [u for u in state.catalog.users if pipe.cf.has_user(u)]
     if len(users) < 2:  # a CF model with no stored user vectors: no yardstick
         return float("nan")
-    tokens = core.project(state, pipe.cf.user_vectors(users).numpy(), cf_name)
+    tokens = core.project(state, pipe.cf.user_vectors(users).numpy(), cf_name, users=True)
     tokens = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, len(users), n_pairs), rng.integers(0, len(users), n_pairs)
@@ -145,7 +145,7 @@ def compare_profiles(state: AppState, a_liked, a_disliked, b_liked, b_disliked, 
         va, _ = core.user_vector(state, a, cf, for_tokens=True)
         vb, _ = core.user_vector(state, b, cf, for_tokens=True)
         cos_vec = cosine(va.numpy(), vb.numpy())
-        tokens = core.project(state, np.stack([va.numpy(), vb.numpy()]), pipe.cf_name)
+        tokens = core.project(state, np.stack([va.numpy(), vb.numpy()]), pipe.cf_name, users=True)
         cos_tok = cosine(tokens[0], tokens[1])
         typical = typical_token_cosine(state, pipe.cf_name)
         typical = None if np.isnan(typical) else typical
