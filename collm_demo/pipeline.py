@@ -336,6 +336,11 @@ class Pipeline:
         return None if proj is None else (proj.cf_dim, proj.expand * proj.cf_dim, proj.hidden_size)
 
     @property
+    def separate_user_projector(self) -> bool:
+        """Whether users are mapped by a projector MLP of their own (``Projector.separate_users``)."""
+        return self.model.projector is not None and self.model.projector.separate_users
+
+    @property
     def runtime(self) -> Runtime:
         return self.model.runtime
 

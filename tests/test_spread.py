@@ -124,7 +124,7 @@ def test_stage_two_can_train_a_separate_user_projector(tiny_checkpoints, tiny_ll
     assert manifest["config"]["separate_projectors"] is True
     assert manifest["stages"]["projector"]["projector"]["separate_users"] is True
     pipe = load_pipeline(folder, str(tiny_llm_dir), str(tiny_data_dir))
-    assert pipe.model.projector.separate_users
+    assert pipe.model.projector.separate_users and pipe.separate_user_projector
     rows = pipe.dataset.split("valid").head(4)
     scores = pipe.score_rows(rows, pipe.collm_method)
     assert scores.shape == (4,) and torch.isfinite(scores).all()

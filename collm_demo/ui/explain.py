@@ -138,7 +138,7 @@ def projector_step(state: AppState, pipe: Pipeline, profile: Profile, item: str)
         f"Linear {width}→{out_dim}) turns each CF vector into one {out_dim}-number "
         "vector of the same kind as a word embedding: a *soft token*. It is the only part trained in stage 2. "
         + ("Here users have a network of their own, items another (beyond the paper, which shares one). "
-           if pipe.model.projector.separate_users else "")
+           if pipe.separate_user_projector else "")
         + ("Its outputs are not close to any real word (cosines below), so they act as new words the LLM "
            "learned to read." if max(near[0][0][1], near[1][0][1]) < 0.5 else
            "Its outputs lie fairly close to some real words (cosines below)."))
