@@ -17,6 +17,13 @@ Also reported: the CF model with users unseen in training left at the no-informa
 (the CoLLM paper's handling of new users) instead of folded in from their history, to show
 how much of the CF baseline's strength is the fold-in.
 
+**Within a user** (issue 26: UAUC, each user's own rows ranked): the same signals' UAUC, plus the
+share of "(liked)" marks in the history, and *within-user fusions*: a logistic regression without
+intercept on the differences between one user's liked and disliked rows' logits (what UAUC
+rewards; a per-user offset cancels out), cross-fitted by user, so a user's rows are ranked by
+weights fit on other users. If the within-user fusion of the CF signals does not beat item appeal
+alone (the CF model without fold-in), the CF vectors carry no within-user signal beyond it here.
+
     python -m collm_demo ceiling [--cf mf] [--rows 1600]
 """
 
@@ -31,13 +38,13 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
 
 from .config import CEILING_ROWS, DEFAULT_CF, ProtocolConfig, TrainConfig
-from .data import Dataset, projector_pool, sample_rows
+from .data import Dataset, history_like_share, projector_pool, sample_rows
 from .device import Runtime
 from .errors import CheckpointError, InputError
-from .evaluate import SLICES
+from .evaluate import SLICES, auc_uauc
 from .pipeline import load_pipeline
 
 
@@ -95,6 +102,52 @@ def fusion_report(labels: np.ndarray, logits: dict[str, np.ndarray], warm: np.nd
     return report
 
 
+def within_user_pairs(features: np.ndarray, labels: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """Feature differences (liked row − disliked row) for every pair of one user's rows."""
+    diffs = []
+    for user in np.unique(users):
+        mine = users == user
+        liked, disliked = features[mine & (labels == 1)], features[mine & (labels == 0)]
+        if len(liked) and len(disliked):
+            diffs.append((liked[:, None, :] - disliked[None, :, :]).reshape(-1, features.shape[1]))
+    return np.concatenate(diffs) if diffs else np.empty((0, features.shape[1]))
+
+
+def within_user_fusion(features: np.ndarray, labels: np.ndarray, users: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Scores from a logistic regression without intercept on within-user pair differences
+    (``within_user_pairs``): weights that order one user's rows. Cross-fitted by user: each
+    user's rows are scored with weights fit on the other users' pairs (all 0, no ordering, where
+    no other user has both labels among the rows)."""
+    labels, users = np.asarray(labels), np.asarray(users)
+    groups = min(folds, len(np.unique(users)))
+    if groups < 2:
+        raise ValueError("within-user fusion needs rows of at least two users")
+    scores = np.zeros(len(labels))
+    for train, test in GroupKFold(n_splits=groups).split(features, labels, users):
+        diffs = within_user_pairs(features[train], labels[train], users[train])
+        if len(diffs) == 0:  # no user of the other folds has both labels: nothing to fit, no ordering
+            continue
+        # Each pair once as it is (target 1) and once negated (target 0): a symmetric problem.
+        fit = LogisticRegression(fit_intercept=False).fit(np.vstack([diffs, -diffs]),
+                                                          np.r_[np.ones(len(diffs)), np.zeros(len(diffs))])
+        scores[test] = features[test] @ fit.coef_[0]
+    return scores
+
+
+def within_user_report(frame: pd.DataFrame, logits: dict[str, np.ndarray],
+                       fusions: dict[str, tuple[str, ...]], folds: int = 5) -> dict:
+    """UAUC (all users; users seen in training) of every signal and of each within-user fusion."""
+    table = frame[["user", "label", "cold_user"]].copy()
+    for name, values in logits.items():
+        table[name] = values
+    for name, parts in fusions.items():
+        table[name] = within_user_fusion(np.stack([logits[p] for p in parts], 1), table["label"].to_numpy(),
+                                         table["user"].to_numpy(), folds)
+    seen = table[~table["cold_user"]]
+    return {name: {"all": auc_uauc(table, name), "warm_user": auc_uauc(seen, name) if len(seen) else None}
+            for name in [*logits, *fusions]}
+
+
 def report_table(report: dict) -> str:
     lines = ["| signal | all AUC | warm AUC | cold AUC |", "|---|---|---|---|"]
     for name, slices in report.items():
@@ -131,9 +184,20 @@ def run(checkpoint_dir: Path, out: Path | None, llm_name: str | None = None, dat
     report = fusion_report(labels, logits, frame["warm"].to_numpy(), fusions)
     table = report_table(report)
     print(table)
+    signals = dict(logits, **{"share of liked films in the history": logit(history_like_share(frame))})
+    cf_parts = (cf, f"{cf} without fold-in", "share of liked films in the history")
+    within_fusions = {f"within-user fusion: {' + '.join(cf_parts)}": cf_parts,
+                      f"within-user fusion: {text} + the three above": (text, *cf_parts)}
+    if collm in signals:
+        within_fusions[f"within-user fusion: {collm} + the three above"] = (collm, *cf_parts)
+    within = within_user_report(frame, signals, within_fusions)
+    print("\n| signal | UAUC (all users) | UAUC (users seen in training) |\n|---|---|---|")
+    for name, cell in within.items():
+        seen = cell["warm_user"]["uauc"] if cell["warm_user"] else "—"
+        print(f"| {name} | {cell['all']['uauc']} ({cell['all']['uauc_users']} users) | {seen} |")
     result = {"rows": {"split": "valid, held out of every training stage and of early stopping",
                        "n": int(len(frame)), "cold_user": int(frame["cold_user"].sum())},
-              "cf": cf_name, "report": report,
+              "cf": cf_name, "report": report, "within_user": within,
               "command": "python -m collm_demo " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from collm_demo.__main__ import main
-from collm_demo.ceiling import cross_fitted_fusion, fusion_report, held_out_valid_rows
+from collm_demo.ceiling import (
+    cross_fitted_fusion,
+    fusion_report,
+    held_out_valid_rows,
+    within_user_fusion,
+    within_user_pairs,
+    within_user_report,
+)
 from collm_demo.config import QuickConfig
 from collm_demo.data import early_stop_rows, load_dataset, sample_rows
 from conftest import synthetic_ratings, write_ml100k
@@ -41,6 +48,39 @@ def test_fusion_with_a_redundant_signal_gains_nothing():
 def test_cross_fitting_needs_both_labels():
     with pytest.raises(ValueError, match="both labels"):
         cross_fitted_fusion(np.zeros((10, 2)), np.ones(10))
+
+
+def _users_and_items(n_users: int = 60, per_user: int = 20, seed: int = 0):
+    """Labels = a per-user like-rate (``rate``) + an item signal (``item``) + noise: ``rate``
+    separates users (row AUC) but cannot order one user's rows; ``item`` can."""
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), per_user)
+    rate = np.repeat(rng.normal(scale=2.0, size=n_users), per_user)
+    item = rng.normal(size=len(users))
+    labels = (rate + item + 0.5 * rng.normal(size=len(users)) > 0).astype(int)
+    return rng, users, rate, item, labels
+
+
+def test_within_user_pairs_are_liked_minus_disliked_of_one_user():
+    features = np.array([[1.0], [2.0], [10.0], [20.0], [30.0]])
+    diffs = within_user_pairs(features, np.array([1, 0, 1, 0, 0]), np.array([0, 0, 1, 1, 2]))
+    assert sorted(diffs[:, 0].tolist()) == [-10.0, -1.0]  # user 2 has no liked row: no pair
+
+
+def test_within_user_fusion_weights_what_orders_a_users_rows():
+    """The per-user rate wins on row AUC but is constant within a user: the within-user fusion
+    leans on the item signal and matches its UAUC, and adding the rate gains nothing there."""
+    import pandas as pd
+
+    rng, users, rate, item, labels = _users_and_items()
+    frame = pd.DataFrame({"user": users, "label": labels, "cold_user": users % 2 == 0})
+    report = within_user_report(frame, {"rate": rate, "item": item}, {"rate + item": ("rate", "item")})
+    assert report["rate"]["all"]["uauc"] == 0.5  # constant within each user
+    assert report["rate"]["all"]["auc"] > report["item"]["all"]["auc"]
+    assert abs(report["rate + item"]["all"]["uauc"] - report["item"]["all"]["uauc"]) < 0.01
+    assert report["item"]["warm_user"]["n"] == int((users % 2 == 1).sum())
+    with pytest.raises(ValueError, match="two users"):
+        within_user_fusion(np.zeros((4, 1)), np.array([0, 1, 0, 1]), np.zeros(4))
 
 
 def _bigger_data(tmp_path):
@@ -87,6 +127,9 @@ def test_ceiling_command_end_to_end(tmp_path, tiny_llm_dir):
             "fusion: collm + mf"} == set(result["report"])
     for slices in result["report"].values():
         assert slices["all"]["n"] == slices["warm"]["n"] + slices["cold"]["n"] == 40
+    within = result["within_user"]
+    assert {"mf", "mf without fold-in", "share of liked films in the history", "collm"} <= set(within)
+    assert sum(name.startswith("within-user fusion") for name in within) == 3
 
     # Without a projector (e.g. a stage-1 experiment) the ceiling still runs, without CoLLM rows.
     (tmp_path / "ckpt" / "projector_mf.safetensors").unlink()
