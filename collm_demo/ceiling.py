@@ -102,20 +102,24 @@ def fusion_report(labels: np.ndarray, logits: dict[str, np.ndarray], warm: np.nd
     return report
 
 
-def within_user_pairs(features: np.ndarray, labels: np.ndarray, users: np.ndarray) -> np.ndarray:
-    """Feature differences (liked row − disliked row) for every pair of one user's rows."""
-    diffs = []
+def within_user_pairs(features: np.ndarray, labels: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Feature differences (liked row − disliked row) for every pair of one user's rows, and each
+    pair's weight, 1 / (that user's pairs): every user counts once, as in UAUC."""
+    diffs, weights = [], []
     for user in np.unique(users):
         mine = users == user
         liked, disliked = features[mine & (labels == 1)], features[mine & (labels == 0)]
         if len(liked) and len(disliked):
             diffs.append((liked[:, None, :] - disliked[None, :, :]).reshape(-1, features.shape[1]))
-    return np.concatenate(diffs) if diffs else np.empty((0, features.shape[1]))
+            weights.append(np.full(len(liked) * len(disliked), 1.0 / (len(liked) * len(disliked))))
+    if not diffs:
+        return np.empty((0, features.shape[1])), np.empty(0)
+    return np.concatenate(diffs), np.concatenate(weights)
 
 
 def within_user_fusion(features: np.ndarray, labels: np.ndarray, users: np.ndarray, folds: int = 5) -> np.ndarray:
     """Scores from a logistic regression without intercept on within-user pair differences
-    (``within_user_pairs``): weights that order one user's rows. Cross-fitted by user: each
+    (``within_user_pairs``, every user weighted alike): weights that order one user's rows. Cross-fitted by user: each
     user's rows are scored with weights fit on the other users' pairs (all 0, no ordering, where
     no other user has both labels among the rows)."""
     labels, users = np.asarray(labels), np.asarray(users)
@@ -124,12 +128,13 @@ def within_user_fusion(features: np.ndarray, labels: np.ndarray, users: np.ndarr
         raise ValueError("within-user fusion needs rows of at least two users")
     scores = np.zeros(len(labels))
     for train, test in GroupKFold(n_splits=groups).split(features, labels, users):
-        diffs = within_user_pairs(features[train], labels[train], users[train])
+        diffs, weights = within_user_pairs(features[train], labels[train], users[train])
         if len(diffs) == 0:  # no user of the other folds has both labels: nothing to fit, no ordering
             continue
         # Each pair once as it is (target 1) and once negated (target 0): a symmetric problem.
         fit = LogisticRegression(fit_intercept=False).fit(np.vstack([diffs, -diffs]),
-                                                          np.r_[np.ones(len(diffs)), np.zeros(len(diffs))])
+                                                          np.r_[np.ones(len(diffs)), np.zeros(len(diffs))],
+                                                          sample_weight=np.r_[weights, weights] * len(np.unique(users)))
         scores[test] = features[test] @ fit.coef_[0]
     return scores
 

@@ -63,8 +63,10 @@ def _users_and_items(n_users: int = 60, per_user: int = 20, seed: int = 0):
 
 def test_within_user_pairs_are_liked_minus_disliked_of_one_user():
     features = np.array([[1.0], [2.0], [10.0], [20.0], [30.0]])
-    diffs = within_user_pairs(features, np.array([1, 0, 1, 0, 0]), np.array([0, 0, 1, 1, 2]))
-    assert sorted(diffs[:, 0].tolist()) == [-10.0, -1.0]  # user 2 has no liked row: no pair
+    diffs, weights = within_user_pairs(np.vstack([features, [[40.0]]]), np.array([1, 0, 1, 0, 0, 0]),
+                                       np.array([0, 0, 1, 1, 2, 1]))
+    assert sorted(diffs[:, 0].tolist()) == [-30.0, -10.0, -1.0]  # user 2 has no liked row: no pair
+    assert sorted(weights.tolist()) == [0.5, 0.5, 1.0]  # user 1's two pairs weigh what user 0's one does
 
 
 def test_within_user_fusion_weights_what_orders_a_users_rows():
