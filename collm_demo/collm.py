@@ -164,8 +164,12 @@ class Projector(nn.Module):
             raise ValueError("this projector maps users and items separately: say which rows are users")
         if isinstance(users, bool):
             return (self.user_net if users else self.net)(vectors)
-        users = users.to(vectors.device).view(-1, 1)
-        return torch.where(users, self.user_net(vectors), self.net(vectors))
+        users = users.to(vectors.device).view(-1)
+        # Each row through its own kind's MLP only (a fresh tensor filled by index keeps autograd intact).
+        tokens = vectors.new_empty(len(vectors), self.hidden_size)
+        tokens[users] = self.user_net(vectors[users])
+        tokens[~users] = self.net(vectors[~users])
+        return tokens
 
 
 # ------------------------------------------------------------------------ the forward
