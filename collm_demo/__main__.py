@@ -19,9 +19,11 @@ from .config import (
     CEILING_ROWS,
     CHECKPOINT_DIR,
     DEFAULT_CF,
+    DEFAULT_RECIPE,
     DEVICES,
     INSIDE_PATH,
     INSIDE_ROWS,
+    NOT_RECIPE_FIELDS,
     PRECISIONS,
     PROJECT_ROOT,
     PROTOCOLS,
@@ -89,10 +91,20 @@ def recipe_name(text: str) -> str:
     return text
 
 
+def add_recipe_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE,
+                        help="grouped-stage2 (default): the paper's stage 1, stage 2 on user groups with the pairwise "
+                             "term at lr 1e-2 (lever 1, kept by the rule; the shipped MF projector's); paper: CoLLM as "
+                             "published (stage 2 per row at lr 1e-3); grouped: both LLM stages on "
+                             "user groups (run l6, not kept). Issue 26, docs/experiments.md. The flags below override "
+                             "its values (--group-size and --pairwise-weight only in the stages it groups)")
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The training configuration, with the command line's overrides (those it has and was given)."""
     cfg = QuickConfig(seed=args.seed) if args.quick else TrainConfig(seed=args.seed)
-    cfg.with_recipe(getattr(args, "recipe", None) or "paper")
+    cfg.with_recipe(getattr(args, "recipe", None) or DEFAULT_RECIPE)
+    recipe = cfg.to_dict()
     for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim", "batch_size", "grad_accum",
                  "lora_dropout", "device", "precision", "group_size", "pairwise_weight", "eval_every",
                  "projector_lora_lr", "similarity_weight"):
@@ -106,6 +118,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     foldin = getattr(args, "projector_foldin_l2", None)
     if foldin is not None:
         cfg.projector_foldin_l2 = None if foldin == "cf" else foldin
+    # where and how it runs does not change what is trained; every other changed value does
+    cfg.recipe_overrides = tuple(k for k, v in cfg.to_dict().items()
+                                 if v != recipe[k] and k not in NOT_RECIPE_FIELDS)
     return cfg
 
 
@@ -152,7 +167,7 @@ def cmd_evaluate(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     evaluate.run(Path(args.checkpoints), out, args.llm, args.data, methods, max_rows, cf_name=args.cf,
                  seed=args.seed, write_readme=not (args.no_readme or args.quick or args.max_rows), argv=args.argv,
-                 runtime=runtime(args), protocol=protocol(args), other_data=args.other_data)
+                 runtime=runtime(args), protocol=protocol(args), other_data=args.other_data, as_recipe=args.as_recipe)
     return 0
 
 
@@ -278,11 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_train = sub.add_parser("train", parents=[common], help="train CF / LoRA / projector")
     p_train.add_argument("--stage", choices=["cf", "lora", "projector", "all"], default="all")
-    p_train.add_argument("--recipe", choices=list(RECIPES), default="paper",
-                         help="paper: CoLLM as published (default); grouped-stage2: the paper's stage 1, stage 2 on user "
-                              "groups with the pairwise term at lr 1e-2 (lever 1, kept); grouped: both LLM stages on "
-                              "user groups (run l6, not kept). Issue 26, docs/experiments.md. The flags below override "
-                              "its values (--group-size and --pairwise-weight only in the stages it groups)")
+    add_recipe_argument(p_train)
     p_train.add_argument("--lora-rows", type=positive_int, default=None)
     p_train.add_argument("--projector-rows", type=positive_int, default=None)
     p_train.add_argument("--lora-lr", type=positive_float, default=None)
@@ -318,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--methods", default=None,
                         help="comma-separated; default mf,mf_no_foldin,zero_shot,text_only,collm (or <cf>,collm_<cf> with --cf)")
     p_eval.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    p_eval.add_argument("--as-recipe", choices=list(RECIPES), default=None,
+                        help="store these checkpoints' CoLLM row as the named recipe's row (collm@paper: the paper's "
+                             "recipe beside the shipped one); refused unless their manifest says that recipe trained "
+                             "the projector")
     p_eval.add_argument("--other-data", action="store_true",
                         help="evaluate checkpoints on data other than the data their manifest records (refused "
                              "without it: their scores there mean little)")
@@ -332,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_imp.add_argument("--user-ids", default=None, help="ids of the user rows (.json list or .txt lines)")
     p_imp.add_argument("--item-ids", default=None, help="ids of the item rows (.json list or .txt lines)")
     p_imp.add_argument("--no-train", action="store_true", help="only validate and save the vectors")
+    add_recipe_argument(p_imp)
     p_imp.add_argument("--projector-rows", type=positive_int, default=None)
     p_imp.add_argument("--projector-lr", type=positive_float, default=None)
 

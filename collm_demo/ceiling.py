@@ -131,10 +131,13 @@ def within_user_fusion(features: np.ndarray, labels: np.ndarray, users: np.ndarr
         diffs, weights = within_user_pairs(features[train], labels[train], users[train])
         if len(diffs) == 0:  # no user of the other folds has both labels: nothing to fit, no ordering
             continue
-        # Each pair once as it is (target 1) and once negated (target 0): a symmetric problem.
+        # Each pair once as it is (target 1) and once negated (target 0): a symmetric problem. The
+        # weights are scaled to average 1 over this fold's pairs, so the regularisation is that of
+        # an unweighted fit on as many pairs, whatever the fold's number of users.
+        weights = weights * len(weights) / weights.sum()
         fit = LogisticRegression(fit_intercept=False).fit(np.vstack([diffs, -diffs]),
                                                           np.r_[np.ones(len(diffs)), np.zeros(len(diffs))],
-                                                          sample_weight=np.r_[weights, weights] * len(np.unique(users)))
+                                                          sample_weight=np.r_[weights, weights])
         scores[test] = features[test] @ fit.coef_[0]
     return scores
 

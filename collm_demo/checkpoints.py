@@ -19,6 +19,7 @@ against the shapes in the LLM's files, so one bad file refuses the folder before
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -101,6 +102,46 @@ def read_manifest(checkpoint_dir: str | Path = CHECKPOINT_DIR) -> dict:
         raise CheckpointError(f"{path}: the entry {_short(entry)} {_PROBLEMS.get(first['type'], first['msg'])} "
                               f"(found {type(found).__name__} {_short(found)})") from None
     return manifest
+
+
+def projector_recipe(record: dict) -> str:
+    """The recipe a stage record says trained it: "paper", "grouped-stage2", or a description
+    of a variant ("grouped-stage2 with projector_lr changed", "a grouped variant")."""
+    if "recipe" in record:  # a manifest is a file people edit: every value is read as text
+        changed = record.get("recipe_overrides") or []
+        changed = [str(c)[:40] for c in changed] if isinstance(changed, list) else [str(changed)[:40]]
+        return str(record["recipe"])[:60] + (f" with {', '.join(changed)} changed" if changed else "")
+    named = re.search(r"--recipe[ =](\S+)", str(record.get("command", "")))
+    if named:  # recorded before the record said so: the command that trained it does
+        return named.group(1)[:60]
+    if _grouping(record) == (1, 0.0):
+        return "paper"  # recorded before recipes were: the per-row stage of the paper
+    return "a grouped variant (no recipe recorded)"
+
+
+def _grouping(record: dict) -> tuple[int, float]:
+    """(group size, pairwise weight) of a stage record; (1, 0.0), per row, where absent or unreadable."""
+    try:
+        return int(record.get("group_size", 1) or 1), float(record.get("pairwise_weight", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        return 1, 0.0
+
+
+def projector_training(record: dict | None) -> str:
+    """How a projector stage record says the projector was trained, in words for the app:
+    "one user at a time (groups of 8 sharing one history, BCE + a pairwise term), the recipe
+    grouped-stage2" or "row by row with BCE, the paper's recipe"; '' without a record."""
+    if not record:
+        return ""
+    recipe = projector_recipe(record)
+    named = "the paper's recipe" if recipe == "paper" else f"the recipe {recipe}"
+    size, pairwise = _grouping(record)
+    if size > 1:
+        how = f"one user at a time (groups of up to {size} rows sharing one history, BCE" + \
+              (" + a pairwise term)" if pairwise else ")")
+    else:
+        how = "row by row with BCE"
+    return f"{how}, {named}"
 
 
 def _short(value: object, limit: int = 60) -> str:

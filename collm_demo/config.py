@@ -193,12 +193,21 @@ RECIPES: dict[str, dict[str, object]] = {
                 "projector_eval_every": 50},
 }
 RECIPE_SIZES = ("lora_rows", "projector_rows")
+# What `train` runs without --recipe: the recipe the rule of docs/experiments.md keeps, which the
+# shipped MF projector was trained by; `--recipe paper` is CoLLM as published.
+DEFAULT_RECIPE = "grouped-stage2"
+# Settings that change where and how a recipe runs, or which draw of it, not what it trains.
+NOT_RECIPE_FIELDS = ("seed", "recipe", "recipe_overrides", "device", "precision", "load_bf16",
+                     "gradient_checkpointing")
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
     recipe: str = "paper"  # the named recipe these values started from (RECIPES), for the manifest
+    # Training values a command-line flag set away from the recipe's (empty: the recipe exactly),
+    # so a stage's manifest record says whether it is the named recipe or a variant of it.
+    recipe_overrides: tuple[str, ...] = ()
     # --- CF model (matrix factorisation) ---
     cf_dim: int = 64  # MF latent dimension (paper searched 64/128/256)
     cf_epochs: int = 40  # upper bound; early stopping on valid AUC decides

@@ -20,10 +20,10 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from . import resume
-from .cf import BACKENDS, Backend, backend, method_label
+from .cf import BACKENDS, Backend, backend, method_label, recipe_row, split_recipe_row
 from .cf.backend import LLM_METHODS
-from .checkpoints import available_backends, read_manifest, write_manifest
-from .config import DEFAULT_CF, PROJECT_ROOT, ProtocolConfig
+from .checkpoints import available_backends, projector_recipe, read_manifest, write_manifest
+from .config import DEFAULT_CF, PROJECT_ROOT, RECIPES, ProtocolConfig
 from .device import Runtime
 from .distributed import init_ranks
 from .errors import CheckpointError, InputError
@@ -53,6 +53,17 @@ def main_methods() -> tuple[str, ...]:
     return (mf.alone_key, *mf.extra_methods, "zero_shot", "text_only", mf.collm_key)
 
 
+def headline_methods(methods: dict) -> list[str]:
+    """The first table's rows among ``methods``: the main methods, with the default backend's CoLLM
+    rows of other recipes ("collm@paper") right after its shipped CoLLM row."""
+    collm = backend(DEFAULT_CF).collm_key
+    others = [k for k in methods if (found := split_recipe_row(k)) and found[0] == collm]
+    rows = []
+    for key in main_methods():
+        rows += ([key] if key in methods else []) + (others if key == collm else [])
+    return rows
+
+
 def default_methods(cf_name: str) -> list[str]:
     """What ``evaluate`` scores without ``--methods``: every row for the default backend; for
     another backend its two rows (the LLM-only rows do not depend on the CF backend)."""
@@ -78,12 +89,12 @@ def results_table(results: dict) -> str:
     methods = results["methods"]
     lines = ["| method | all AUC | all UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC |",
              "|---|---|---|---|---|---|---|"]
-    main = main_methods()
+    main = headline_methods(methods)
     pairs = backend_pairs(methods)
     # a backend evaluated alone whose CoLLM row is missing (e.g. its projector awaits retraining)
     unpaired = [m for m in methods if m not in main and is_alone_key(m) and backend(m).collm_key not in methods]
     side_by_side = len(pairs) > 1 or bool(unpaired)
-    for method in [m for m in main if m in methods] + [m for m in methods if m not in main]:
+    for method in main + [m for m in methods if m not in main]:
         if method not in main and side_by_side:
             continue  # other backends go in the side-by-side table below
         slices = methods[method]
@@ -130,11 +141,18 @@ def check_cf_name(checkpoint_dir: Path, cf_name: str) -> None:
 def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path: str | None = None,
         methods: list[str] | None = None, max_rows: int | None = None, seed: int = 0,
         write_readme: bool = True, argv: list[str] | None = None, cf_name: str = DEFAULT_CF,
-        runtime: Runtime | None = None, protocol: ProtocolConfig | None = None, other_data: bool = False) -> dict:
+        runtime: Runtime | None = None, protocol: ProtocolConfig | None = None, other_data: bool = False,
+        as_recipe: str | None = None) -> dict:
     """Score ``methods`` on the test split; checkpoints whose manifest records other data than
-    ``data_path`` are refused unless ``other_data`` (``--other-data``)."""
+    ``data_path`` are refused unless ``other_data`` (``--other-data``). With ``as_recipe`` the
+    checkpoints' CoLLM row is stored as that recipe's row ("collm@paper", ``--as-recipe``), beside
+    the shipped recipe's, after checking that their manifest says the projector was trained by it."""
     check_cf_name(checkpoint_dir, cf_name)
     check_methods(cf_name, methods)
+    store_as: dict[str, str] = {}
+    if as_recipe is not None:
+        methods = [check_recipe_row(checkpoint_dir, cf_name, methods, as_recipe)]
+        store_as = {methods[0]: recipe_row(methods[0], as_recipe)}
     runtime = runtime or Runtime.choose()
     ranks = init_ranks(runtime.device.type)  # under torchrun: each process scores its share of the batches
     pipeline = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, ranks=ranks,
@@ -146,17 +164,20 @@ def run(checkpoint_dir: Path, out: Path, llm_name: str | None = None, data_path:
         rows = rows.sample(n=max_rows, random_state=seed).sort_index()
     frame = rows[["user", "item", "label", "warm", "cold_user", "cold_item"]].copy()
     methods = methods or default_methods(cf_name)
-    results = start_results(out, pipeline, rows, methods, checkpoint_dir, subset=max_rows is not None)
+    results = start_results(out, pipeline, rows, [store_as.get(m, m) for m in methods], checkpoint_dir,
+                            subset=max_rows is not None)
     runnable = runnable_methods(pipeline, methods, checkpoint_dir)
     joint = pipeline.joint_methods(runnable)
     # One pass per job; text-only and CoLLM run as one job that encodes each history once for both.
     for job in ([list(joint)] if joint else []) + [[m] for m in runnable if m not in joint]:
-        score_job(pipeline, rows, frame, job, results, progress_file=out.with_name(out.stem + ".progress.safetensors"))
+        score_job(pipeline, rows, frame, job, results, progress_file=out.with_name(out.stem + ".progress.safetensors"),
+                  store_as=store_as)
         if ranks.is_main:  # after every job: partial results survive
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
     command = "python -m collm_demo " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    results.setdefault("commands", {}).update({m: command for m in methods if m in results["methods"]})
+    stored = [store_as.get(m, m) for m in methods]
+    results.setdefault("commands", {}).update({m: command for m in stored if m in results["methods"]})
     if not ranks.is_main:
         return results
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -175,6 +196,26 @@ def check_methods(cf_name: str, methods: list[str] | None) -> None:
     if unknown:
         raise InputError(f"unknown method(s) {', '.join(repr(m[:40]) for m in unknown[:5])} for --cf {cf_name}: "
                          f"choose from {', '.join(known)}")
+
+
+def check_recipe_row(checkpoint_dir: Path, cf_name: str, methods: list[str] | None, recipe: str) -> str:
+    """The CoLLM key ``--as-recipe recipe`` scores: it stores only the CoLLM row, and only of a
+    projector whose manifest record says ``recipe`` trained it, unchanged by flags (a record from
+    before recipes were recorded is the paper's when it trained per row, as every one then did)."""
+    spec = backend(cf_name)
+    if recipe not in RECIPES:
+        raise InputError(f"recipe {recipe[:40]!r} is not one of {', '.join(RECIPES)}")
+    if methods not in (None, [spec.collm_key]):
+        raise InputError(f"--as-recipe stores one CoLLM row: use it with --methods {spec.collm_key} (or no --methods)")
+    record = read_manifest(checkpoint_dir).get("stages", {}).get(spec.projector_stage)
+    if record is None:
+        raise CheckpointError(f"{checkpoint_dir}: the manifest has no record of the {spec.short} projector's training, "
+                              "so which recipe trained it is unknown")
+    trained_by = projector_recipe(record)
+    if trained_by != recipe:
+        raise CheckpointError(f"{checkpoint_dir}: the {spec.short} projector was trained by {trained_by}, "
+                              f"not by the recipe {recipe!r}")
+    return spec.collm_key
 
 
 def start_results(out: Path, pipeline: Pipeline, rows: pd.DataFrame, methods: list[str], checkpoint_dir: Path,
@@ -214,12 +255,15 @@ EVAL_CHUNKS = 20  # pieces of the test rows, by user (a user's shared prefixes s
 
 
 def score_job(pipeline: Pipeline, rows: pd.DataFrame, frame: pd.DataFrame, job: list[str], results: dict,
-              progress_file: Path | None = None) -> None:
+              progress_file: Path | None = None, store_as: dict[str, str] | None = None) -> None:
     """Score the methods of one job (one pass over ``rows``) into ``frame`` and their metrics and
     timing into ``results``. The rows go in ``EVAL_CHUNKS`` pieces; with ``progress_file`` each
     piece's scores are saved as it is done, and a rerun of the same job on the same checkpoints
-    and rows scores only the pieces still missing (the file is removed when the job is complete)."""
-    name = "+".join(job)
+    and rows scores only the pieces still missing (the file is removed when the job is complete).
+    ``store_as`` renames a method's results key (the CoLLM row of another recipe: "collm@paper")."""
+    store_as = store_as or {}
+    keys = [store_as.get(m, m) for m in job]
+    name = "+".join(keys)
     started = time.time()
     order = {user: n for n, user in enumerate(sorted(rows["user"].unique(), key=str))}
     piece = rows["user"].map(order).to_numpy() * EVAL_CHUNKS // max(1, len(order))
@@ -235,7 +279,7 @@ def score_job(pipeline: Pipeline, rows: pd.DataFrame, frame: pd.DataFrame, job: 
             if progress_file is not None and pipeline.ranks.is_main:
                 resume.save_pieces(progress_file, key, done)
     for key_ in list(results["timing_s"]):  # a method's old timing, alone or shared, is replaced
-        if set(key_.split("+")) & set(job):
+        if set(key_.split("+")) & set(keys):
             del results["timing_s"][key_]
     results["timing_s"][name] = round(time.time() - started, 1)
     for method in job:
@@ -243,8 +287,9 @@ def score_job(pipeline: Pipeline, rows: pd.DataFrame, frame: pd.DataFrame, job: 
         for n in pieces:
             values[piece == n] = done[n][method].numpy()
         frame[method] = values
-        results["methods"][method] = metrics_by_slice(frame, method)
-        print(f"[evaluate] {method}: {json.dumps(results['methods'][method])} "
+        key_ = store_as.get(method, method)
+        results["methods"][key_] = metrics_by_slice(frame, method)
+        print(f"[evaluate] {key_}: {json.dumps(results['methods'][key_])} "
               f"({name}: {results['timing_s'][name]} s)", file=sys.stderr, flush=True)
     if progress_file is not None and pipeline.ranks.is_main:
         progress_file.unlink(missing_ok=True)

@@ -38,7 +38,15 @@ import torch
 from .analysis import ablation_scores, analyse, logit_lens
 from .cf import Backend, CFModel, backend
 from .cf.backend import LIKE_SHARE, MF_NO_FOLDIN
-from .checkpoints import TRAIN_HINT, available_backends, check_lora, check_manifest, load_backend, read_manifest
+from .checkpoints import (
+    TRAIN_HINT,
+    available_backends,
+    check_lora,
+    check_manifest,
+    load_backend,
+    projector_training,
+    read_manifest,
+)
 from .collm import CoLLM, Inspection, Prompt
 from .config import CHECKPOINT_DIR, DEFAULT_CF, ProtocolConfig
 from .data import Dataset, history_like_share, load_dataset
@@ -334,6 +342,15 @@ class Pipeline:
         """(CF dim, hidden width, output width) of the projector's two layers, or None."""
         proj = self.model.projector
         return None if proj is None else (proj.cf_dim, proj.expand * proj.cf_dim, proj.hidden_size)
+
+    @property
+    def projector_training(self) -> str:
+        """How the loaded projector was trained, in words, from its manifest record ('' if none)."""
+        if self.model.projector is None:
+            return ""
+        stages = self.manifest.get("stages") if isinstance(self.manifest.get("stages"), dict) else {}
+        record = stages.get(backend(self.cf_name).projector_stage)
+        return projector_training(record if isinstance(record, dict) else None)
 
     @property
     def separate_user_projector(self) -> bool:

@@ -145,7 +145,8 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
     if progress is not None and ranks.is_main:
         progress.unlink(missing_ok=True)  # the stage is complete: a rerun starts afresh
     wall = time.time() - started
-    return {"group_size": cfg.group_size, "pairwise_weight": cfg.pairwise_weight,  # as this stage trained
+    return {"recipe": cfg.recipe, "recipe_overrides": list(cfg.recipe_overrides),  # what trained this stage
+            "group_size": cfg.group_size, "pairwise_weight": cfg.pairwise_weight,
             "rows_seen": at.seen, "optimiser_steps": at.step, "best_step": stopper.best_step,
             "valid_auc_before": at.history[0]["valid_auc"], "valid_auc_best": round(stopper.best_metric, 4),
             "wall_s": round(wall, 1), "rows_per_s": round((at.seen - seen_before) / max(wall, 1e-9), 2),

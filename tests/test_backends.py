@@ -189,6 +189,31 @@ def test_results_table_puts_backends_side_by_side():
     assert "| LightGCN | 0.7500 (0.6500) | 0.7500 | 0.7500 | — |" in backends
 
 
+def test_the_paper_recipe_keeps_its_row_beside_the_shipped_one():
+    """"collm@paper" is the CoLLM row of the paper's recipe: no backend, its own label, and in the
+    headline right after the shipped CoLLM row (README table and the app's headline alike)."""
+    from collm_demo.cf import Backend, method_label, recipe_row, split_recipe_row
+    from collm_demo.evaluate import backend_pairs, results_table
+    from collm_demo.ui.warm_cold import HEADLINE, ordered_methods
+
+    key = recipe_row("collm", "paper")
+    assert key == "collm@paper" and split_recipe_row(key) == ("collm", "paper") and split_recipe_row("collm") is None
+    assert Backend.from_key(key) is None and "paper's recipe" in method_label(key)
+    assert method_label(key).startswith(method_label("collm"))
+
+    def cell(auc):
+        return {s: {"auc": auc, "uauc": auc - 0.1, "n": n} for s, n in (("all", 10), ("warm", 4), ("cold", 6))}
+
+    methods = {"mf": cell(0.74), key: cell(0.71), "text_only": cell(0.61), "collm": cell(0.72),
+               "lightgcn": cell(0.75), "collm_lightgcn": cell(0.70)}
+    assert backend_pairs(methods) == [("mf", "collm"), ("lightgcn", "collm_lightgcn")]
+    main = results_table({"methods": methods}).split("Every CF backend")[0]
+    rows = [line.split(" | ")[0].strip("| ") for line in main.splitlines() if line.startswith("| ")][1:]
+    assert rows[-2:] == [method_label("collm"), method_label(key)]
+    assert HEADLINE.index(key) == HEADLINE.index("collm") + 1
+    assert ordered_methods({"methods": methods}).index(key) == ordered_methods({"methods": methods}).index("collm") + 1
+
+
 def write_csv_pair(folder):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "interactions.csv").write_text(

@@ -207,6 +207,56 @@ def test_checkpoints_are_not_evaluated_on_other_data_unless_asked(capsys, tiny_c
     assert "mf" in json.loads((tmp_path / "out.json").read_text())["methods"]
 
 
+def test_the_paper_recipe_row_is_stored_beside_the_shipped_one(capsys, tiny_checkpoints, tiny_llm_dir, tiny_data_dir,
+                                                                tmp_path):
+    """``evaluate --as-recipe paper`` stores a folder's CoLLM row as "collm@paper", next to the
+    shipped row, and only for a projector whose manifest says the paper's recipe trained it."""
+    import shutil
+
+    out = tmp_path / "results.json"
+    common = ["--quick", "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir), "--out", str(out)]
+    assert main(["evaluate", *common, "--methods", "collm", "--checkpoints", str(tiny_checkpoints)]) == 0
+    shipped = json.loads(out.read_text())["methods"]["collm"]
+    # the tiny folder's projector was trained by the default recipe, not the paper's
+    error = main_error(capsys, "evaluate", *common, "--as-recipe", "paper", "--checkpoints", str(tiny_checkpoints))
+    assert "trained by grouped-stage2" in error and "'paper'" in error
+    paper = tmp_path / "paper"
+    shutil.copytree(tiny_checkpoints, paper)
+    assert main(["train", "--stage", "projector", "--recipe", "paper", "--quick", "--llm", str(tiny_llm_dir),
+                 "--data", str(tiny_data_dir), "--checkpoints", str(paper)]) == 0
+    error = main_error(capsys, "evaluate", *common, "--as-recipe", "paper", "--methods", "text_only",
+                       "--checkpoints", str(paper))
+    assert "--methods collm" in error
+    assert main(["evaluate", *common, "--as-recipe", "paper", "--checkpoints", str(paper)]) == 0
+    results = json.loads(out.read_text())
+    assert results["methods"]["collm"] == shipped  # the shipped row is kept, not overwritten
+    assert set(results["methods"]) == {"collm", "collm@paper"} and "--as-recipe paper" in results["commands"]["collm@paper"]
+    assert results["methods"]["collm@paper"] != shipped  # another projector, other scores
+    # a variant of a recipe (a flag changed what it trained) is not that recipe
+    assert main(["train", "--stage", "projector", "--recipe", "paper", "--projector-lr", "0.003", "--quick",
+                 "--llm", str(tiny_llm_dir), "--data", str(tiny_data_dir), "--checkpoints", str(paper)]) == 0
+    error = main_error(capsys, "evaluate", *common, "--as-recipe", "paper", "--checkpoints", str(paper))
+    assert "paper with projector_lr changed" in error
+
+
+def test_a_stage_record_says_which_recipe_trained_the_projector():
+    """Read from the record, from the command of a record written before records said so, or from
+    how it grouped for the oldest records; a hand-edited record is read as text, never a crash."""
+    from collm_demo.checkpoints import projector_recipe, projector_training
+
+    assert projector_recipe({"recipe": "paper", "recipe_overrides": []}) == "paper"
+    assert projector_recipe({"recipe": "paper", "recipe_overrides": ["projector_lr"]}) == "paper with projector_lr changed"
+    assert projector_recipe({"command": "python -m collm_demo train --stage projector --recipe grouped-stage2",
+                             "group_size": 8}) == "grouped-stage2"
+    assert projector_recipe({"command": "python -m collm_demo train --stage projector", "group_size": 1}) == "paper"
+    assert projector_recipe({"group_size": 8, "pairwise_weight": 1.0}).startswith("a grouped variant")
+    assert projector_recipe({"recipe": 5, "recipe_overrides": "x", "group_size": "many"}) == "5 with x changed"
+    assert projector_training(None) == ""
+    assert projector_training({"recipe": "paper", "group_size": 1}) == "row by row with BCE, the paper's recipe"
+    assert projector_training({"recipe": "grouped-stage2", "group_size": 8, "pairwise_weight": 1.0}) == (
+        "one user at a time (groups of up to 8 rows sharing one history, BCE + a pairwise term), the recipe grouped-stage2")
+
+
 # ------------------------------------------------------------------ issue 24: argparse's rejections are one line too
 
 @pytest.mark.parametrize("args, needles", [

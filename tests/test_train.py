@@ -132,14 +132,21 @@ def test_projector_foldin_strength_option_is_checked():
 
 def test_named_recipes_set_their_values_and_flags_override_them():
     from collm_demo.__main__ import build_parser, train_config
-    from collm_demo.config import RECIPES, TrainConfig
+    from collm_demo.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 
     parse = build_parser().parse_args
-    paper = train_config(parse(["train"]))
+    paper = train_config(parse(["train", "--recipe", "paper"]))
     where = {"device", "precision"}  # from the environment (COLLM_PRECISION), not from a recipe
-    assert paper.recipe == "paper"  # the default is the paper's
+    assert paper.recipe == "paper" and paper.recipe_overrides == ()  # the dataclass's values are the paper's
     assert {k: v for k, v in paper.to_dict().items() if k not in where} == \
         {k: v for k, v in TrainConfig().to_dict().items() if k not in where}
+    shipped = train_config(parse(["train"]))  # the default is the recipe the rule keeps, which ships
+    assert shipped.recipe == DEFAULT_RECIPE == "grouped-stage2" and shipped.recipe_overrides == ()
+    assert shipped.to_dict() == train_config(parse(["train", "--recipe", DEFAULT_RECIPE])).to_dict()
+    # a flag that changes what is trained is recorded; where it runs (--precision) is not
+    assert train_config(parse(["train", "--precision", "fp32", "--seed", "3"])).recipe_overrides == ()
+    assert train_config(parse(["train", "--projector-lr", "0.003"])).recipe_overrides == ("projector_lr",)
+    assert train_config(parse(["train", "--projector-lr", "0.01"])).recipe_overrides == ()  # the recipe's own value
     grouped = train_config(parse(["train", "--recipe", "grouped"]))
     assert grouped.recipe == "grouped" and grouped.to_dict() != paper.to_dict()
     for field, value in RECIPES["grouped"].items():

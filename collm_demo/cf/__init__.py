@@ -18,7 +18,16 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 from . import lightgcn, mf, sasrec
-from .backend import LIKE_SHARE, LLM_METHODS, MF_NO_FOLDIN, Backend
+from .backend import (
+    LIKE_SHARE,
+    LLM_METHODS,
+    MF_NO_FOLDIN,
+    RECIPE_ROW_COLOUR,
+    RECIPE_ROW_LABELS,
+    Backend,
+    recipe_row,
+    split_recipe_row,
+)
 from .base import CFModel
 from .foldin import DEFAULT_L2, L2_GRID, fold_in, parse_l2, tune_l2
 from .imported import import_embeddings
@@ -88,6 +97,10 @@ def load_cf(path: str | Path) -> CFModel:
 
 def method_style(key: str) -> tuple[str, str]:
     """(label, colour) of a row of the results: 'MF (CF alone)', 'CoLLM-LightGCN', ... and its chart colour."""
+    recipe = split_recipe_row(key)
+    if recipe is not None:  # "collm@paper": the CoLLM row of another recipe than the shipped one
+        base, name = recipe
+        return f"{method_label(base)}, {RECIPE_ROW_LABELS.get(name, f'recipe {name}')}", RECIPE_ROW_COLOUR
     found = Backend.from_key(key)
     if found is None:
         return OTHER_METHODS[key]
@@ -105,5 +118,5 @@ def method_colour(key: str) -> str:
 
 __all__ = ["BACKENDS", "DEFAULT_L2", "L2_GRID", "LIKE_SHARE", "LLM_METHODS", "LOADERS", "MF_NO_FOLDIN", "OTHER_METHODS", "Backend",
            "CFModel", "LightGCN", "MatrixFactorization", "SequentialCF", "backend", "fold_in", "import_embeddings", "load_cf",
-           "method_colour", "method_label", "parse_l2", "train_lightgcn", "train_mf", "train_sasrec",
+           "method_colour", "method_label", "parse_l2", "recipe_row", "split_recipe_row", "train_lightgcn", "train_mf", "train_sasrec",
            "trainable_backends", "tune_l2"]

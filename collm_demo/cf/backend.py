@@ -26,6 +26,24 @@ MF_NO_FOLDIN = "mf_no_foldin"
 # With MF_NO_FOLDIN (item appeal alone) it is one of the two one-line baselines every LLM row must
 # beat (issue 26): a text model that only counts the marks scores what this scores.
 LIKE_SHARE = "like_share"
+# A CoLLM row trained by another recipe than the one that ships, kept beside it in the results
+# (issue 26: "the paper's exact recipe keeps its row"): "<CoLLM key>@<recipe>", e.g. "collm@paper".
+# No CF name holds an '@' (``import-embeddings`` takes letters, digits, '.', '_', '-'), so such a
+# key is never read as a backend.
+RECIPE_MARK = "@"
+RECIPE_ROW_LABELS = {"paper": "the paper's recipe (stage 2 per row)"}
+RECIPE_ROW_COLOUR = "#91A7FF"
+
+
+def recipe_row(collm_key: str, recipe: str) -> str:
+    """The results key of ``collm_key``'s row trained by ``recipe``: "collm@paper"."""
+    return f"{collm_key}{RECIPE_MARK}{recipe}"
+
+
+def split_recipe_row(key: str) -> tuple[str, str] | None:
+    """("collm", "paper") for "collm@paper"; None for a key of no recipe row."""
+    base, mark, recipe = key.partition(RECIPE_MARK)
+    return (base, recipe) if mark and base and recipe else None
 
 # The naming rule's two patterns, read backwards by ``from_cf_file`` / ``from_key``.
 _CF_PREFIX, _CF_SUFFIX = "cf_", ".safetensors"
@@ -145,10 +163,11 @@ class Backend:
     def from_key(cls, key: str) -> "tuple[Backend, bool] | None":
         """The backend a results / method key belongs to, and whether the key is CoLLM with it (else
         the backend alone): "mf" -> (MF, False), "collm" -> (MF, True), "collm_x" -> (x, True). None
-        for the rows that are no backend (the LLM alone, MF without fold-in, the like share)."""
+        for the rows that are no backend (the LLM alone, MF without fold-in, the like share, a
+        recipe row such as "collm@paper")."""
         from . import BACKENDS, backend  # the registry, which imports this module
 
-        if key in LLM_METHODS or key in (MF_NO_FOLDIN, LIKE_SHARE):
+        if key in LLM_METHODS or key in (MF_NO_FOLDIN, LIKE_SHARE) or split_recipe_row(key):
             return None
         for known in BACKENDS.values():
             if key in (known.alone_key, known.collm_key):

@@ -136,7 +136,8 @@ def projector_step(state: AppState, pipe: Pipeline, profile: Profile, item: str)
     text = (
         f"**Step 2 · The projector.** A small network (Linear {cf_dim}→{width}, ReLU, "
         f"Linear {width}→{out_dim}) turns each CF vector into one {out_dim}-number "
-        "vector of the same kind as a word embedding: a *soft token*. It is the only part trained in stage 2. "
+        "vector of the same kind as a word embedding: a *soft token*. It is the only part trained in stage 2"
+        + (f" (this one {pipe.projector_training})" if pipe.projector_training else "") + ". "
         + ("Here users have a network of their own, items another (beyond the paper, which shares one). "
            if pipe.separate_user_projector else "")
         + ("Its outputs are not close to any real word (cosines below), so they act as new words the LLM "
