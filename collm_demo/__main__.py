@@ -233,11 +233,17 @@ def cmd_inside(args) -> int:
 
 def cmd_experiment(args) -> int:
     from . import experiment
+    from .errors import InputError
 
     out = Path(args.out) if args.out else None
-    against = experiment.load_report(args.against) if args.against else None  # before minutes of scoring
+    # the reports are read before minutes of scoring: a wrong path fails at once
+    best = [experiment.load_report(p) for p in args.against.split(",") if p.strip()] if args.against else []
+    draws = [experiment.load_report(p) for p in args.draws.split(",") if p.strip()] if args.draws else []
+    against = best if len(best) > 1 or draws else (best[0] if best else None)
+    if draws and not best:
+        raise InputError("--draws needs --against: the best kept recipe's draws to judge them against")
     experiment.run(Path(args.checkpoints), args.name, args.llm, args.data, args.cf, runtime=runtime(args),
-                   protocol=protocol(args), out=out, against=against)
+                   protocol=protocol(args), out=out, against=against, draws=draws)
     return 0
 
 
@@ -372,7 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--name", type=recipe_name, default="experiment", help="the recipe's name (the report is logs/experiments/NAME.json)")
     p_exp.add_argument("--out", default=None, help="report file (default logs/experiments/NAME.json)")
     p_exp.add_argument("--against", default=None,
-                       help="the best kept recipe's report: add the rule's verdict (docs/experiments.md) to this one")
+                       help="the best kept recipe's report: add the rule's verdict (docs/experiments.md) to this one; "
+                            "its draws' reports, comma-separated: the amended rule's (the mean of the draws)")
+    p_exp.add_argument("--draws", default=None,
+                       help="this recipe's other draws' reports (comma-separated; another --seed): judged on the mean "
+                            "of this run and those, against the mean of --against's draws")
 
     p_set = sub.add_parser("settings", help="the table of environment variables (the README's settings table)")
     p_set.add_argument("--readme", action="store_true", help="write it into README.md between its markers")

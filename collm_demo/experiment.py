@@ -39,13 +39,20 @@ SAME_FILMS_ITEMS = ("100", "294", "50", "288", "181", "174", "258", "286", "127"
 # gains at least MIN_UAUC_GAIN dev UAUC over the best kept recipe, loses at most MAX_AUC_DROP dev AUC,
 # and its own user token ranks a user's films better than another user's by at least MIN_SWAP_GAP.
 MIN_UAUC_GAIN, MAX_AUC_DROP, MIN_SWAP_GAP = 0.01, 0.01, 0.01
+# Amended again (2026-12-07, 23:30, before any lever it judges): two draws of one recipe moved dev UAUC
+# by up to 0.018, so a lever is drawn DRAWS times (--seed 0, 1, ...) and judged on the mean of its draws
+# against the mean of the best kept recipe's: mean UAUC gain at least MIN_MEAN_UAUC_GAIN, mean AUC drop
+# at most MAX_AUC_DROP, mean swap gap of its own draws at least MIN_SWAP_GAP (``judge_draws``).
+DRAWS, MIN_MEAN_UAUC_GAIN = 2, 0.02
 
 
 def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path: str | None = None,
         cf_name: str = DEFAULT_CF, runtime: Runtime | None = None, protocol: ProtocolConfig | None = None,
-        out: Path | None = None, against: dict | None = None, log=print) -> dict:
+        out: Path | None = None, against: dict | list[dict] | None = None, draws: list[dict] | None = None,
+        log=print) -> dict:
     """Score the dev rows with every method of ``checkpoint_dir`` and write the report; ``against``:
-    the best kept recipe's report, to add the rule's verdict (``judge``)."""
+    the best kept recipe's report, to add the rule's verdict (``judge``), or its draws' reports, with
+    ``draws`` this recipe's other draws, to add the amended rule's (``judge_draws``)."""
     started = time.time()
     pipe = load_pipeline(checkpoint_dir, llm_name, data_path, cf_name=cf_name, runtime=runtime, protocol=protocol)
     rows = dev_rows(pipe.dataset)
@@ -88,7 +95,9 @@ def run(checkpoint_dir: Path, name: str, llm_name: str | None = None, data_path:
         report["same_films"] = {method: {"mean_rho": round(a.mean_rho, 4), "top5_overlap": round(a.mean_overlap, 2)}
                                 for method, a in ranking.agreement.items()}
     report["seconds"] = round(time.time() - started, 1)
-    if against is not None:
+    if isinstance(against, list) or draws:
+        report["verdict"] = judge_draws([report, *(draws or [])], against if isinstance(against, list) else [against])
+    elif against is not None:
         report["verdict"] = judge(report, against)
     out = out or OUT_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +120,34 @@ def judge(report: dict, best: dict) -> dict:
               "auc_drop": {"value": auc_drop, "passes": auc_drop <= MAX_AUC_DROP},
               "swap_gap": {"value": gap, "passes": gap is not None and gap >= MIN_SWAP_GAP}}
     return {"against": best.get("name", "?"), "checks": checks, "kept": all(c["passes"] for c in checks.values())}
+
+
+def judge_draws(draws: list[dict], best_draws: list[dict]) -> dict:
+    """The amended rule's verdict: the mean of a recipe's draws against the mean of the best kept
+    recipe's. Fewer than ``DRAWS`` draws on either side fails the "draws" check (one draw cannot
+    tell a recipe from its spread); the swap gap is the mean over this recipe's draws, each of
+    which must have one."""
+    method = draws[0].get("collm_method", "collm")
+    for report in [*draws, *best_draws]:
+        if method not in report["metrics"]:
+            raise InputError(f"every report needs the {method} row ({report.get('name', '?')} has: "
+                             f"{', '.join(report['metrics'])})")
+
+    def mean(reports: list[dict], metric: str) -> float:
+        return float(np.mean([r["metrics"][method]["all"][metric] for r in reports]))
+
+    uauc_gain = round(mean(draws, "uauc") - mean(best_draws, "uauc"), 4)
+    auc_drop = round(mean(best_draws, "auc") - mean(draws, "auc"), 4)
+    gaps = [r.get("user_swap", {}).get(method, {}).get("gap") for r in draws]
+    gap = round(float(np.mean(gaps)), 4) if None not in gaps else None
+    enough = min(len(draws), len(best_draws))
+    checks = {"draws": {"value": enough, "passes": enough >= DRAWS},
+              "mean_uauc_gain": {"value": uauc_gain, "passes": uauc_gain >= MIN_MEAN_UAUC_GAIN},
+              "mean_auc_drop": {"value": auc_drop, "passes": auc_drop <= MAX_AUC_DROP},
+              "mean_swap_gap": {"value": gap, "passes": gap is not None and gap >= MIN_SWAP_GAP}}
+    return {"against": " + ".join(r.get("name", "?") for r in best_draws),
+            "draws": [r.get("name", "?") for r in draws], "checks": checks,
+            "kept": all(c["passes"] for c in checks.values())}
 
 
 def load_report(path: str | Path) -> dict:

@@ -33,6 +33,14 @@ def test_experiment_reports_auc_uauc_ablation_and_the_baselines(tiny_checkpoints
     assert "same_films" not in report  # ML-100K's user ids are not in the tiny data
     assert report["verdict"]["against"] == "best" and set(report["verdict"]["checks"]) == {"uauc_gain", "auc_drop",
                                                                                             "swap_gap"}
+    # the amended rule: this run and its other draw (the report just written) against two draws of the best
+    again = tmp_path / "again.json"
+    assert main(["experiment", "--checkpoints", str(tiny_checkpoints), "--llm", str(tiny_llm_dir),
+                 "--data", str(tiny_data_dir), "--name", "again", "--out", str(again),
+                 "--against", f"{best},{best}", "--draws", str(out)]) == 0
+    verdict = json.loads(again.read_text())["verdict"]
+    assert verdict["draws"] == ["again", "recipe"] and verdict["checks"]["draws"] == {"value": 2, "passes": True}
+    assert verdict["checks"]["mean_uauc_gain"]["value"] == round(report["metrics"]["collm"]["all"]["uauc"] - 0.5, 4)
 
 
 def test_swap_partners_give_every_row_another_users_row_at_the_same_position():
@@ -65,6 +73,26 @@ def test_the_rule_keeps_a_recipe_only_when_every_check_passes():
         assert not verdict["kept"] and [k for k, c in verdict["checks"].items() if not c["passes"]] == [failing]
     assert "by the rule, against lever1: KEPT" in experiment.summary(
         {"name": "new", "rows": 1, "users": 1, "seconds": 0, "metrics": {}, "verdict": kept})
+
+
+def test_the_amended_rule_judges_the_mean_of_two_draws():
+    """Two draws a side: mean UAUC gain ≥ 0.02, mean AUC drop ≤ 0.01, mean swap gap of the new draws
+    ≥ 0.01; one draw on either side fails, whatever its numbers."""
+    best = [_report("lever1", auc=0.6187, uauc=0.6111), _report("lever1_redraw", auc=0.6009, uauc=0.5944, gap=-0.0062)]
+    # means: best UAUC 0.60275, AUC 0.6098; new UAUC 0.62275 (+0.0200), AUC 0.5998 (drop 0.0100), gap 0.0100
+    new = [_report("a", auc=0.5998, uauc=0.6300, gap=0.0150), _report("b", auc=0.5998, uauc=0.6155, gap=0.0050)]
+    kept = experiment.judge_draws(new, best)
+    assert kept["kept"], kept
+    assert kept["checks"]["mean_uauc_gain"]["value"] == 0.02 and kept["checks"]["mean_swap_gap"]["value"] == 0.01
+    assert kept["against"] == "lever1 + lever1_redraw" and kept["draws"] == ["a", "b"]
+    one = experiment.judge_draws(new[:1], best)  # a better single draw is still one draw
+    assert not one["kept"] and [k for k, c in one["checks"].items() if not c["passes"]] == ["draws"]
+    lower = experiment.judge_draws([new[0], _report("b", auc=0.5998, uauc=0.6153, gap=0.0050)], best)
+    assert [k for k, c in lower["checks"].items() if not c["passes"]] == ["mean_uauc_gain"]  # +0.0199
+    no_swap = experiment.judge_draws([new[0], _report("b", auc=0.5998, uauc=0.6155)], best)
+    assert [k for k, c in no_swap["checks"].items() if not c["passes"]] == ["mean_swap_gap"]
+    with pytest.raises(InputError, match="collm row"):
+        experiment.judge_draws(new, [{"name": "x", "metrics": {"mf": {}}}])
 
 
 def test_a_report_to_judge_against_must_be_an_experiment_report(tmp_path, capsys):
