@@ -268,6 +268,17 @@ class Pipeline:
         return ProfileScores(text=out[self.text_mode].tolist(),
                              cf=out["collm"].tolist() if "collm" in out else None, text_mode=self.text_mode)
 
+    def score_profile_alone(self, history: Sequence[str], labels: Sequence[int], candidates: Sequence[str]) -> list[float]:
+        """The CF model alone on a composed history's candidates, as the evaluation scores a user it
+        was not trained on: the history folded in (or encoded) at the CF model's own strength."""
+        if self.cf is None:
+            raise InputError("no CF model is loaded")
+        k = len(candidates)
+        # "" is no user id, so never a trained user's: the history is folded in
+        rows = pd.DataFrame({"user": [""] * k, "item": list(candidates), "history_items": [tuple(history)] * k,
+                             "history_labels": [tuple(int(y) for y in labels)] * k})
+        return self.score_rows(rows, self.cf_method).tolist()
+
     # ---- several real users, the same candidates ---------------------------------------
     def real_user(self, user: int | str) -> tuple[str, list[str], list[int]]:
         """A real user as the app prompts them: their id, and the items and labels of their history

@@ -71,6 +71,16 @@ def test_scores_are_the_apps_own_and_mf_is_the_cf_models(state):
         assert ranked.ranks("alone") == [sorted(own.tolist(), reverse=True).index(s) + 1 for s in own.tolist()]
 
 
+def test_a_composed_history_is_scored_by_the_cf_model_alone_as_a_new_user(state):
+    """``score_profile_alone``: the history folded in at the CF model's own strength (as the
+    evaluation folds in a user it was not trained on), then the CF model's own probability."""
+    pipe, films = state.pipeline(), FILMS.replace(" ", "").split(",")
+    history, labels = ["4", "5", "6"], [1, 0, 1]
+    vec = pipe.cf.fold_in_user(history, labels)
+    own = pipe.cf.score_vectors(vec.view(1, -1).expand(len(films), -1), pipe.cf.item_vectors(films))
+    assert pipe.score_profile_alone(history, labels, films) == pytest.approx(own.tolist(), abs=1e-6)
+
+
 def test_identical_users_rank_alike(state):
     ranking = state.pipeline().rank_for_users(["3", "3"], FILMS.split(", "))
     assert ranking.users[0] == ranking.users[1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -565,6 +566,12 @@ def test_compare_two_composed_profiles(real_state):
     table = profiles.comparison_table(comp, ("A", "B"))
     assert list(table.columns) == ["rank", "A", "B"] and len(table) == profiles.COMPARE_TOP_K
     assert comp.sentence in profiles.comparison_md(real_state, comp)
+    # the CF model alone on the same films, each profile folded in as the evaluation folds in a new user
+    pipe = real_state.pipeline()
+    alone = [pipe.score_profile_alone(p.items, p.labels, preset["candidates"]) for p in (comp.a.profile, comp.b.profile)]
+    assert comp.rho_alone == pytest.approx(spearman(*alone))
+    assert comp.top_alone[0][0] == preset["candidates"][int(np.argmax(alone[0]))]
+    assert f"ρ = {comp.rho_alone:.2f}" in profiles.comparison_md(real_state, comp)
     with pytest.raises(InputError, match="both liked and disliked"):
         profiles.compare_profiles(real_state, ["1"], ["1"], ["2"], [], preset["candidates"])
 

@@ -151,9 +151,16 @@ def compare_profiles(state: AppState, a_liked, a_disliked, b_liked, b_disliked, 
         typical = None if np.isnan(typical) else typical
         counts = [r.n_train for r in ra.rows]
         pop = (spearman(cf_a, counts), spearman(cf_b, counts))
+    rho_alone = top_alone = None
+    if pipe.cf is not None:  # the CF model alone on the same films: the yardstick of a personal ranking
+        alone = [pipe.score_profile_alone(p.items, p.labels, items) for p in (a, b)]
+        rho_alone = spearman(*alone)
+        k = min(COMPARE_TOP_K, len(items))
+        top_alone = tuple(tuple(items[n] for n in np.argsort(-np.asarray(s), kind="stable")[:k]) for s in alone)
     return ProfileComparison(a=ra, b=rb, rho_cf=rho_cf, tau_cf=tau_cf, rho_text=rho_text, cos_vectors=cos_vec,
                              cos_tokens=cos_tok, typical_cos_tokens=typical, pop_rho=pop,
-                             sentence=comparison_sentence(rho_cf, rho_text, cos_tok, typical, cos_vec))
+                             sentence=comparison_sentence(rho_cf, rho_text, cos_tok, typical, cos_vec),
+                             rho_alone=rho_alone, top_alone=top_alone)
 
 
 def comparison_table(comp: ProfileComparison | None, names: tuple[str, str] = ("Profile A", "Profile B"),
@@ -184,6 +191,14 @@ def comparison_md(state: AppState, comp: ProfileComparison | None,
             f"{comp.cos_vectors:.2f}; the user tokens the LLM reads: cosine {comp.cos_tokens:.2f}. Each ranking "
             f"against the films' popularity (training ratings): ρ = {comp.pop_rho[0]:.2f} ({names[0]}), "
             f"{comp.pop_rho[1]:.2f} ({names[1]}).")
+    if comp.rho_alone is not None and comp.top_alone is not None:
+        shared = len(set(comp.top_alone[0][:k]) & set(comp.top_alone[1][:k]))
+        lines.append(f"The CF model alone on the same films (each profile folded in): ρ = {comp.rho_alone:.2f}; "
+                     f"{shared} of its top {k} are the same films for both."
+                     + ("" if comp.rho_cf is None or comp.rho_cf != comp.rho_cf or comp.rho_alone != comp.rho_alone else
+                        " The LLM with CF tokens tells the two apart less than the CF model does."
+                        if comp.rho_cf > comp.rho_alone else
+                        " The LLM with CF tokens tells the two apart at least as much as the CF model does."))
     tops = []
     for side, name in zip("ab", names):
         genre = _main_genre(state, (comp.a if side == "a" else comp.b).profile)

@@ -179,6 +179,10 @@ class ProfileComparison:
     typical_cos_tokens: float | None  # median cosine between the user tokens of two real users
     pop_rho: tuple[float, float] | None  # each profile's CoLLM scores vs the items' training counts
     sentence: str
+    # The CF model alone on the same candidates (its own fold-in of each profile), the yardstick of
+    # issue 26: the two CoLLM rankings should be less alike than these two.
+    rho_alone: float | None = None  # Spearman between the two profiles' CF-alone scores
+    top_alone: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # each profile's top films by the CF model alone
 
     def top(self, which: str, k: int = 5) -> list[ScoredRow]:
         result = self.a if which == "a" else self.b
