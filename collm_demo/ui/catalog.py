@@ -19,10 +19,12 @@ _COLUMNS = ["item", "label", "timestamp", "rating"]
 # warm users with at least 6 liked and 6 disliked test items were scored on their 20 deterministic,
 # balanced test items (recommend.candidate_set "test", n=20) with the shipped MF checkpoint; those
 # with a full 20-item set are ranked by within-user AUC with CF tokens minus without. Measured
-# (issue 19): 94 0.26 -> 0.83 (text-only flat at 0.86-0.88), 738 0.24 -> 0.74, 58 0.45 -> 0.78,
-# 532 0.60 -> 0.88, 624 0.59 -> 0.84. Re-measure when the checkpoints change.
+# again on 2026-12-08 with the shipped (grouped-stage2) MF projector: 94 0.26 -> 0.85 (text-only
+# flat at 0.86-0.88), 738 0.24 -> 0.77, 58 0.45 -> 0.81, 532 0.60 -> 0.90, 416 0.63 -> 0.91 (then
+# 624 0.59 -> 0.84, 708, 880, 655; three of the 12 with a full set rank worse with CF: 125, 279, 186). Re-measure
+# when the checkpoints change (docs/experiments.md, 2026-12-08, has the script).
 # The page opens on the first; the Recommend tab lists them all with their liked/disliked counts.
-DEMO_USERS: dict[str, tuple[str, ...]] = {"ml-100k": ("94", "738", "58", "532", "624")}
+DEMO_USERS: dict[str, tuple[str, ...]] = {"ml-100k": ("94", "738", "58", "532", "416")}
 
 
 @dataclass(frozen=True)
