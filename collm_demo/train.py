@@ -229,7 +229,8 @@ def micro_batches(rows: pd.DataFrame, size: int, cfg: TrainConfig, ranks: Ranks)
     if cfg.group_size <= 1:
         return [rows.iloc[s: s + size] for s in range(0, len(rows), size)]
     if ranks.active:
-        raise InputError("grouped training (--group-size > 1) runs in one process, not under torchrun")
+        raise InputError("grouped training (--group-size > 1, as the default recipe's stage 2 trains) runs in one "
+                         "process, not under torchrun: there, train with --recipe paper (row by row)")
     grouped = user_groups(rows, cfg.group_size, cfg.seed)
     starts = np.flatnonzero(np.r_[True, grouped["group"].to_numpy()[1:] != grouped["group"].to_numpy()[:-1]])
     batches, first, count = [], 0, 0

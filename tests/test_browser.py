@@ -332,7 +332,7 @@ def test_lesson_rehearsal(browser, app_url, real_state):
     reading = page.locator("#results-reading").inner_text()
     first_sentence = results_reading(real_state.assets.results()).split("\n")[0]
     assert re.search(r"AUC \d\.\d{4}", first_sentence) and first_sentence.split(":")[1][:20].strip() in reading
-    assert table_rows(page, "results-eval") == 5  # text-only, MF, MF without fold-in, like share, CoLLM
+    assert table_rows(page, "results-eval") == 6  # text-only, MF, MF without fold-in, like share, CoLLM, CoLLM by the paper's recipe
     shot(page, "21_lesson_evidence")
 
     # A warm user's test items, scored twice: the same candidates, the same scores, results in view.

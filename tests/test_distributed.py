@@ -52,7 +52,9 @@ def train_both(setup, tiny_llm_dir, stage: str, extra: list[str], lora_from: Pat
         folder = root / f"{stage}_{ranks}"
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(lora_from or base, folder)
-        cli("train", "--stage", stage, "--quick", "--batch-size", str(batch), *extra, "--llm", str(tiny_llm_dir),
+        # the paper's recipe: the default's grouped stage 2 runs in one process only (train.micro_batches)
+        cli("train", "--stage", stage, "--quick", "--recipe", "paper", "--batch-size", str(batch), *extra,
+            "--llm", str(tiny_llm_dir),
             "--data", str(data), "--checkpoints", str(folder), ranks=ranks)
         folders.append(folder)
     return folders[0], folders[1]

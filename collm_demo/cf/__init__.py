@@ -99,8 +99,9 @@ def method_style(key: str) -> tuple[str, str]:
     """(label, colour) of a row of the results: 'MF (CF alone)', 'CoLLM-LightGCN', ... and its chart colour."""
     recipe = split_recipe_row(key)
     if recipe is not None:  # "collm@paper": the CoLLM row of another recipe than the shipped one
-        base, name = recipe
-        return f"{method_label(base)}, {RECIPE_ROW_LABELS.get(name, f'recipe {name}')}", RECIPE_ROW_COLOUR
+        base, name = recipe  # short: the headline table must fit a projected page ("CoLLM", "CoLLM-LightGCN")
+        short = method_label(base).split(" (")[0]
+        return f"{short}, {RECIPE_ROW_LABELS.get(name, f'recipe {name}')}", RECIPE_ROW_COLOUR
     found = Backend.from_key(key)
     if found is None:
         return OTHER_METHODS[key]

@@ -31,7 +31,7 @@ LIKE_SHARE = "like_share"
 # No CF name holds an '@' (``import-embeddings`` takes letters, digits, '.', '_', '-'), so such a
 # key is never read as a backend.
 RECIPE_MARK = "@"
-RECIPE_ROW_LABELS = {"paper": "the paper's recipe (stage 2 per row)"}
+RECIPE_ROW_LABELS = {"paper": "the paper's recipe"}  # after the CoLLM row's short name: "CoLLM, the paper's recipe"
 RECIPE_ROW_COLOUR = "#91A7FF"
 
 
