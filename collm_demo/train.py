@@ -229,8 +229,7 @@ def micro_batches(rows: pd.DataFrame, size: int, cfg: TrainConfig, ranks: Ranks)
     if cfg.group_size <= 1:
         return [rows.iloc[s: s + size] for s in range(0, len(rows), size)]
     if ranks.active:
-        raise InputError("grouped training (--group-size > 1, as the default recipe's stage 2 trains) runs in one "
-                         "process, not under torchrun: there, train with --recipe paper (row by row)")
+        raise InputError("grouped training (--group-size > 1) runs in one process, not under torchrun")  # run() says so first
     grouped = user_groups(rows, cfg.group_size, cfg.seed)
     starts = np.flatnonzero(np.r_[True, grouped["group"].to_numpy()[1:] != grouped["group"].to_numpy()[:-1]])
     batches, first, count = [], 0, 0
@@ -404,6 +403,11 @@ def run(stages: list[str], cfg: TrainConfig, out_dir: Path = CHECKPOINT_DIR, llm
     # the model's own matmul shape before choosing it, see device.py). The CF stage runs in float32.
     runtime = Runtime(resolve_device(cfg.device), "fp32", "the CF stage runs in float32")
     ranks = init_ranks(runtime.device.type)
+    grouped = [s for s in ("lora", "projector") if s in stages and cfg.for_stage(s).group_size > 1]
+    if ranks.active and grouped:  # said before any stage runs, not after hours of stage 1
+        raise InputError(f"the {' and '.join(grouped)} stage of recipe {cfg.recipe} trains on user groups "
+                         "(--group-size > 1), which runs in one process, not under torchrun: there, train with "
+                         "--recipe paper (row by row)")
     if runtime.device.type == "cuda" and ranks.active:
         runtime = Runtime(torch.device("cuda", ranks.local_rank), runtime.precision, runtime.reason)
     _QUIET["quiet"] = not ranks.is_main

@@ -28,12 +28,13 @@ WEIGHT_TOLERANCE = 2e-3
 pytestmark = pytest.mark.fp32
 
 
-def cli(*args: str, ranks: int = 1) -> None:
+def cli(*args: str, ranks: int = 1, expect: int = 0) -> str:
     launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(ranks)] if ranks > 1 else []
     # float32 pinned: the tolerances below are float32's (bf16 training diverges between 1 and 2 ranks)
     proc = subprocess.run([sys.executable, *launcher, "-m", "collm_demo", *args, "--precision", "fp32"],
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == (expect == 0), proc.stderr[-3000:]
+    return proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,15 @@ def test_shares_of_a_global_batch():
     (first, w0), (second, w1) = Ranks(0, 2).share(tail), Ranks(1, 2).share(tail)
     assert list(first["x"]) == [9] and w0.tolist() == [1.0]
     assert list(second["x"]) == [9] and w1.tolist() == [0.0]  # padding: runs, weighs nothing
+
+
+def test_the_default_recipe_is_refused_under_torchrun_before_any_stage_runs(setup, tiny_llm_dir):
+    """Its grouped stage 2 runs in one process: ``train --stage all`` says so at once, with the way
+    out, instead of after stage 1 (hours on a real model)."""
+    root, data, base = setup
+    folder = root / "refused"
+    shutil.copytree(base, folder, dirs_exist_ok=True)
+    err = cli("train", "--stage", "all", "--quick", "--llm", str(tiny_llm_dir), "--data", str(data),
+              "--checkpoints", str(folder), ranks=2, expect=2)
+    assert "the projector stage of recipe grouped-stage2" in err and "--recipe paper" in err
+    assert not (folder / "lora").exists() and "lora" not in json.loads((folder / "manifest.json").read_text())["stages"]
