@@ -21,6 +21,7 @@ from .config import (
     DEFAULT_CF,
     DEFAULT_RECIPE,
     DEVICES,
+    HISTORY_STYLES,
     INSIDE_PATH,
     INSIDE_ROWS,
     NOT_RECIPE_FIELDS,
@@ -107,7 +108,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     recipe = cfg.to_dict()
     for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim", "batch_size", "grad_accum",
                  "lora_dropout", "device", "precision", "group_size", "pairwise_weight", "eval_every",
-                 "projector_lora_lr", "similarity_weight"):
+                 "projector_lora_lr", "similarity_weight", "history_style"):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
     if getattr(args, "eval_every", None) is not None:  # an explicit cadence is both stages' cadence
@@ -321,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--separate-projectors", action="store_true",
                          help="stage 2: users get a projector MLP of their own (beyond the paper, which maps users "
                               "and items with one)")
+    p_train.add_argument("--history-style", choices=list(HISTORY_STYLES), default=None,
+                         help="how the LLM stages' prompts show the history: marked (default: the last ten films "
+                              "with (liked)/(disliked) marks) or liked (the paper's: the last <= 10 liked films, "
+                              "unmarked); recorded in the manifest, read back by every command")
     p_train.add_argument("--eval-every", type=positive_int, default=None,
                          help="optimiser steps between early-stopping checks")
     p_train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (large LLMs)")

@@ -31,7 +31,7 @@ from .cf import Backend, CFModel, backend, load_cf
 from .cf.backend import CF_FILE_GLOB
 from .cf.foldin import DEFAULT_L2, parse_l2
 from .collm import Projector
-from .config import CHECKPOINT_DIR
+from .config import CHECKPOINT_DIR, HISTORY_STYLES
 from .errors import CheckpointError, CoLLMError
 from .llm import LoadedLLM, resolve_llm_name
 
@@ -117,6 +117,27 @@ def projector_recipe(record: dict) -> str:
     if _grouping(record) == (1, 0.0):
         return "paper"  # recorded before recipes were: the per-row stage of the paper
     return "a grouped variant (no recipe recorded)"
+
+
+def history_style(manifest: dict, projector_stage: str | None = None) -> str:
+    """How the folder's prompts show the history (config.HISTORY_STYLES): what its stage-1 LoRA was
+    trained on ("marked" for records from before the style was recorded). A projector stage
+    (``projector_stage``, its manifest key) trained on another style than the LoRA is refused: the
+    two were trained to read different prompts."""
+    stages = manifest.get("stages") or {}
+    style = _style(stages.get("lora"))
+    record = stages.get(projector_stage) if projector_stage else None
+    if record and _style(record) != style:
+        raise CheckpointError(f"the {projector_stage} stage was trained on prompts with the {_style(record)} history "
+                              f"and the LoRA on the {style} history: retrain one of them (train --history-style)")
+    return style
+
+
+def _style(record: dict | None) -> str:
+    style = str((record or {}).get("history_style", "marked"))
+    if style not in HISTORY_STYLES:
+        raise CheckpointError(f"manifest: history style {_short(style)} is not one of {', '.join(HISTORY_STYLES)}")
+    return style
 
 
 def _grouping(record: dict) -> tuple[int, float]:

@@ -25,31 +25,39 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import PROJECTOR_EXPAND, use_gqa_attention
+from .config import HISTORY_STYLES, PROJECTOR_EXPAND, use_gqa_attention
 from .device import Runtime
 from .llm import answer_token_ids
 from .packing import Batch, Prompt, Slot, pack
 from .scoring import ScoringMixin
 
 USER_SLOT, ITEM_SLOT = "<UserID>", "<ItemID>"
+# The opening of each history style (config.HISTORY_STYLES).
+OPENINGS = {"marked": "#Question: A user has rated the following movies: ",
+            "liked": "#Question: A user has given high ratings to the following movies: "}
 
 
 # ----------------------------------------------------------------------------- prompts
 
-def history_phrase(titles: Sequence[str], labels: Sequence[int] | None) -> str:
-    """'"Heat" (liked), "Jaws" (disliked)': CoLLM lists liked items; we mark both kinds."""
+def history_phrase(titles: Sequence[str], labels: Sequence[int] | None, style: str = "marked") -> str:
+    """'"Heat" (liked), "Jaws" (disliked)': CoLLM lists liked items; we mark both kinds. With
+    ``style="liked"`` (the paper's) only the liked titles, unmarked ('"Heat"'); "none" if there are none."""
+    if style == "liked":
+        liked = [t for n, t in enumerate(titles) if labels is None or int(labels[n])]
+        return ", ".join(f'"{t}"' for t in liked) or "none"
     if labels is None:
         return ", ".join(f'"{t}"' for t in titles)
     return ", ".join(f'"{t}" ({"liked" if int(y) else "disliked"})' for t, y in zip(titles, labels))
 
 
-def prompt_pieces(history: str, target_title: str, with_cf: bool) -> tuple[list[str], list[str]]:
+def prompt_pieces(history: str, target_title: str, with_cf: bool,
+                  style: str = "marked") -> tuple[list[str], list[str]]:
     """Text pieces of the prefix and the suffix; slots as their marker strings.
 
     The first piece (the opening, up to the end of the history) is the same with and without CF,
     so both modes of one user can share its encoding. Tokenising it apart changes no token: a
     byte-level BPE never merges across the "." / " Additionally" (or " Leverage") boundary."""
-    opening = f"#Question: A user has rated the following movies: {history}."
+    opening = f"{OPENINGS[style]}{history}."
     closing = '? Answer with "Yes" or "No".\n#Answer:'
     if with_cf:
         prefix = [opening, " Additionally, we have information about the user's preferences encoded in the "
@@ -63,8 +71,11 @@ def prompt_pieces(history: str, target_title: str, with_cf: bool) -> tuple[list[
 
 
 class PromptBuilder:
-    def __init__(self, tokenizer, placeholder_id: int | None = None):
+    def __init__(self, tokenizer, placeholder_id: int | None = None, history_style: str = "marked"):
+        if history_style not in HISTORY_STYLES:
+            raise ValueError(f"history style {history_style!r} is not one of {', '.join(HISTORY_STYLES)}")
         self.tokenizer = tokenizer
+        self.history_style = history_style
         # Any id works: the slot's embedding is overwritten before the LLM sees it.
         self.placeholder_id = placeholder_id if placeholder_id is not None else (tokenizer.unk_token_id or 0)
         self._cache: dict[str, list[int]] = {}
@@ -89,8 +100,9 @@ class PromptBuilder:
 
     def build(self, history_titles: Sequence[str], history_labels: Sequence[int] | None,
               target_title: str, with_cf: bool) -> Prompt:
+        style = self.history_style
         prefix_pieces, suffix_pieces = prompt_pieces(
-            history_phrase(history_titles, history_labels), target_title, with_cf)
+            history_phrase(history_titles, history_labels, style), target_title, with_cf, style)
         prefix, user_slot = self._join(prefix_pieces)
         suffix, item_slot = self._join(suffix_pieces)
         return Prompt(prefix, suffix, user_slot, item_slot, shared=len(self._encode(prefix_pieces[0])))
@@ -99,7 +111,8 @@ class PromptBuilder:
         """One label per position of ``prompt.ids``: "user slot", "item slot", "title" (the candidate's
         quoted title), "history" (the rated movies, from after "movies:" to the end of the opening)
         or "template" (the rest of the instruction)."""
-        opening = prompt_pieces("\0", target_title, prompt.user_slot is not None)[0][0].split("\0")[0].rstrip()
+        opening = prompt_pieces("\0", target_title, prompt.user_slot is not None,
+                                self.history_style)[0][0].split("\0")[0].rstrip()
         head = _common_prefix(self._encode(opening), prompt.prefix)
         title = _common_prefix(self._encode(f' "{target_title}"'), prompt.suffix)
         labels = ["template"] * len(prompt)
@@ -121,9 +134,10 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def prompt_text(history_titles: Sequence[str], history_labels: Sequence[int] | None,
-                target_title: str, with_cf: bool) -> str:
+                target_title: str, with_cf: bool, history_style: str = "marked") -> str:
     """The prompt as text, slots shown as <UserID> / <ItemID> (for display)."""
-    prefix, suffix = prompt_pieces(history_phrase(history_titles, history_labels), target_title, with_cf)
+    prefix, suffix = prompt_pieces(history_phrase(history_titles, history_labels, history_style), target_title,
+                                   with_cf, history_style)
     return "".join(" " + p if p in (USER_SLOT, ITEM_SLOT) else p for p in prefix + suffix)
 
 
@@ -206,7 +220,7 @@ class CoLLM(ScoringMixin, nn.Module):
 
     def __init__(self, llm: nn.Module, tokenizer, projector: Projector | None = None,
                  runtime: Runtime | None = None, lock: threading.RLock | None = None,
-                 cf_adapter: str | None = None):
+                 cf_adapter: str | None = None, history_style: str = "marked"):
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
@@ -220,7 +234,7 @@ class CoLLM(ScoringMixin, nn.Module):
         if self.runtime.device.type == "cpu":
             use_gqa_attention()
         self.lock = lock or threading.RLock()
-        self.builder = PromptBuilder(tokenizer)
+        self.builder = PromptBuilder(tokenizer, history_style=history_style)
         self.yes_id, self.no_id = answer_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 

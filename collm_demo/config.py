@@ -176,6 +176,13 @@ class ProtocolConfig:
         raise InputError(f"protocol {name!r} is not one of {', '.join(PROTOCOLS)}")
 
 
+# How a prompt shows a row's history (``TrainConfig.history_style``; the LoRA and the projector
+# are trained for one): "marked", the last ten interactions with "(liked)" / "(disliked)" marks
+# (this project's default); "liked", the paper's: the last <= 10 liked films, from the user's whole
+# past, titles only, after "A user has given high ratings to the following movies:".
+HISTORY_STYLES = ("marked", "liked")
+
+
 # Named training recipes (``train --recipe``): the overrides of TrainConfig's fields that make each.
 # "paper": CoLLM as published (per-row BCE, the LoRA frozen in stage 2, projector lr 1e-3), the
 # defaults below. "grouped": both LLM stages on user groups of 8 sharing one history with the
@@ -208,6 +215,9 @@ class TrainConfig:
     # Training values a command-line flag set away from the recipe's (empty: the recipe exactly),
     # so a stage's manifest record says whether it is the named recipe or a variant of it.
     recipe_overrides: tuple[str, ...] = ()
+    # How the LLM stages' prompts show the history (HISTORY_STYLES); both LLM stages use one, and
+    # every command that loads the folder reads it back from the manifest (checkpoints.history_style).
+    history_style: str = "marked"
     # --- CF model (matrix factorisation) ---
     cf_dim: int = 64  # MF latent dimension (paper searched 64/128/256)
     cf_epochs: int = 40  # upper bound; early stopping on valid AUC decides

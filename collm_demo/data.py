@@ -19,7 +19,7 @@ import io
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -397,6 +397,9 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
     user_train = train["user"].value_counts()
     item_train = train["item"].value_counts()
     inter["history_items"], inter["history_labels"] = histories(inter, protocol)
+    # The paper's history (the last <= 10 liked films strictly earlier, from the whole past), which
+    # the prompts show with ``--history-style liked``; the CF fold-in keeps reading the one above.
+    inter["liked_items"] = histories(inter, replace(protocol, history_positive_only=True))[0]
     inter["user_train_count"] = inter["user"].map(user_train).fillna(0).astype(int)
     inter["item_train_count"] = inter["item"].map(item_train).fillna(0).astype(int)
     inter["cold_user"] = inter["user_train_count"] < protocol.warm_min
@@ -404,7 +407,7 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
     inter["warm"] = ~(inter["cold_user"] | inter["cold_item"])
     has_history = inter["history_items"].map(len) > 0
     rows = inter[has_history | protocol.keep_empty_history].reset_index(drop=True)
-    return Dataset(name=name, interactions=inter.drop(columns=["history_items", "history_labels"]),
+    return Dataset(name=name, interactions=inter.drop(columns=["history_items", "history_labels", "liked_items"]),
                    items=items, rows=rows, counts=split_counts(inter, rows, items), protocol=protocol)
 
 

@@ -50,6 +50,8 @@ def user_groups(rows: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
             first = group.iloc[0]
             group["history_items"] = [first["history_items"]] * len(group)
             group["history_labels"] = [first["history_labels"]] * len(group)
+            if "liked_items" in group:  # the paper's history style: the first row's, too
+                group["liked_items"] = [first["liked_items"]] * len(group)
             pieces.append(group)
     order = np.random.default_rng(seed).permutation(len(pieces))
     out = pd.concat([pieces[n] for n in order])

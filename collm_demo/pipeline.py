@@ -43,11 +43,12 @@ from .checkpoints import (
     available_backends,
     check_lora,
     check_manifest,
+    history_style,
     load_backend,
     projector_training,
     read_manifest,
 )
-from .collm import CoLLM, Inspection, Prompt
+from .collm import CoLLM, Inspection, Prompt, prompt_text
 from .config import CHECKPOINT_DIR, DEFAULT_CF, ProtocolConfig
 from .data import Dataset, history_like_share, load_dataset
 from .device import Runtime
@@ -167,9 +168,28 @@ class Pipeline:
         return [build([title(i) for i in hist], list(lab), title(item), with_cf)
                 for hist, lab, item in zip(histories, labels, items)]
 
+    def prompt_text(self, history: Sequence[str], labels: Sequence[int], item: str, with_cf: bool) -> str:
+        """A profile's prompt for ``item`` as text, as this folder's prompts show it (the slots as
+        <UserID> / <ItemID>; for display)."""
+        title = self.dataset.title
+        return prompt_text([title(i) for i in history], list(labels), title(item), with_cf, self.history_style)
+
     def prompts(self, rows: pd.DataFrame, with_cf: bool) -> list[Prompt]:
-        return self.prompts_for(rows["history_items"].tolist(), rows["history_labels"].tolist(),
-                                rows["item"].tolist(), with_cf)
+        return self.prompts_for(*self.prompt_histories(rows), rows["item"].tolist(), with_cf)
+
+    @property
+    def history_style(self) -> str:
+        """How the prompts show a history (config.HISTORY_STYLES), as the folder's LoRA was trained."""
+        return self.model.builder.history_style
+
+    def prompt_histories(self, rows: pd.DataFrame) -> tuple[list, list]:
+        """(items, labels) of the history each row's prompt shows: the row's last ten interactions,
+        or with the paper's style its last <= 10 liked films from the whole past (``liked_items``;
+        rows made for a profile have none, and the builder keeps the liked films of theirs)."""
+        if self.history_style == "liked" and "liked_items" in rows:
+            liked = rows["liked_items"].tolist()
+            return liked, [(1,) * len(h) for h in liked]
+        return rows["history_items"].tolist(), rows["history_labels"].tolist()
 
     @property
     def text_mode(self) -> str:
@@ -205,8 +225,7 @@ class Pipeline:
             users, items = self.cf_vectors(rows, for_tokens=True)
         # Rows of one user with the same history share their prompt prefix: score_shared
         # encodes each distinct prefix once (about half as many as rows on ML-100K's test split).
-        return self._score_llm(rows["history_items"].tolist(), rows["history_labels"].tolist(),
-                               rows["item"].tolist(), modes, users, items, progress)
+        return self._score_llm(*self.prompt_histories(rows), rows["item"].tolist(), modes, users, items, progress)
 
     def joint_methods(self, methods: Sequence[str]) -> tuple[str, ...]:
         """Methods that can be scored in one call: text-only and CoLLM share the LoRA and the history."""
@@ -240,8 +259,8 @@ class Pipeline:
     def score_cf_rows(self, rows: pd.DataFrame, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         """CoLLM's scores of protocol rows with the CF slots holding the given vectors (ablations:
         e.g. every user token at the no-information vector)."""
-        return self._score_llm(rows["history_items"].tolist(), rows["history_labels"].tolist(), rows["item"].tolist(),
-                               ["collm"], user_vecs, item_vecs)["collm"]
+        return self._score_llm(*self.prompt_histories(rows), rows["item"].tolist(), ["collm"], user_vecs,
+                               item_vecs)["collm"]
 
     # ---- a profile: what the app asks -------------------------------------------------
     def user_token_vector(self, user: str | None, history: Sequence[str], labels: Sequence[int],
@@ -437,8 +456,9 @@ def with_backend(base: Pipeline, checkpoint_dir: str | Path, cf_name: str) -> Pi
     if base.has_lora and projector is not None:
         with base.model.lock:  # adding an adapter to the shared peft model
             cf_adapter = load_cf_adapter(base.model.llm, Path(checkpoint_dir), cf_name)
+    style = history_style(base.manifest, backend(cf_name).projector_stage if projector is not None else None)
     model = CoLLM(base.model.llm, base.model.tokenizer, projector, runtime=base.model.runtime, lock=base.model.lock,
-                  cf_adapter=cf_adapter)
+                  cf_adapter=cf_adapter, history_style=style)
     notice = "" if base.has_lora else base.notice  # the base's note may be about its own CF files
     return Pipeline(base.dataset, base.llm, model, cf, base.manifest, base.has_lora, notice, cf_name, base.ranks)
 
@@ -526,7 +546,8 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
                   data_path: str | None = None, cf_name: str = DEFAULT_CF, bf16: bool | None = None,
                   dataset: Dataset | None = None, llm: LoadedLLM | None = None,
                   with_lora: bool = True, runtime: Runtime | None = None, ranks: Ranks | None = None,
-                  protocol: ProtocolConfig | None = None, allow_other_data: bool = True) -> Pipeline:
+                  protocol: ProtocolConfig | None = None, allow_other_data: bool = True,
+                  replaces_projector: bool = False) -> Pipeline:
     """Everything the app and evaluation need, on ``runtime``'s device and precision (see
     ``runtime_for``). ``with_lora=False`` leaves a saved adapter unloaded: stage 1 re-trained in
     a folder that already holds one must start from the plain LLM, not stack a second adapter.
@@ -534,7 +555,9 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
     The LLM is ``llm``, else ``llm_name`` (``--llm`` / ``COLLM_LLM``), else the embedded default:
     never a path read from the checkpoint folder, whose manifest is only checked against it.
     ``allow_other_data=False`` (evaluation, the app) refuses checkpoints whose manifest records
-    other data than ``dataset`` (``check_data``); training, which rewrites that record, allows it."""
+    other data than ``dataset`` (``check_data``); training, which rewrites that record, allows it.
+    ``replaces_projector`` (stage 2): the folder's projector is about to be replaced, so it is not
+    refused for having been trained on another history style than the LoRA."""
     runtime = runtime_for(runtime, bf16)
     checkpoint_dir = Path(checkpoint_dir)
     if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
@@ -570,7 +593,10 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
     elif with_lora:  # a deliberate skip (stage 1 retraining) is not a missing file
         notes.insert(1 if cf is None else 0, "no LoRA adapter (lora/)")
     cf_adapter = load_cf_adapter(model_llm, checkpoint_dir, cf_name) if has_lora and projector is not None else None
-    model = CoLLM(model_llm, llm.tokenizer, projector, runtime=runtime, cf_adapter=cf_adapter)
+    # the style the LoRA was trained on (without one, the plain LLM reads the default's)
+    checked = projector is not None and not replaces_projector
+    style = history_style(manifest, backend(cf_name).projector_stage if checked else None) if has_lora else "marked"
+    model = CoLLM(model_llm, llm.tokenizer, projector, runtime=runtime, cf_adapter=cf_adapter, history_style=style)
     notice = ""
     if notes:
         mode = "CoLLM" if projector is not None else ("text-only" if has_lora else "zero-shot")

@@ -146,7 +146,7 @@ def train_llm_stage(pipeline: Pipeline, stage: str, params: list[torch.nn.Parame
         progress.unlink(missing_ok=True)  # the stage is complete: a rerun starts afresh
     wall = time.time() - started
     return {"recipe": cfg.recipe, "recipe_overrides": list(cfg.recipe_overrides),  # what trained this stage
-            "group_size": cfg.group_size, "pairwise_weight": cfg.pairwise_weight,
+            "history_style": cfg.history_style, "group_size": cfg.group_size, "pairwise_weight": cfg.pairwise_weight,
             "rows_seen": at.seen, "optimiser_steps": at.step, "best_step": stopper.best_step,
             "valid_auc_before": at.history[0]["valid_auc"], "valid_auc_best": round(stopper.best_metric, 4),
             "wall_s": round(wall, 1), "rows_per_s": round((at.seen - seen_before) / max(wall, 1e-9), 2),
@@ -300,8 +300,8 @@ def stage_lora(llm: LoadedLLM, dataset: Dataset, cfg: TrainConfig, out_dir: Path
     lora_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(LORA_TARGETS), bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(llm.model, lora_cfg)
-    pipeline = Pipeline(dataset, llm, CoLLM(peft_model, llm.tokenizer, base.model.projector, runtime=runtime),
-                        base.cf, base.manifest, True, "", base.cf_name, ranks)
+    model = CoLLM(peft_model, llm.tokenizer, base.model.projector, runtime=runtime, history_style=cfg.history_style)
+    pipeline = Pipeline(dataset, llm, model, base.cf, base.manifest, True, "", base.cf_name, ranks)
     params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
     for param in params:
         param.requires_grad_(True)
@@ -320,18 +320,24 @@ def stage_lora(llm: LoadedLLM, dataset: Dataset, cfg: TrainConfig, out_dir: Path
 def stage_projector(cf_name: str, llm: LoadedLLM, dataset: Dataset, cfg: TrainConfig, out_dir: Path,
                     eval_rows: pd.DataFrame, runtime: Runtime, ranks: Ranks) -> dict:
     """Stage 2: only the projector trains, on the CF prompt, LLM and LoRA frozen."""
-    base = load_pipeline(out_dir, llm=llm, dataset=dataset, runtime=runtime, cf_name=cf_name, ranks=ranks)
+    base = load_pipeline(out_dir, llm=llm, dataset=dataset, runtime=runtime, cf_name=cf_name, ranks=ranks,
+                         replaces_projector=True)
     if base.cf is None:
         raise CheckpointError(f"stage 'projector' needs a CF model in {out_dir}: run the 'cf' stage first")
     if not base.has_lora:
         log("[projector] warning: no stage-1 LoRA found; stage 2 on the base LLM")
+    if base.history_style != cfg.history_style:  # the projector learns to help the LoRA read one kind of prompt
+        raise InputError(f"the LoRA in {out_dir} was trained on prompts with the {base.history_style} history, "
+                         f"this stage 2 on the {cfg.history_style} one: train it with --history-style "
+                         f"{base.history_style}, or retrain the LoRA (--stage lora,projector)")
     torch.manual_seed(cfg.seed)
     foldin_l2 = cfg.projector_foldin_l2 if cfg.projector_foldin_l2 is not None else base.cf.foldin_l2
     projector = Projector(base.cf.dim, llm.hidden_size, foldin_l2=foldin_l2,
                           separate_users=cfg.separate_projectors).to(runtime.device)
     spec = backend(cf_name)
     lora = stage2_lora(base, out_dir, spec) if cfg.projector_lora_lr > 0 else None
-    model = CoLLM(base.model.llm, llm.tokenizer, projector, runtime=runtime, cf_adapter=lora and spec.adapter_name)
+    model = CoLLM(base.model.llm, llm.tokenizer, projector, runtime=runtime, cf_adapter=lora and spec.adapter_name,
+                  history_style=cfg.history_style)
     pipeline = Pipeline(dataset, llm, model, base.cf, base.manifest, base.has_lora, "", cf_name, ranks)
     info = train_llm_stage(pipeline, "projector", list(projector.parameters()), projector_rows(dataset, cfg),
                            eval_rows, cfg, cfg.projector_lr, cfg.projector_weight_decay,

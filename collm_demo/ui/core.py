@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..collm import ITEM_SLOT, USER_SLOT, Inspection, prompt_text
+from ..collm import ITEM_SLOT, USER_SLOT, Inspection
 from ..config import MAX_CANDIDATES
 from ..embedding_map import nearest_words, place
 from ..errors import InputError
@@ -217,7 +217,7 @@ def compare(state: AppState, user_id, item_ids, cf_model=None) -> list[dict]:
 def prompt_html(state: AppState, profile: Profile, item: str, with_cf: bool) -> str:
     """The exact prompt text, the two CF slots highlighted."""
     title = state.dataset.title
-    text = prompt_text([title(i) for i in profile.items], profile.labels, title(item), with_cf)
+    text = state.pipeline().prompt_text(profile.items, profile.labels, item, with_cf)
     out = html.escape(text)
     out = out.replace(html.escape(USER_SLOT), f'<span class="slot slot-user" title="overwritten by the '
                       f'projected user CF vector">{html.escape(USER_SLOT)}</span>')
