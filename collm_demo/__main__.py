@@ -108,7 +108,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     recipe = cfg.to_dict()
     for name in ("lora_rows", "projector_rows", "lora_lr", "projector_lr", "cf_dim", "batch_size", "grad_accum",
                  "lora_dropout", "device", "precision", "group_size", "pairwise_weight", "eval_every",
-                 "projector_lora_lr", "similarity_weight", "history_style"):
+                 "projector_lora_lr", "similarity_weight", "history_style", "projector_token_norm"):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
     if getattr(args, "eval_every", None) is not None:  # an explicit cadence is both stages' cadence
@@ -322,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--separate-projectors", action="store_true",
                          help="stage 2: users get a projector MLP of their own (beyond the paper, which maps users "
                               "and items with one)")
+    p_train.add_argument("--projector-token-norm", type=non_negative_float, default=None,
+                         help="stage 2: rescale every mapped token to this L2 norm (0: the mean norm of the LLM's "
+                              "word embeddings; beyond the paper, whose tokens are unscaled, the default)")
     p_train.add_argument("--history-style", choices=list(HISTORY_STYLES), default=None,
                          help="how the LLM stages' prompts show the history: marked (default: the last ten films "
                               "with (liked)/(disliked) marks) or liked (the paper's: the last <= 10 liked films, "

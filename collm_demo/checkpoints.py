@@ -184,6 +184,8 @@ def save_projector(projector: Projector, path: str | Path, cf_kind: str) -> None
                 "separate_users": str(projector.separate_users).lower()}
     if projector.foldin_l2 is not None:
         metadata["foldin_l2"] = str(projector.foldin_l2)
+    if projector.token_norm is not None:
+        metadata["token_norm"] = str(projector.token_norm)
     save_file({k: v.detach().contiguous() for k, v in projector.state_dict().items()}, str(path),
               metadata=metadata)
 
@@ -207,6 +209,13 @@ def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector
     except CoLLMError as error:
         raise CheckpointError(f"{path}: the recorded fold-in strength is unusable ({error}); retrain the "
                               "projector (train --stage projector)") from None
+    try:  # absent: the paper's unscaled tokens (every file from before the option)
+        token_norm = float(meta["token_norm"]) if "token_norm" in meta else None
+        if token_norm is not None and not 0 < token_norm < float("inf"):
+            raise ValueError(token_norm)
+    except ValueError:
+        raise CheckpointError(f"{path}: the recorded token norm {_short(meta['token_norm'])} is not a positive "
+                              "number; retrain the projector (train --stage projector)") from None
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as err:
@@ -214,7 +223,7 @@ def load_projector(path: str | Path, hidden_size: int, cf_dim: int) -> Projector
     # Users mapped by their own MLP (``Projector.separate_users``): its weights say so; a file from
     # before the option has none.
     separate = any(name.startswith("user_net.") for name in weights)
-    projector = Projector(cf_dim, hidden_size, foldin_l2=foldin_l2, separate_users=separate)
+    projector = Projector(cf_dim, hidden_size, foldin_l2=foldin_l2, separate_users=separate, token_norm=token_norm)
     # Before load_state_dict: it would silently cast integer tensors into the float parameters.
     check_float_tensors(path, weights, "projector weights")
     try:

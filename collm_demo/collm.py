@@ -152,9 +152,13 @@ class Projector(nn.Module):
     """
 
     def __init__(self, cf_dim: int, hidden_size: int, expand: int = PROJECTOR_EXPAND, foldin_l2: float | None = None,
-                 separate_users: bool = False):
+                 separate_users: bool = False, token_norm: float | None = None):
         super().__init__()
         self.cf_dim, self.hidden_size, self.expand = cf_dim, hidden_size, expand
+        # Every token rescaled to this L2 norm (beyond the paper, issue 26's token-norm lever: a word
+        # embedding's norm keeps a token from swamping the residual stream at its position); None:
+        # the MLP's output as it comes, the paper's.
+        self.token_norm = token_norm
         # Fold-in strength of the user vectors it was trained on (users unseen in training are
         # folded in from their history, see foldin.py); it must be fed vectors made the same way.
         # None: the CF model's own strength.
@@ -171,7 +175,12 @@ class Projector(nn.Module):
     def forward(self, cf_vectors: torch.Tensor, users: torch.Tensor | bool | None = None) -> torch.Tensor:
         """The tokens of ``cf_vectors`` (N, d). ``users``: True / a (N,) mask of the rows that are
         users; ignored by a shared projector, required by one with ``separate_users``."""
-        vectors = cf_vectors.float()
+        tokens = self._map(cf_vectors.float(), users)
+        if self.token_norm is None:
+            return tokens
+        return tokens * (self.token_norm / tokens.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+    def _map(self, vectors: torch.Tensor, users: torch.Tensor | bool | None) -> torch.Tensor:
         if self.user_net is None:
             return self.net(vectors)
         if users is None:

@@ -253,6 +253,9 @@ class TrainConfig:
     # Stage 2: users get a projector MLP of their own instead of sharing the items' (collm.Projector;
     # beyond the paper, whose code has the separate pair only as commented-out lines); False = the paper's.
     separate_projectors: bool = False
+    # Stage 2: every mapped token rescaled to this L2 norm; 0 = the mean norm of the LLM's word
+    # embeddings (beyond the paper: issue 26's token-norm lever); None = unscaled, the paper's.
+    projector_token_norm: float | None = None
     # --- shared ---
     batch_size: int = 8
     grad_accum: int = 2  # effective batch 16 as in the paper

@@ -332,8 +332,11 @@ def stage_projector(cf_name: str, llm: LoadedLLM, dataset: Dataset, cfg: TrainCo
                          f"{base.history_style}, or retrain the LoRA (--stage lora,projector)")
     torch.manual_seed(cfg.seed)
     foldin_l2 = cfg.projector_foldin_l2 if cfg.projector_foldin_l2 is not None else base.cf.foldin_l2
-    projector = Projector(base.cf.dim, llm.hidden_size, foldin_l2=foldin_l2,
-                          separate_users=cfg.separate_projectors).to(runtime.device)
+    token_norm = cfg.projector_token_norm
+    if token_norm == 0:  # a word's: the mean L2 norm of the LLM's input embeddings
+        token_norm = round(float(llm.model.get_input_embeddings().weight.float().norm(dim=-1).mean()), 4)
+    projector = Projector(base.cf.dim, llm.hidden_size, foldin_l2=foldin_l2, separate_users=cfg.separate_projectors,
+                          token_norm=token_norm).to(runtime.device)
     spec = backend(cf_name)
     lora = stage2_lora(base, out_dir, spec) if cfg.projector_lora_lr > 0 else None
     model = CoLLM(base.model.llm, llm.tokenizer, projector, runtime=runtime, cf_adapter=lora and spec.adapter_name,
@@ -348,7 +351,7 @@ def stage_projector(cf_name: str, llm: LoadedLLM, dataset: Dataset, cfg: TrainCo
         save_stage2_lora(model.llm, out_dir, spec, trained=lora is not None)
     return info | {"rows_from": "valid minus the early-stop rows (seeded random sample)",
                    "projector": {"cf": cf_name, "cf_dim": base.cf.dim, "hidden": projector.expand * base.cf.dim,
-                                 "separate_users": projector.separate_users,
+                                 "separate_users": projector.separate_users, "token_norm": token_norm,
                                  "user_foldin_l2": foldin_l2, "out": llm.hidden_size, "file": spec.projector_file},
                    "stage2_lora": ({"dir": spec.lora_dir, "lr": cfg.projector_lora_lr, "from": "lora (stage 1)"}
                                    if lora else None)}
