@@ -106,20 +106,27 @@ def results_table(results: dict) -> str:
     if side_by_side:
         lines += ["", "Every CF backend alone and inside CoLLM (same LLM, same LoRA, its own projector), AUC "
                       "(UAUC on all rows):", "",
-                  "| CF backend | alone: all | warm | cold | CoLLM: all | warm | cold | CoLLM − alone (all) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| CF backend | alone: all | warm | cold | CoLLM: all | warm | cold | CoLLM − alone (all) "
+                  "| CoLLM, the paper's recipe: all |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+
+        def paper(collm: str) -> str:  # the same backend's CoLLM trained as the paper trains it, where measured
+            row = methods.get(recipe_row(collm, "paper"))
+            return f"{row['all']['auc']:.4f} ({row['all']['uauc']:.4f})" if row else "—"
+
         for alone, collm in pairs:
             a, c = methods[alone], methods[collm]
             name = method_label(alone).replace(" (CF alone)", "")
             lines.append(f"| {name} | {a['all']['auc']:.4f} ({a['all']['uauc']:.4f}) | {a['warm']['auc']:.4f} | "
                          f"{a['cold']['auc']:.4f} | {c['all']['auc']:.4f} ({c['all']['uauc']:.4f}) | "
                          f"{c['warm']['auc']:.4f} | {c['cold']['auc']:.4f} | "
-                         f"{c['all']['auc'] - a['all']['auc']:+.4f} |")
+                         f"{c['all']['auc'] - a['all']['auc']:+.4f} | {paper(collm)} |")
         for alone in unpaired:
             a = methods[alone]
             name = method_label(alone).replace(" (CF alone)", "")
             lines.append(f"| {name} | {a['all']['auc']:.4f} ({a['all']['uauc']:.4f}) | {a['warm']['auc']:.4f} | "
-                         f"{a['cold']['auc']:.4f} | — | — | — | no CoLLM row: projector not evaluated |")
+                         f"{a['cold']['auc']:.4f} | — | — | — | no CoLLM row: projector not evaluated | "
+                         f"{paper(backend(alone).collm_key)} |")
     return "\n".join(lines)
 
 

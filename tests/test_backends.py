@@ -212,6 +212,15 @@ def test_the_paper_recipe_keeps_its_row_beside_the_shipped_one():
     assert rows[-2:] == [method_label("collm"), method_label(key)]
     assert HEADLINE.index(key) == HEADLINE.index("collm") + 1
     assert ordered_methods({"methods": methods}).index(key) == ordered_methods({"methods": methods}).index("collm") + 1
+    # another backend's paper-recipe row: its own column in the backends table, after its CoLLM row in the app
+    methods["collm_lightgcn@paper"] = cell(0.69)
+    backends = results_table({"methods": methods}).split("Every CF backend")[1]
+    rows = {line.split(" | ")[0].strip("| "): line for line in backends.splitlines() if line.startswith("| ")}
+    assert rows["MF"].endswith("| 0.7100 (0.6100) |") and rows["LightGCN"].endswith("| 0.6900 (0.5900) |")
+    order = ordered_methods({"methods": methods})
+    assert order.index("collm_lightgcn@paper") == order.index("collm_lightgcn") + 1
+    del methods[key]
+    assert results_table({"methods": methods}).split("Every CF backend")[1].splitlines()[4].endswith("| — |")
 
 
 def write_csv_pair(folder):

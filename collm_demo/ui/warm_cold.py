@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .. import inside
-from ..cf import Backend, backend, method_colour, method_label, recipe_row
+from ..cf import Backend, backend, method_colour, method_label, recipe_row, split_recipe_row
 from ..config import DEFAULT_CF
 from ..evaluate import SLICES
 from . import simulator
@@ -53,13 +53,21 @@ def ordered_methods(results: dict | None) -> list[str]:
     first = [k for k in HEADLINE if k in methods]
     rest = [k for k in methods if k not in first]
     pairs = []
+
+    def recipe_rows(collm: str) -> list[str]:  # "collm_x@paper" right after "collm_x"
+        return [k for k in rest if (found := split_recipe_row(k)) and found[0] == collm]
+
     for key in rest:
         found = Backend.from_key(key)  # (its backend, whether CoLLM) or None
-        if found and found[1] and found[0].alone_key in rest:
-            continue  # placed after its backend alone
+        recipe = split_recipe_row(key)
+        if (found and found[1] and found[0].alone_key in rest) or (recipe and recipe[0] in rest):
+            continue  # placed after its backend alone / after its shipped CoLLM row
         pairs.append(key)
         if found and not found[1] and found[0].collm_key in rest:
             pairs.append(found[0].collm_key)
+            pairs += recipe_rows(found[0].collm_key)
+        elif found and found[1]:
+            pairs += recipe_rows(key)
     return first + pairs
 
 
