@@ -19,7 +19,7 @@ import io
 import math
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -396,10 +396,9 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
     train = inter[inter["split"] == "train"]
     user_train = train["user"].value_counts()
     item_train = train["item"].value_counts()
-    inter["history_items"], inter["history_labels"] = histories(inter, protocol)
-    # The paper's history (the last <= 10 liked films strictly earlier, from the whole past), which
-    # the prompts show with ``--history-style liked``; the CF fold-in keeps reading the one above.
-    inter["liked_items"] = histories(inter, replace(protocol, history_positive_only=True))[0]
+    # ``liked_items``: the paper's history (the last <= 10 liked films strictly earlier, from the whole
+    # past), which the prompts show with ``--history-style liked``; the CF fold-in reads the other.
+    inter["history_items"], inter["history_labels"], inter["liked_items"] = histories(inter, protocol)
     inter["user_train_count"] = inter["user"].map(user_train).fillna(0).astype(int)
     inter["item_train_count"] = inter["item"].map(item_train).fillna(0).astype(int)
     inter["cold_user"] = inter["user_train_count"] < protocol.warm_min
@@ -411,14 +410,15 @@ def build_protocol(name: str, inter: pd.DataFrame, items: pd.DataFrame,
                    items=items, rows=rows, counts=split_counts(inter, rows, items), protocol=protocol)
 
 
-def histories(inter: pd.DataFrame, protocol: ProtocolConfig) -> tuple[list[tuple], list[tuple]]:
-    """(items, labels) of each interaction's history, in the order of ``inter``'s rows: the last
-    ``history_len`` interactions of its user before it (only the liked ones with
-    ``history_positive_only``)."""
+def histories(inter: pd.DataFrame, protocol: ProtocolConfig) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """(items, labels, liked items) of each interaction's history, in the order of ``inter``'s rows:
+    the last ``history_len`` interactions of its user before it (only the liked ones with
+    ``history_positive_only``), and the last ``history_len`` liked ones before it, in one pass."""
     # Walk each user's interactions in time order; rows sharing a timestamp share the history of
     # everything strictly earlier (no peeking at same-time rows).
     hist_items: list[tuple] = [()] * len(inter)
     hist_labels: list[tuple] = [()] * len(inter)
+    hist_liked: list[tuple] = [()] * len(inter)
     order = inter.sort_values(["user", "timestamp"], kind="stable")
     k = protocol.history_len
     for _, group in order.groupby("user", sort=False):
@@ -432,16 +432,16 @@ def histories(inter: pd.DataFrame, protocol: ProtocolConfig) -> tuple[list[tuple
         for j in range(len(idx)):
             if j > 0 and stamps[j] != stamps[j - 1]:
                 start = j
+            count = int(liked_before[start])
+            liked = tuple(its[n] for n in liked_at[max(0, count - k): count])
+            hist_liked[idx[j]] = liked
             if protocol.history_positive_only:
-                count = int(liked_before[start])
-                earlier = liked_at[max(0, count - k): count]
-                hist_items[idx[j]] = tuple(its[n] for n in earlier)
-                hist_labels[idx[j]] = tuple(1 for _ in earlier)
+                hist_items[idx[j]], hist_labels[idx[j]] = liked, (1,) * len(liked)
                 continue
             lo = max(0, start - k)
             hist_items[idx[j]] = tuple(its[lo:start])
             hist_labels[idx[j]] = tuple(labs[lo:start])
-    return hist_items, hist_labels
+    return hist_items, hist_labels, hist_liked
 
 
 def split_counts(inter: pd.DataFrame, rows: pd.DataFrame, items: pd.DataFrame) -> dict:

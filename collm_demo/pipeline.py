@@ -456,7 +456,7 @@ def with_backend(base: Pipeline, checkpoint_dir: str | Path, cf_name: str) -> Pi
     if base.has_lora and projector is not None:
         with base.model.lock:  # adding an adapter to the shared peft model
             cf_adapter = load_cf_adapter(base.model.llm, Path(checkpoint_dir), cf_name)
-    style = history_style(base.manifest, backend(cf_name).projector_stage if projector is not None else None)
+    style = prompt_style(base.manifest, base.has_lora, backend(cf_name).projector_stage if projector is not None else None)
     model = CoLLM(base.model.llm, base.model.tokenizer, projector, runtime=base.model.runtime, lock=base.model.lock,
                   cf_adapter=cf_adapter, history_style=style)
     notice = "" if base.has_lora else base.notice  # the base's note may be about its own CF files
@@ -542,6 +542,13 @@ def zero_shot(llm: LoadedLLM, dataset: Dataset, bf16: bool | None = None, notice
     return Pipeline(dataset, llm, CoLLM(llm.model, llm.tokenizer, None, runtime=runtime), None, {}, False, notice)
 
 
+def prompt_style(manifest: dict, has_lora: bool, projector_stage: str | None) -> str:
+    """The history style a folder's prompts are built in: the one its LoRA was trained on (a
+    projector stage of another style refused, ``checkpoints.history_style``); without a LoRA the
+    plain LLM reads the default's."""
+    return history_style(manifest, projector_stage) if has_lora else "marked"
+
+
 def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | None = None,
                   data_path: str | None = None, cf_name: str = DEFAULT_CF, bf16: bool | None = None,
                   dataset: Dataset | None = None, llm: LoadedLLM | None = None,
@@ -593,9 +600,8 @@ def load_pipeline(checkpoint_dir: str | Path = CHECKPOINT_DIR, llm_name: str | N
     elif with_lora:  # a deliberate skip (stage 1 retraining) is not a missing file
         notes.insert(1 if cf is None else 0, "no LoRA adapter (lora/)")
     cf_adapter = load_cf_adapter(model_llm, checkpoint_dir, cf_name) if has_lora and projector is not None else None
-    # the style the LoRA was trained on (without one, the plain LLM reads the default's)
     checked = projector is not None and not replaces_projector
-    style = history_style(manifest, backend(cf_name).projector_stage if checked else None) if has_lora else "marked"
+    style = prompt_style(manifest, has_lora, backend(cf_name).projector_stage if checked else None)
     model = CoLLM(model_llm, llm.tokenizer, projector, runtime=runtime, cf_adapter=cf_adapter, history_style=style)
     notice = ""
     if notes:

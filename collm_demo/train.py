@@ -329,7 +329,7 @@ def stage_projector(cf_name: str, llm: LoadedLLM, dataset: Dataset, cfg: TrainCo
     if base.history_style != cfg.history_style:  # the projector learns to help the LoRA read one kind of prompt
         raise InputError(f"the LoRA in {out_dir} was trained on prompts with the {base.history_style} history, "
                          f"this stage 2 on the {cfg.history_style} one: train it with --history-style "
-                         f"{base.history_style}, or retrain the LoRA (--stage lora,projector)")
+                         f"{base.history_style}, or first retrain the LoRA (--stage lora --history-style {cfg.history_style})")
     torch.manual_seed(cfg.seed)
     foldin_l2 = cfg.projector_foldin_l2 if cfg.projector_foldin_l2 is not None else base.cf.foldin_l2
     token_norm = cfg.projector_token_norm
